@@ -1,0 +1,31 @@
+# make demo: set up, then run the whole pipeline on the built-in scene and print the results table.
+# make test: set up, then run the test suite.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.moegs-installed
+
+.PHONY: install demo test bench clean
+
+install: $(STAMP)
+
+# torch first and alone, so the CPU wheel is in place before anything could pull a CUDA build.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet torch==2.13.0
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip check
+	$(BIN)/python -c "import torch; assert torch.__version__.startswith('2.13.0'), torch.__version__; print('torch', torch.__version__)"
+	touch $(STAMP)
+
+demo: install
+	$(BIN)/moegs demo
+
+test: install
+	$(BIN)/python -m pytest -q
+
+bench: install
+	$(BIN)/python -m moegs.raster.bench
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,3 @@
+from moegs_cli.app import main
+
+main()

@@ -1,0 +1,90 @@
+"""Data commands: ``synth`` (built-in scene) and ``preprocess`` (capture -> dataset artifact)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from moegs.config import resolve_config
+from moegs.progress import console
+from moegs_cli.common import ConfigOpt, ForceOpt, SetOpt, handle_errors, state
+from stages import preprocess as preprocess_stage
+
+
+def register(app: typer.Typer) -> None:
+    app.command("synth")(synth)
+    app.command("preprocess")(preprocess)
+
+
+@handle_errors
+def synth(
+    out: Annotated[Path, typer.Argument(help="Folder to write the raw N3V-format scene into.")],
+    preset: Annotated[str, typer.Option("--preset", "-p", help="tiny (tests), demo (make demo) or large.")] = "demo",
+    seed: Annotated[int, typer.Option(help="Random seed of textures and motion.")] = 0,
+) -> None:
+    """Render the built-in synthetic dynamic scene as a raw N3V folder (camXX.mp4 + poses_bounds.npy + region labels).
+
+    The scene is ray-cast analytically (not with Gaussians) and mixes a static background, a rigid
+    object, a fast small object, a deforming sheet and a colour-changing panel, so different
+    experts win different regions. Example: moegs synth data/synth --preset tiny
+    """
+    from moegs.data.synthetic import PRESETS, generate
+    from moegs.errors import InputError
+
+    if preset not in PRESETS:
+        raise InputError(f"unknown preset {preset!r} (choose from {', '.join(PRESETS)})")
+    summary = generate(out, preset=preset, seed=seed)
+    console.print(f"wrote {preset} scene to {out} ({summary})")
+    typer.echo(str(out))
+
+
+@handle_errors
+def preprocess(
+    ctx: typer.Context,
+    source: Annotated[Path, typer.Argument(help="Capture folder (see README, 'Data formats').")],
+    fmt: Annotated[str | None, typer.Option("--format", "-f", help="n3v, technicolor or multiview.", show_default=False)] = None,
+    scene: Annotated[str | None, typer.Option(help="Scene name in the workspace (default: the folder name).", show_default=False)] = None,
+    frame_start: Annotated[int | None, typer.Option(help="First frame to keep.", show_default=False)] = None,
+    frame_stop: Annotated[int | None, typer.Option(help="Stop before this frame (default: all).", show_default=False)] = None,
+    downscale: Annotated[float | None, typer.Option(help="Divide the image size by this factor (intrinsics follow).", show_default=False)] = None,
+    truncate: Annotated[bool | None, typer.Option("--truncate", help="Cut videos of different lengths to the shortest instead of refusing.", show_default=False)] = None,
+    size_mismatch: Annotated[str | None, typer.Option(help="When frames differ from the calibrated size: scale or crop (default: refuse).", show_default=False)] = None,
+    init: Annotated[str | None, typer.Option(help="Initial points: colmap (default) or random (only if you ask).", show_default=False)] = None,
+    test_camera: Annotated[list[str] | None, typer.Option("--test-camera", help="Held-out camera name (repeatable); default per format.", show_default=False)] = None,
+    config: ConfigOpt = None,
+    overrides: SetOpt = None,
+    force: ForceOpt = False,
+) -> None:
+    """Decode frames, convert cameras to OpenCV, split train/test and triangulate initial points with COLMAP.
+
+    Writes a dataset artifact (frames, cameras.json, points.ply, preview.png) and prints its path.
+    Example: moegs preprocess data/synth --format n3v --downscale 2
+    """
+    cfg = resolve_config(
+        preprocess_stage.PreprocessConfig,
+        config,
+        "preprocess",
+        overrides,
+        explicit={
+            "format": fmt,
+            "frame_start": frame_start,
+            "frame_stop": frame_stop,
+            "downscale": downscale,
+            "truncate": truncate,
+            "size_mismatch": size_mismatch,
+            "init": init,
+            "test_cameras": test_camera,
+        },
+    )
+    result = preprocess_stage.run(cfg, source, state(ctx).workspace, scene, force=force)
+    _report(result)
+
+
+def _report(result: preprocess_stage.StageResult) -> None:
+    artifact = result.artifact
+    verb = "up to date" if result.up_to_date else "wrote"
+    metrics = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in artifact.metrics.items())
+    console.print(f"{verb} {artifact.kind} {artifact.short_id}: {metrics}")
+    typer.echo(str(artifact.path))
