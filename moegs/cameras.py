@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 import torch
@@ -339,7 +339,8 @@ def quaternion_to_rotation(q: np.ndarray) -> np.ndarray:
 # Generic JSON (multiview input and the dataset payload)
 
 
-class CameraFile(NamedTuple):
+@dataclass
+class CameraFile:
     """Contents of a generic ``cameras.json``."""
 
     cameras: list[Camera]
