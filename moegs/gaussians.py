@@ -91,6 +91,18 @@ def activated(params: Params) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     )
 
 
+def quat_to_rotmat(quats: Tensor) -> Tensor:
+    """Rotation matrices [..., 3, 3] from quaternions [..., 4] (w, x, y, z; normalised here)."""
+    q = quats / quats.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    w, x, y, z = q.unbind(-1)
+    rows = [
+        1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
+        2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
+        2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
+    ]  # fmt: skip
+    return torch.stack(rows, dim=-1).reshape(*q.shape[:-1], 3, 3)
+
+
 def sh_coeffs(params: Params) -> Tensor:
     """All SH coefficients [N, K, 3] (DC first), the layout ``eval_sh`` expects."""
     return torch.cat([params["sh0"], params["shN"]], dim=1)
@@ -252,3 +264,4 @@ def _degree_from_coeffs(k: int, source: str = "params") -> int:
 
 def _as_numpy(a: Tensor | np.ndarray) -> np.ndarray:
     return a.detach().cpu().numpy() if isinstance(a, Tensor) else np.asarray(a)
+

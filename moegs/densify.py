@@ -1,0 +1,320 @@
+"""3DGS adaptive density control (clone / split / prune / opacity reset), gsplat-style.
+
+The strategy object (:class:`DensifyConfig`) holds only hyper-parameters; its mutable statistics
+live in a plain ``state`` dict that the trainer passes in and can checkpoint. All tensor surgery
+goes through :func:`duplicate_gaussians` and :func:`remove_gaussians`, which keep every
+per-Gaussian tensor aligned row for row:
+
+- ``params``: the core ``dict[str, nn.Parameter]`` (see ``moegs.gaussians``);
+- ``extra``: per-Gaussian tensors an expert owns (embeddings, polynomial coefficients, keyframe
+  tracks, router gates: anything whose first dim is N). Trainable ones are ``nn.Parameter``s
+  with an optimiser under the same key; others are plain tensors. The dict is updated in place,
+  so owners must read these tensors from the dict after a densification step, not keep aliases;
+- ``optimizers``: **one optimiser per per-Gaussian key, each with exactly one param group holding
+  exactly that one tensor** (gsplat's ``check_sanity`` layout). Keys may belong to ``params`` or
+  ``extra``; a key without an optimiser is frozen and only re-indexed. Any optimiser whose state
+  tensors have the parameter's shape works (Adam, RAdam: ``exp_avg``/``exp_avg_sq``; the scalar
+  ``step`` is left alone). Non-per-Gaussian trainables (MLPs, HexPlanes) must stay out of both
+  dicts, in their own optimisers, because every entry here is indexed per Gaussian;
+- ``state``: the densification statistics (every tensor with N rows).
+
+Rows kept keep their values and optimiser moments; new rows copy their parent's values and start
+with zero moments and zero statistics (they have not been optimised or observed yet), as in 3DGS.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, MutableMapping
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from moegs.errors import InputError
+from moegs.gaussians import quat_to_rotmat
+
+Optimizers = Mapping[str, torch.optim.Optimizer]
+TensorDict = MutableMapping[str, Tensor]
+
+
+@dataclass
+class DensifyConfig:
+    """Hyper-parameters of 3DGS adaptive density control; the methods are the strategy hooks.
+
+    ``step`` follows 3DGS's iteration counter: the number of optimiser steps taken so far, starting
+    at 1, so the default schedule densifies at 600, 700, ..., 14900 and resets opacity at 3000, 6000, ...
+
+    ``grad_threshold`` is in 3DGS's normalised units: the INRIA rasteriser's mean2D gradient is
+    effectively with respect to NDC, so :meth:`accumulate` converts our pixel-space gradient by
+    multiplying its x part by W/2 and its y part by H/2 before taking the norm (as gsplat does).
+    """
+
+    grad_threshold: float = 2e-4
+    """Mean normalised screen-space gradient norm above which a Gaussian is cloned or split."""
+    percent_dense: float = 0.01
+    """Gaussians with max scale <= percent_dense * scene_extent are cloned, larger ones split."""
+    start: int = 500
+    """Densify only at steps > start."""
+    stop: int = 15000
+    """Densify and reset opacity only at steps < stop."""
+    every: int = 100
+    """Densify every this many steps."""
+    opacity_reset_every: int = 3000
+    """Reset opacities every this many steps; also when the size-based pruning switches on."""
+    min_opacity: float = 0.005
+    """Prune Gaussians whose opacity is below this."""
+    max_screen_size: float = 20.0
+    """After the first opacity reset, prune Gaussians whose max 2D radius (px) exceeded this."""
+    prune_scale3d: float = 0.1
+    """After the first opacity reset, prune Gaussians whose max scale > prune_scale3d * scene_extent."""
+    n_split: int = 2
+    """Samples drawn per split Gaussian; their scales are divided by 0.8 * n_split (1.6 for 2)."""
+
+    def __post_init__(self) -> None:
+        if self.every <= 0 or self.opacity_reset_every <= 0 or self.n_split < 2:
+            raise InputError(
+                f"need every > 0, opacity_reset_every > 0, n_split >= 2; got {self.every}, "
+                f"{self.opacity_reset_every}, {self.n_split}"
+            )
+
+    def init_state(self, n: int, device: str | torch.device = "cpu") -> dict[str, Tensor]:
+        """Fresh statistics for ``n`` Gaussians: summed gradient norms, visit counts, max radii (px)."""
+        return {
+            "grad2d": torch.zeros(n, device=device),
+            "count": torch.zeros(n, device=device),
+            "max_radii": torch.zeros(n, device=device),
+        }
+
+    def accumulate(
+        self, state: dict[str, Tensor], means2d_grad: Tensor, radii: Tensor, width: int, height: int
+    ) -> None:
+        """Add one view's screen-space gradients [N, 2] (pixel units) for visible Gaussians (radii > 0).
+
+        Call once per rendered view; with batched views this sums per-view norms like 3DGS.
+        """
+        if means2d_grad is None:
+            raise InputError("means2d has no gradient: render with retain_means2d_grad=True and call backward first")
+        n = state["grad2d"].shape[0]
+        if means2d_grad.shape != (n, 2) or radii.shape != (n,):
+            raise InputError(
+                f"expected means2d_grad [{n}, 2] and radii [{n}], got {tuple(means2d_grad.shape)} and {tuple(radii.shape)}"
+            )
+        visible = radii > 0
+        scale = torch.tensor([width / 2.0, height / 2.0], device=means2d_grad.device, dtype=means2d_grad.dtype)
+        norms = (means2d_grad.detach() * scale).norm(dim=-1).to(state["grad2d"].dtype)
+        state["grad2d"] += torch.where(visible, norms, torch.zeros_like(norms))
+        state["count"] += visible.to(state["count"].dtype)
+        state["max_radii"] = torch.maximum(state["max_radii"], torch.where(visible, radii, 0).to(state["max_radii"].dtype))
+
+    def densify_step(
+        self,
+        params: TensorDict,
+        optimizers: Optimizers,
+        state: dict[str, Tensor],
+        step: int,
+        scene_extent: float,
+        extra: TensorDict | None = None,
+        generator: torch.Generator | None = None,
+    ) -> dict[str, int | bool]:
+        """Run the 3DGS densification due at ``step`` (call after the optimiser step); a no-op otherwise.
+
+        Order as in 3DGS: clone, split (clones are never split: their statistics are zero), prune
+        (low opacity; after the first opacity reset also too large on screen or in world space),
+        zero the statistics; then the opacity reset if due. Returns counts for logging.
+        """
+        extra = {} if extra is None else extra
+        check_sanity(params, optimizers, extra, state)
+        n_before = params["means"].shape[0]
+        stats: dict[str, int | bool] = {"n_before": n_before, "cloned": 0, "split": 0, "pruned": 0, "opacity_reset": False}
+        if step < self.stop and step > self.start and step % self.every == 0:
+            grads = state["grad2d"] / state["count"].clamp_min(1.0)
+            max_scale = torch.exp(params["log_scales"].detach()).amax(dim=-1)
+            high = grads >= self.grad_threshold
+            small = max_scale <= self.percent_dense * scene_extent
+
+            clone_idx = torch.nonzero(high & small).squeeze(-1)
+            duplicate_gaussians(params, optimizers, clone_idx, extra, state)
+            split_mask = _pad(high & ~small, clone_idx.numel())
+            split_gaussians(params, optimizers, split_mask, extra, state, n_split=self.n_split, generator=generator)
+
+            prune = torch.sigmoid(params["opacity_logits"].detach()) < self.min_opacity
+            if step > self.opacity_reset_every:
+                prune |= state["max_radii"] > self.max_screen_size
+                prune |= torch.exp(params["log_scales"].detach()).amax(dim=-1) > self.prune_scale3d * scene_extent
+            remove_gaussians(params, optimizers, prune, extra, state)
+            for value in state.values():
+                value.zero_()
+            stats.update(cloned=clone_idx.numel(), split=int(split_mask.sum()), pruned=int(prune.sum()))
+        if step < self.stop and step % self.opacity_reset_every == 0:
+            reset_opacity(params, optimizers, value=0.01)
+            stats["opacity_reset"] = True
+        stats["n_after"] = params["means"].shape[0]
+        return stats
+
+
+def check_sanity(
+    params: TensorDict,
+    optimizers: Optimizers,
+    extra: TensorDict | None = None,
+    state: Mapping[str, Tensor] | None = None,
+) -> None:
+    """Raise InputError unless all per-Gaussian tensors have N rows and optimisers follow the layout.
+
+    Layout: ``optimizers[key]`` has one param group holding exactly ``params[key]`` (or
+    ``extra[key]``); keys without an optimiser are allowed (frozen tensors).
+    """
+    extra = {} if extra is None else extra
+    clash = set(params) & set(extra)
+    if clash:
+        raise InputError(f"keys {sorted(clash)} appear in both params and extra")
+    n = params["means"].shape[0]
+    tensors = {**params, **extra, **({} if state is None else state)}
+    wrong = {key: t.shape[0] if t.ndim else "scalar" for key, t in tensors.items() if t.ndim == 0 or t.shape[0] != n}
+    if wrong:
+        raise InputError(f"per-Gaussian tensors must have {n} rows (like means); wrong: {wrong}")
+    for key, opt in optimizers.items():
+        if key not in params and key not in extra:
+            raise InputError(f"optimizer {key!r} has no per-Gaussian tensor of that name in params or extra")
+        groups = opt.param_groups
+        if len(groups) != 1 or len(groups[0]["params"]) != 1 or groups[0]["params"][0] is not tensors[key]:
+            raise InputError(f"optimizer {key!r} must have one param group holding exactly that tensor")
+
+
+def duplicate_gaussians(
+    params: TensorDict,
+    optimizers: Optimizers,
+    idx: Tensor,
+    extra: TensorDict | None = None,
+    state: dict[str, Tensor] | None = None,
+    overrides: Mapping[str, Tensor] | None = None,
+) -> None:
+    """Append copies of rows ``idx`` to every per-Gaussian tensor, in place.
+
+    New rows copy their parent's values except for keys in ``overrides`` ([len(idx), ...] values
+    to use instead, e.g. split means); their optimiser moments and statistics start at zero.
+    """
+    overrides = {} if overrides is None else overrides
+    idx = idx.to(params["means"].device)
+    tensors = {**params, **({} if extra is None else extra)}
+    for key, value in overrides.items():
+        expected = (idx.numel(), *tensors[key].shape[1:]) if key in tensors else None
+        if expected is None or tuple(value.shape) != expected:
+            raise InputError(f"override for {key!r} has shape {tuple(value.shape)}, expected {expected}")
+
+    def rows(key: str, t: Tensor) -> Tensor:
+        return torch.cat([t, overrides[key].to(t) if key in overrides else t[idx]])
+
+    def zero_rows(t: Tensor) -> Tensor:
+        return torch.cat([t, t.new_zeros((idx.numel(), *t.shape[1:]))])
+
+    _update_rows(params, optimizers, extra, state, rows, zero_rows, zero_rows)
+
+
+def remove_gaussians(
+    params: TensorDict,
+    optimizers: Optimizers,
+    mask: Tensor,
+    extra: TensorDict | None = None,
+    state: dict[str, Tensor] | None = None,
+) -> None:
+    """Delete the rows where ``mask`` [N] is True from every per-Gaussian tensor, in place.
+
+    Public so that the router's gate-aware pruning removes Gaussians with the same bookkeeping.
+    """
+    if mask.dtype != torch.bool or mask.shape != (params["means"].shape[0],):
+        raise InputError(f"mask must be bool [{params['means'].shape[0]}], got {mask.dtype} {tuple(mask.shape)}")
+    keep = ~mask.to(params["means"].device)
+
+    def select(t: Tensor) -> Tensor:
+        return t[keep]
+
+    _update_rows(params, optimizers, extra, state, lambda _key, t: select(t), select, select)
+
+
+def split_gaussians(
+    params: TensorDict,
+    optimizers: Optimizers,
+    mask: Tensor,
+    extra: TensorDict | None = None,
+    state: dict[str, Tensor] | None = None,
+    n_split: int = 2,
+    generator: torch.Generator | None = None,
+) -> None:
+    """Replace each Gaussian where ``mask`` is True by ``n_split`` samples (3DGS split).
+
+    Sample means are drawn from the parent Gaussian N(mu, R diag(s)^2 R^T); sample scales are
+    s / (0.8 * n_split); everything else (and every ``extra`` tensor) is copied from the parent.
+    The samples are appended at the end, then the parents removed.
+    """
+    idx = torch.nonzero(mask).squeeze(-1)
+    if idx.numel() == 0:
+        return
+    with torch.no_grad():
+        scales = torch.exp(params["log_scales"][idx])
+        rot = quat_to_rotmat(params["quats"][idx])
+        eps = torch.randn((n_split, *scales.shape), generator=generator, device=scales.device, dtype=scales.dtype)
+        offsets = torch.einsum("sij,ksj->ksi", rot, eps * scales)
+        new_means = (params["means"][idx] + offsets).reshape(-1, 3)
+        new_log_scales = torch.log(scales / (0.8 * n_split)).repeat(n_split, 1)
+    duplicate_gaussians(
+        params, optimizers, idx.repeat(n_split), extra, state, overrides={"means": new_means, "log_scales": new_log_scales}
+    )
+    remove_gaussians(params, optimizers, _pad(mask, n_split * idx.numel()), extra, state)
+
+
+def reset_opacity(params: TensorDict, optimizers: Optimizers, value: float = 0.01) -> None:
+    """Clamp opacities to at most ``value`` (3DGS's periodic reset) and zero their optimiser moments."""
+    cap = math.log(value / (1.0 - value))
+    with torch.no_grad():
+        new = torch.clamp_max(params["opacity_logits"], cap)
+    _replace_param(params, optimizers, "opacity_logits", new, torch.zeros_like)
+
+
+def _update_rows(
+    params: TensorDict,
+    optimizers: Optimizers,
+    extra: TensorDict | None,
+    state: dict[str, Tensor] | None,
+    values_fn: Callable[[str, Tensor], Tensor],
+    moment_fn: Callable[[Tensor], Tensor],
+    state_fn: Callable[[Tensor], Tensor],
+) -> None:
+    """Apply one row operation to params, extras, their optimiser moments and the statistics."""
+    extra = {} if extra is None else extra
+    check_sanity(params, optimizers, extra, state)
+    for tensors in (params, extra):
+        for key in list(tensors):
+            with torch.no_grad():
+                new = values_fn(key, tensors[key].detach())
+            _replace_param(tensors, optimizers, key, new, moment_fn)
+    if state is not None:
+        for key in list(state):
+            state[key] = state_fn(state[key])
+
+
+def _replace_param(
+    tensors: TensorDict, optimizers: Optimizers, key: str, new: Tensor, moment_fn: Callable[[Tensor], Tensor]
+) -> None:
+    """Put ``new`` under ``key`` and move the optimiser state over, mapping per-element moments."""
+    old = tensors[key]
+    if not isinstance(old, nn.Parameter):
+        tensors[key] = new
+        return
+    opt = optimizers.get(key)
+    if opt is not None and opt.param_groups[0]["params"][0] is not old:
+        raise InputError(f"optimizer {key!r} does not hold the current {key!r} tensor")
+    param = nn.Parameter(new, requires_grad=old.requires_grad)
+    tensors[key] = param
+    if opt is None:
+        return
+    opt.param_groups[0]["params"][0] = param
+    old_state = opt.state.pop(old, None)
+    if old_state:
+        opt.state[param] = {
+            name: moment_fn(v) if isinstance(v, Tensor) and v.shape == old.shape else v for name, v in old_state.items()
+        }
+
+
+def _pad(mask: Tensor, n_new: int) -> Tensor:
+    return torch.cat([mask, mask.new_zeros(n_new)])

@@ -1,0 +1,238 @@
+"""The expert interface every dynamic Gaussian family implements, on top of the shared Gaussian core.
+
+An expert owns:
+
+- ``params``: per-Gaussian tensors (``dict[str, nn.Parameter]``, first dim N): the core keys of
+  :mod:`moegs.gaussians` plus the family's own (embeddings, polynomial coefficients, keyframes...).
+  Densification resizes every one of them together, so a family never writes tensor surgery.
+- ``fields``: an ``nn.Module`` of everything that is not per Gaussian (HexPlane grids, MLPs,
+  temporal embeddings), optimised separately.
+
+Given a normalised time t in [0, 1) it returns :class:`DeformedGaussians`, ready for
+:func:`moegs.raster.rasterize`. That is all the router, pruning, distillation and rendering need.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from moegs import gaussians as core
+
+
+@dataclass
+class DeformedGaussians:
+    """One expert's Gaussians at time t, activated (what the rasteriser takes)."""
+
+    means: Tensor  # [N, 3]
+    quats: Tensor  # [N, 4] unit, wxyz
+    scales: Tensor  # [N, 3]
+    opacities: Tensor  # [N]
+    colors: Tensor  # [N, 3]
+
+    def detach(self) -> DeformedGaussians:
+        return DeformedGaussians(*(t.detach() for t in dataclasses.astuple(self)))
+
+    def __len__(self) -> int:
+        return self.means.shape[0]
+
+
+@dataclass
+class ExpertConfig:
+    """Settings every family shares; families subclass this with their own fields."""
+
+    iterations: int = 3000
+    sh_degree: int = 1
+    sh_every: int = 500
+    init_opacity: float = 0.1
+    # 3DGS learning rates (position ones are multiplied by the scene extent).
+    lr_means: float = 1.6e-4
+    lr_means_final: float = 1.6e-6
+    lr_log_scales: float = 5e-3
+    lr_quats: float = 1e-3
+    lr_opacity: float = 5e-2
+    lr_sh0: float = 2.5e-3
+    lr_shN: float = 2.5e-3 / 20
+    lr_fields: float = 1.6e-3
+    lr_fields_final: float = 1.6e-4
+    lambda_dssim: float = 0.2
+    densify_from: int = 300
+    densify_until: int = 2000
+    densify_every: int = 100
+    densify_grad_threshold: float = 2e-4
+    opacity_reset_every: int = 100000
+    max_gaussians: int = 60000
+    background: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])
+    seed: int = 0
+
+
+class Expert(nn.Module):
+    """Base class: canonical Gaussians + a motion model. Families override the hooks marked below."""
+
+    family: ClassVar[str] = ""
+    config_class: ClassVar[type[ExpertConfig]] = ExpertConfig
+    paper: ClassVar[str] = ""
+
+    def __init__(self, config: ExpertConfig, params: dict[str, Tensor], n_frames: int, aabb: Tensor) -> None:
+        super().__init__()
+        self.config = config
+        self.n_frames = int(n_frames)
+        self.register_buffer("aabb", aabb.detach().clone().float())  # [2, 3] min/max of the initial points
+        self.params: dict[str, nn.Parameter] = {k: _as_param(v) for k, v in params.items()}
+        self.fields: nn.Module = self.build_fields()
+        self.step = 0  # training step, for families with schedules (warm-up, annealing, progressive frames)
+
+    # ---- construction --------------------------------------------------------------------------
+    @classmethod
+    def from_points(
+        cls, config: ExpertConfig, xyz: np.ndarray, rgb: np.ndarray, times: np.ndarray, n_frames: int
+    ) -> Expert:
+        """Initialise from triangulated points (``times`` = normalised time each point was seen at)."""
+        params = core.init_from_points(xyz, rgb, config.sh_degree, init_opacity=config.init_opacity)
+        aabb = torch.tensor(np.stack([xyz.min(0), xyz.max(0)]), dtype=torch.float32)
+        extra = cls.init_per_gaussian(config, params, torch.as_tensor(times, dtype=torch.float32), n_frames)
+        return cls(config, {**params, **extra}, n_frames, aabb)
+
+    @classmethod
+    def init_per_gaussian(
+        cls, config: ExpertConfig, params: dict[str, Tensor], times: Tensor, n_frames: int
+    ) -> dict[str, Tensor]:
+        """Family hook: extra per-Gaussian tensors (first dim N) at initialisation."""
+        return {}
+
+    def build_fields(self) -> nn.Module:
+        """Family hook: the non-per-Gaussian modules (grids, MLPs, temporal tables)."""
+        return nn.Module()
+
+    # ---- evaluation ----------------------------------------------------------------------------
+    def deform(self, t: float) -> dict[str, Tensor]:
+        """Family hook: raw (pre-activation) ``means, log_scales, quats, opacity_logits`` at time t,
+        plus an optional ``opacity_factor`` [N] multiplying the activated opacity (temporal opacity)."""
+        p = self.params
+        return {"means": p["means"], "log_scales": p["log_scales"], "quats": p["quats"], "opacity_logits": p["opacity_logits"]}
+
+    def gaussians_at(self, t: float, cam_center: Tensor, sh_degree: int | None = None) -> DeformedGaussians:
+        """The deformed, activated Gaussians at normalised time ``t`` seen from ``cam_center``."""
+        raw = self.deform(float(t))
+        quats = raw["quats"]
+        opacities = torch.sigmoid(raw["opacity_logits"])
+        if "opacity_factor" in raw:
+            opacities = opacities * raw["opacity_factor"]
+        degree = self.config.sh_degree if sh_degree is None else sh_degree
+        colors = core.colors(self.params, degree, cam_center, means=raw["means"])
+        return DeformedGaussians(
+            means=raw["means"],
+            quats=quats / quats.norm(dim=-1, keepdim=True).clamp_min(1e-12),
+            scales=torch.exp(raw["log_scales"]),
+            opacities=opacities,
+            colors=colors,
+        )
+
+    def regularisation(self, t: float) -> Tensor:
+        """Family hook: the method's regulariser at this step (scalar)."""
+        return torch.zeros(())
+
+    def frame_limit(self, step: int) -> int:
+        """Family hook: train on frames ``< frame_limit`` at ``step`` (progressive schedules)."""
+        return self.n_frames
+
+    def after_densify(self) -> None:
+        """Family hook: refresh caches that depend on the Gaussian count."""
+
+    def on_step(self, step: int) -> None:
+        """Family hook called before each training step (schedules). Base keeps the counter."""
+        self.step = step
+
+    # ---- optimisation ----------------------------------------------------------------------------
+    def param_lrs(self, extent: float) -> dict[str, float]:
+        """Initial learning rate of each per-Gaussian tensor (families add theirs via ``extra_lrs``)."""
+        c = self.config
+        lrs = {
+            "means": c.lr_means * extent,
+            "log_scales": c.lr_log_scales,
+            "quats": c.lr_quats,
+            "opacity_logits": c.lr_opacity,
+            "sh0": c.lr_sh0,
+            "shN": c.lr_shN,
+        }
+        lrs.update(self.extra_lrs(extent))
+        missing = set(self.params) - set(lrs)
+        if missing:
+            raise RuntimeError(f"{self.family}: no learning rate for {sorted(missing)}")
+        return lrs
+
+    def extra_lrs(self, extent: float) -> dict[str, float]:
+        """Family hook: learning rates of the family's per-Gaussian tensors."""
+        return {}
+
+    def scheduled_lrs(self, step: int, extent: float) -> dict[str, float]:
+        """Learning rates that follow 3DGS's log-linear decay at ``step``: positions and fields."""
+        c = self.config
+        return {
+            "means": core.expon_lr(step, c.lr_means * extent, c.lr_means_final * extent, c.iterations),
+            "fields": core.expon_lr(step, c.lr_fields * extent, c.lr_fields_final * extent, c.iterations),
+        }
+
+    # ---- persistence -----------------------------------------------------------------------------
+    def state_tensors(self) -> dict[str, Tensor]:
+        """Everything needed to rebuild the expert, as flat named tensors (safetensors-ready)."""
+        out = {f"params.{k}": v.detach().contiguous() for k, v in self.params.items()}
+        out.update({f"fields.{k}": v.detach().contiguous() for k, v in self.fields.state_dict().items()})
+        out["aabb"] = self.aabb.detach().contiguous()
+        return out
+
+    @classmethod
+    def from_state(cls, config: ExpertConfig, tensors: dict[str, Tensor], n_frames: int) -> Expert:
+        params = {k[len("params."):]: v for k, v in tensors.items() if k.startswith("params.")}
+        expert = cls(config, params, n_frames, tensors["aabb"])
+        fields = {k[len("fields."):]: v for k, v in tensors.items() if k.startswith("fields.")}
+        expert.fields.load_state_dict(fields)
+        return expert
+
+    @property
+    def num_gaussians(self) -> int:
+        return int(self.params["means"].shape[0])
+
+    def num_floats(self) -> int:
+        """Stored floats (for model-size reporting)."""
+        return sum(v.numel() for v in self.state_tensors().values())
+
+    def export_params_at(self, t: float) -> dict[str, Tensor]:
+        """Core 3DGS parameters with the motion applied at time t (for standard PLY export)."""
+        raw = self.deform(float(t))
+        logits = raw["opacity_logits"]
+        if "opacity_factor" in raw:
+            opacity = (torch.sigmoid(logits) * raw["opacity_factor"]).clamp(1e-6, 1 - 1e-6)
+            logits = torch.log(opacity / (1 - opacity))
+        return {
+            "means": raw["means"].detach(),
+            "log_scales": raw["log_scales"].detach(),
+            "quats": raw["quats"].detach(),
+            "opacity_logits": logits.detach(),
+            "sh0": self.params["sh0"].detach(),
+            "shN": self.params["shN"].detach(),
+        }
+
+
+def config_from_dict(cls: type[Expert], values: dict[str, Any]) -> ExpertConfig:
+    from moegs.config import build_config
+
+    return build_config(cls.config_class, values)
+
+
+def _as_param(value: Tensor) -> nn.Parameter:
+    return value if isinstance(value, nn.Parameter) else nn.Parameter(value.detach().clone().float())
+
+
+def grid_time(t: float, n_rows: int) -> tuple[int, int, float]:
+    """Linear interpolation indices into a table of ``n_rows`` samples spanning t in [0, 1]."""
+    x = min(max(t, 0.0), 1.0) * (n_rows - 1)
+    i0 = min(int(math.floor(x)), n_rows - 1)
+    i1 = min(i0 + 1, n_rows - 1)
+    return i0, i1, x - i0

@@ -1,0 +1,79 @@
+"""Training losses: L1, Gaussian-window SSIM and the 3DGS photometric mix.
+
+Images are channel-last, [H, W, C] or [B, H, W, C], values in [0, 1], as the rasteriser returns
+them. SSIM uses pytorch_msssim (11x11 Gaussian window, sigma 1.5, K = (0.01, 0.03), valid
+convolution), which equals scikit-image's ``structural_similarity(gaussian_weights=True,
+sigma=1.5, use_sample_covariance=False, data_range=1)``, i.e. the SSIM papers report.
+"""
+
+from __future__ import annotations
+
+import torch
+from pytorch_msssim import ssim as _msssim_ssim
+from torch import Tensor
+
+from moegs.errors import InputError
+
+SSIM_WIN_SIZE = 11
+SSIM_SIGMA = 1.5
+DEFAULT_LAMBDA_DSSIM = 0.2
+
+
+def l1(img: Tensor, gt: Tensor, weight: Tensor | None = None) -> Tensor:
+    """Mean absolute error; ``weight`` is an optional per-pixel multiplier map.
+
+    ``weight`` is [H, W] (or [B, H, W]) and multiplies each pixel's error before the mean over
+    all pixels and channels, so a map of ones gives plain L1 (distillation uses this to stress the
+    pixels where the MoE teacher is better).
+    """
+    _check_pair(img, gt)
+    err = (img - gt).abs()
+    if weight is not None:
+        if weight.shape != img.shape[:-1]:
+            raise InputError(f"weight must have shape {tuple(img.shape[:-1])}, got {tuple(weight.shape)}")
+        err = err * weight.unsqueeze(-1).to(err)
+    return err.mean()
+
+
+def ssim(img: Tensor, gt: Tensor) -> Tensor:
+    """Differentiable mean SSIM over pixels, channels and batch (Gaussian window 11, sigma 1.5)."""
+    _check_pair(img, gt)
+    h, w = img.shape[-3], img.shape[-2]
+    if min(h, w) < SSIM_WIN_SIZE:
+        raise InputError(f"SSIM needs images of at least {SSIM_WIN_SIZE}x{SSIM_WIN_SIZE} px, got {h}x{w}")
+    x = _to_bchw(img)
+    y = _to_bchw(gt).to(x)
+    return _msssim_ssim(x, y, data_range=1.0, size_average=True, win_size=SSIM_WIN_SIZE, win_sigma=SSIM_SIGMA)
+
+
+def d_ssim(img: Tensor, gt: Tensor) -> Tensor:
+    """Structural dissimilarity 1 - SSIM, the SSIM term of the 3DGS loss."""
+    return 1.0 - ssim(img, gt)
+
+
+def photometric(
+    img: Tensor, gt: Tensor, lambda_dssim: float = DEFAULT_LAMBDA_DSSIM, weight: Tensor | None = None
+) -> Tensor:
+    """3DGS loss (1 - lambda) * L1 + lambda * (1 - SSIM); ``weight`` applies to the L1 term only.
+
+    The SSIM term is skipped when ``lambda_dssim`` is 0 (4DGaussians trains with L1 only), so tiny
+    images below the SSIM window still work there.
+    """
+    if not 0.0 <= lambda_dssim <= 1.0:
+        raise InputError(f"lambda_dssim must be in [0, 1], got {lambda_dssim}")
+    loss = (1.0 - lambda_dssim) * l1(img, gt, weight)
+    if lambda_dssim > 0.0:
+        loss = loss + lambda_dssim * d_ssim(img, gt)
+    return loss
+
+
+def _check_pair(img: Tensor, gt: Tensor) -> None:
+    if img.shape != gt.shape:
+        raise InputError(f"image shapes differ: {tuple(img.shape)} vs {tuple(gt.shape)}")
+    if img.ndim not in (3, 4):
+        raise InputError(f"images must be [H, W, C] or [B, H, W, C], got {tuple(img.shape)}")
+
+
+def _to_bchw(img: Tensor) -> Tensor:
+    x = img if img.ndim == 4 else img.unsqueeze(0)
+    return x.permute(0, 3, 1, 2).to(torch.promote_types(x.dtype, torch.float32))

@@ -1,0 +1,171 @@
+"""The training loop every expert family reuses: sampling, optimisers, densification, checkpoints.
+
+One (camera, frame) per step, 3DGS's per-parameter Adam groups and log-linear position schedule,
+3DGS density control with its state passed in explicitly, and a checkpoint holding everything
+(parameters, optimiser moments, densification statistics, RNG) so ``--resume`` continues exactly.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from moegs.data.dataset import Dataset
+from moegs.densify import DensifyConfig
+from moegs.experts.base import Expert
+from moegs.losses import photometric
+from moegs.progress import progress_bar
+from moegs.rendering import TrainViews, render_expert
+
+log = logging.getLogger("moegs")
+CHECKPOINT = "checkpoints/last.pt"
+
+
+@dataclass
+class TrainResult:
+    seconds: float
+    steps: int
+    final_loss: float
+    gaussians: int
+
+
+def make_optimizers(expert: Expert, extent: float) -> tuple[dict[str, torch.optim.Optimizer], torch.optim.Optimizer | None]:
+    """One Adam per per-Gaussian tensor (the densification layout) and one for the fields."""
+    lrs = expert.param_lrs(extent)
+    per_gaussian = {k: torch.optim.Adam([p], lr=lrs[k], eps=1e-15) for k, p in expert.params.items()}
+    field_params = [p for p in expert.fields.parameters() if p.requires_grad]
+    fields = torch.optim.Adam(field_params, lr=expert.config.lr_fields * extent, eps=1e-15) if field_params else None
+    return per_gaussian, fields
+
+
+def train_expert(
+    expert: Expert,
+    dataset: Dataset,
+    workdir: Path,
+    *,
+    backend: str = "auto",
+    resume: bool = False,
+    checkpoint_every: int = 500,
+    progress: bool = True,
+    label: str | None = None,
+) -> TrainResult:
+    """Optimise ``expert`` on the training cameras of ``dataset``; checkpoints go to ``workdir``."""
+    cfg = expert.config
+    extent = dataset.scene_extent
+    views = TrainViews(dataset, dataset.train_cameras)
+    densify = DensifyConfig(
+        grad_threshold=cfg.densify_grad_threshold,
+        start=cfg.densify_from,
+        stop=cfg.densify_until,
+        every=cfg.densify_every,
+        opacity_reset_every=cfg.opacity_reset_every,
+    )
+    optimizers, fields_opt = make_optimizers(expert, extent)
+    state = densify.init_state(expert.num_gaussians)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    start = 0
+    ckpt_path = Path(workdir) / CHECKPOINT
+    if resume and ckpt_path.is_file():
+        start, state, optimizers, fields_opt = _restore_checkpoint(ckpt_path, expert, extent, generator)
+        log.info("%s: resumed at step %d", expert.family, start)
+    background = torch.tensor(cfg.background, dtype=torch.float32)
+    began = time.perf_counter()
+    loss_value = float("nan")
+    with progress_bar(label or f"train {expert.family}", cfg.iterations, enabled=progress) as bar:
+        bar.advance(start)
+        for step in range(start, cfg.iterations):
+            expert.on_step(step)
+            _set_learning_rates(expert, optimizers, fields_opt, step, extent)
+            cam_index, frame = views.sample(generator, expert.frame_limit(step))
+            camera = views.cameras[cam_index]
+            t = float(dataset.times[frame])
+            sh_degree = min(step // cfg.sh_every, cfg.sh_degree)
+            out = render_expert(expert, camera, t, background, backend=backend, sh_degree=sh_degree, retain_grad=True)
+            gt = views.image(cam_index, frame)
+            loss = photometric(out.image, gt, lambda_dssim=cfg.lambda_dssim) + expert.regularisation(t)
+            loss.backward()
+            loss_value = float(loss)
+            densifying = step < cfg.densify_until
+            if densifying and out.means2d.grad is not None:
+                densify.accumulate(state, out.means2d.grad, out.radii, camera.width, camera.height)
+            for opt in optimizers.values():
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+            if fields_opt is not None:
+                fields_opt.step()
+                fields_opt.zero_grad(set_to_none=True)
+            if densifying and expert.num_gaussians < cfg.max_gaussians:
+                stats = densify.densify_step(expert.params, optimizers, state, step + 1, extent, generator=generator)
+                if stats["n_after"] != stats["n_before"]:
+                    expert.after_densify()
+            elif densifying:
+                for value in state.values():
+                    value.zero_()
+            if (step + 1) % checkpoint_every == 0 and step + 1 < cfg.iterations:
+                _save_checkpoint(ckpt_path, step + 1, expert, optimizers, fields_opt, state, generator)
+            bar.advance()
+            if step % 50 == 0:
+                bar.set_postfix(f"loss={loss_value:.4f} N={expert.num_gaussians}")
+    return TrainResult(time.perf_counter() - began, cfg.iterations - start, loss_value, expert.num_gaussians)
+
+
+def _set_learning_rates(
+    expert: Expert, optimizers: dict[str, torch.optim.Optimizer], fields_opt: torch.optim.Optimizer | None, step: int, extent: float
+) -> None:
+    scheduled = expert.scheduled_lrs(step, extent)
+    for key, lr in scheduled.items():
+        target = fields_opt if key == "fields" else optimizers.get(key)
+        if target is not None:
+            for group in target.param_groups:
+                group["lr"] = lr
+
+
+def _save_checkpoint(
+    path: Path,
+    step: int,
+    expert: Expert,
+    optimizers: dict[str, torch.optim.Optimizer],
+    fields_opt: torch.optim.Optimizer | None,
+    state: dict[str, Tensor],
+    generator: torch.Generator,
+) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "step": step,
+        "tensors": expert.state_tensors(),
+        "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
+        "fields_opt": fields_opt.state_dict() if fields_opt is not None else None,
+        "densify": state,
+        "generator": generator.get_state(),
+        "torch_rng": torch.get_rng_state(),
+    }
+    tmp = path.with_suffix(".tmp")
+    torch.save(payload, tmp)
+    tmp.replace(path)
+
+
+def _restore_checkpoint(
+    path: Path, expert: Expert, extent: float, generator: torch.Generator
+) -> tuple[int, dict[str, Tensor], dict[str, torch.optim.Optimizer], torch.optim.Optimizer | None]:
+    """Put the expert, fresh optimisers (with their saved moments) and the RNGs back as they were at the checkpoint."""
+    payload = torch.load(path, weights_only=True)
+    tensors = payload["tensors"]
+    expert.params = {
+        k[len("params."):]: torch.nn.Parameter(v.clone()) for k, v in tensors.items() if k.startswith("params.")
+    }
+    expert.fields.load_state_dict({k[len("fields."):]: v for k, v in tensors.items() if k.startswith("fields.")})
+    expert.after_densify()
+    optimizers, fields_opt = make_optimizers(expert, extent)
+    for key, opt in optimizers.items():
+        opt.load_state_dict(payload["optimizers"][key])
+    if fields_opt is not None and payload["fields_opt"] is not None:
+        fields_opt.load_state_dict(payload["fields_opt"])
+    generator.set_state(payload["generator"])
+    torch.set_rng_state(payload["torch_rng"])
+    return int(payload["step"]), payload["densify"], optimizers, fields_opt
