@@ -225,7 +225,9 @@ def load_ply(path: str | Path, device: str | torch.device = "cpu") -> Params:
         raise InputError(f"PLY {path} is not a 3DGS file: missing properties {missing[:5]}")
 
     def cols(names: list[str]) -> Tensor:
-        arr = np.stack([np.asarray(vert[name], dtype=np.float32) for name in names], axis=1)
+        arr = np.zeros((len(vert), len(names)), dtype=np.float32)
+        for i, name in enumerate(names):
+            arr[:, i] = vert[name]
         return torch.from_numpy(arr)
 
     n = len(vert)

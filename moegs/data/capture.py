@@ -9,7 +9,7 @@ is decoded until :meth:`Capture.read_frames` is called.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -24,7 +24,7 @@ Format = Literal["n3v", "technicolor", "multiview"]
 SizeMismatch = Literal["scale", "crop"] | None
 FORMATS: tuple[str, ...] = ("n3v", "technicolor", "multiview")
 
-FrameReader = Callable[[str, int, int], np.ndarray]
+FrameReader = Callable[[str, int, int], Iterator[np.ndarray]]
 
 
 @dataclass
@@ -61,13 +61,20 @@ class Capture:
     def has_labels(self) -> bool:
         return bool(self.label_files)
 
+    def iter_frames(self, name: str, start: int = 0, stop: int | None = None) -> Iterator[np.ndarray]:
+        """uint8 frames [H, W, 3] of camera ``name`` for ``start <= i < stop``, one at a time (videos decode once)."""
+        start, stop = self._range(start, stop)
+        self.camera(name)
+        count = 0
+        for frame in self.reader(name, start, stop):
+            count += 1
+            yield self._crop(name, frame[None])[0]
+        if count != stop - start:
+            raise InputError(f"{self.src}: camera {name}: got {count} frames for range [{start}, {stop})")
+
     def read_frames(self, name: str, start: int = 0, stop: int | None = None) -> np.ndarray:
         """uint8 frames [T, H, W, 3] of camera ``name`` for ``start <= i < stop`` at the camera's size."""
-        start, stop = self._range(start, stop)
-        frames = self.reader(name, start, stop)
-        if frames.shape[0] != stop - start:
-            raise InputError(f"{self.src}: camera {name}: got {frames.shape[0]} frames for range [{start}, {stop})")
-        return self._crop(name, frames)
+        return np.stack(list(self.iter_frames(name, start, stop)))
 
     def labels(self, name: str, start: int = 0, stop: int | None = None) -> np.ndarray | None:
         """uint8 region labels [T, H, W] for the same frames as :meth:`read_frames`, or None."""

@@ -8,13 +8,14 @@ come from the file, else the first camera.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
 from moegs.cameras import cameras_from_json
 from moegs.data.capture import Capture, SizeMismatch, assemble_capture, png_size, read_png
-from moegs.data.video import probe_video, read_video
+from moegs.data.video import iter_video, probe_video
 from moegs.errors import InputError
 
 
@@ -52,10 +53,10 @@ def open_multiview(src: Path, *, truncate: bool = False, size_mismatch: SizeMism
         else:
             raise InputError(f"{cam_path}: camera {name} has no video videos/{name}.mp4 nor frames/{name}/*.png")
 
-    def reader(name: str, start: int, stop: int) -> np.ndarray:
+    def reader(name: str, start: int, stop: int) -> Iterator[np.ndarray]:
         if name in pngs:
-            return np.stack([read_png(p, sizes[name]) for p in pngs[name][start:stop]])
-        return read_video(videos[name], start, stop)
+            return (read_png(p, sizes[name]) for p in pngs[name][start:stop])
+        return iter_video(videos[name], start, stop)
 
     fps = parsed.fps if parsed.fps is not None else (max(fps_found) if fps_found else None)
     return assemble_capture(

@@ -6,13 +6,14 @@ assumes). The test camera is ``cam00`` (the centre camera), or the first camera 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
 from moegs.cameras import cameras_from_llff
 from moegs.data.capture import Capture, SizeMismatch, assemble_capture
-from moegs.data.video import probe_video, read_video
+from moegs.data.video import iter_video, probe_video
 from moegs.errors import InputError
 
 TEST_CAMERA = "cam00"
@@ -39,8 +40,8 @@ def open_n3v(src: Path, *, truncate: bool = False, size_mismatch: SizeMismatch =
     infos = {v.stem: probe_video(v) for v in videos}
     by_name = {v.stem: v for v in videos}
 
-    def reader(name: str, start: int, stop: int) -> np.ndarray:
-        return read_video(by_name[name], start, stop)
+    def reader(name: str, start: int, stop: int) -> Iterator[np.ndarray]:
+        return iter_video(by_name[name], start, stop)
 
     fps_values = {round(info.fps, 3) for info in infos.values() if info.fps > 0}
     test = [TEST_CAMERA] if TEST_CAMERA in names else [names[0]]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -54,8 +55,8 @@ def open_technicolor(src: Path, *, truncate: bool = False, size_mismatch: SizeMi
     ordered = {n: [files[n][k] for k in sorted(files[n])] for n in names}
     sizes = {n: png_size(paths[0]) for n, paths in ordered.items()}
 
-    def reader(name: str, start: int, stop: int) -> np.ndarray:
-        return np.stack([read_png(p, sizes[name]) for p in ordered[name][start:stop]])
+    def reader(name: str, start: int, stop: int) -> Iterator[np.ndarray]:
+        return (read_png(p, sizes[name]) for p in ordered[name][start:stop])
 
     test = [TEST_CAMERA] if TEST_CAMERA in names else [names[0]]
     return assemble_capture(

@@ -1,0 +1,218 @@
+"""Initial point clouds: COLMAP triangulation with the known cameras held fixed, or random points.
+
+Per frame (STG style when several frames are used): the frames of the chosen cameras go into a
+temporary folder, pycolmap 4.2.1 extracts SIFT features (CPU) with our pinhole intrinsics written
+into its database, matches every pair, and ``triangulate_points`` triangulates and refines the
+points while poses and intrinsics stay fixed. Points of all frames are concatenated, each tagged
+with the normalised time of its frame.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time as _time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import imageio.v3 as iio
+import numpy as np
+from plyfile import PlyData, PlyElement
+
+from moegs.cameras import Camera
+from moegs.errors import InputError, MissingDependencyError
+
+
+@dataclass
+class PointCloud:
+    """Points [M, 3] with colour, reprojection error (px; 0 for random points), track length and time."""
+
+    xyz: np.ndarray
+    rgb: np.ndarray
+    error: np.ndarray
+    track_len: np.ndarray
+    time: np.ndarray
+
+    def __post_init__(self) -> None:
+        self.xyz = np.asarray(self.xyz, dtype=np.float32).reshape(-1, 3)
+        self.rgb = np.asarray(self.rgb, dtype=np.uint8).reshape(-1, 3)
+        self.error = np.asarray(self.error, dtype=np.float32).reshape(-1)
+        self.track_len = np.asarray(self.track_len, dtype=np.int32).reshape(-1)
+        self.time = np.asarray(self.time, dtype=np.float32).reshape(-1)
+        n = len(self.xyz)
+        if not all(len(a) == n for a in (self.rgb, self.error, self.track_len, self.time)):
+            raise ValueError("PointCloud arrays must all have the same length")
+
+    def __len__(self) -> int:
+        return len(self.xyz)
+
+    @classmethod
+    def concat(cls, clouds: Sequence[PointCloud]) -> PointCloud:
+        return cls(*(np.concatenate([getattr(c, k) for c in clouds]) for k in ("xyz", "rgb", "error", "track_len", "time")))
+
+    def save_ply(self, path: Path) -> None:
+        """Binary PLY with x y z, red green blue, time, error, track_len."""
+        dtype = [("x", "f4"), ("y", "f4"), ("z", "f4"), ("red", "u1"), ("green", "u1"), ("blue", "u1"),
+                 ("time", "f4"), ("error", "f4"), ("track_len", "i4")]
+        rows = np.empty(len(self), dtype=dtype)
+        for i, axis in enumerate("xyz"):
+            rows[axis] = self.xyz[:, i]
+        for i, channel in enumerate(("red", "green", "blue")):
+            rows[channel] = self.rgb[:, i]
+        rows["time"], rows["error"], rows["track_len"] = self.time, self.error, self.track_len
+        PlyData([PlyElement.describe(rows, "vertex")]).write(str(path))
+
+    @classmethod
+    def load_ply(cls, path: Path) -> PointCloud:
+        """Read :meth:`save_ply` output; a PLY with only x y z (and colours) is accepted too."""
+        try:
+            vertex = PlyData.read(str(path))["vertex"].data
+        except (OSError, KeyError, ValueError) as exc:
+            raise InputError(f"{path}: not a readable PLY point cloud ({exc})") from None
+        names = vertex.dtype.names
+        if not {"x", "y", "z"} <= set(names):
+            raise InputError(f"{path}: PLY vertices have no x y z")
+        n = len(vertex)
+
+        def column(key: str, default: float) -> np.ndarray:
+            return vertex[key] if key in names else np.full(n, default)
+
+        rgb = np.stack([column(c, 128) for c in ("red", "green", "blue")], axis=1)
+        return cls(np.stack([vertex["x"], vertex["y"], vertex["z"]], axis=1), rgb,
+                   column("error", 0.0), column("track_len", 0), column("time", 0.0))
+
+
+def point_stats(points: PointCloud) -> dict[str, float]:
+    """Count and reprojection error summary as recorded in the dataset manifest."""
+    if len(points) == 0:
+        return {"points": 0, "reproj_error_mean": float("nan"), "reproj_error_median": float("nan")}
+    return {"points": len(points), "reproj_error_mean": float(points.error.mean()),
+            "reproj_error_median": float(np.median(points.error))}
+
+
+def colmap_points(
+    cameras: Sequence[Camera],
+    frames: Sequence[dict[str, np.ndarray]],
+    times: Sequence[float],
+    *,
+    max_features: int = 8000,
+    num_threads: int = 2,
+    min_points: int = 100,
+) -> tuple[PointCloud, dict[str, float]]:
+    """Triangulate each frame set ``frames[k]`` ({camera name: uint8 [H, W, 3]}) with ``cameras`` fixed.
+
+    Cameras must be pinhole (undistorted) at the size of the images passed. Returns the points
+    (time ``times[k]`` for those of frame set k) and stats (points, reprojection error mean and
+    median in px, seconds). Fewer than ``min_points`` points raises :class:`InputError`.
+    """
+    try:
+        import pycolmap
+    except ImportError:
+        raise MissingDependencyError("pycolmap is not installed: pip install pycolmap==4.2.1 (or use --init random)") from None
+    if len(frames) != len(times):
+        raise ValueError("one time per frame set")
+    started = _time.perf_counter()
+    by_name = {cam.name: cam for cam in cameras}
+    clouds = []
+    pycolmap.logging.minloglevel = 2  # warnings and errors only: COLMAP's INFO lines would drown the progress bar
+    for images, t in zip(frames, times):
+        clouds.append(_triangulate_frame(pycolmap, by_name, images, float(t), max_features, num_threads))
+    points = PointCloud.concat(clouds)
+    stats = {**point_stats(points), "seconds": _time.perf_counter() - started}
+    if len(points) < min_points:
+        raise InputError(f"COLMAP triangulated only {len(points)} points from {len(frames)} frame(s) of "
+                         f"{len(cameras)} cameras (need {min_points}); the views may share too little texture; "
+                         "use --init random to start from random points instead")
+    return points, stats
+
+
+def _triangulate_frame(pycolmap, cameras: dict[str, Camera], images: dict[str, np.ndarray], t: float,
+                       max_features: int, num_threads: int) -> PointCloud:
+    if len(images) < 2:
+        raise InputError(f"COLMAP initialisation needs at least 2 cameras, got {len(images)}")
+    with tempfile.TemporaryDirectory(prefix="moegs_colmap_") as tmp:
+        image_dir, db_path, out_dir = Path(tmp) / "images", Path(tmp) / "database.db", Path(tmp) / "sparse"
+        image_dir.mkdir()
+        out_dir.mkdir()
+        for name, image in images.items():
+            cam = cameras[name]
+            if cam.has_distortion or cam.K[0, 1] != 0:
+                raise InputError(f"camera {name}: COLMAP initialisation needs undistorted pinhole cameras without skew")
+            if image.shape[:2] != (cam.height, cam.width):
+                raise InputError(f"camera {name}: image is {image.shape[1]}x{image.shape[0]}, camera {cam.width}x{cam.height}")
+            iio.imwrite(image_dir / f"{name}.png", image)
+
+        reader = pycolmap.ImageReaderOptions()
+        reader.camera_model = "PINHOLE"
+        extraction = pycolmap.FeatureExtractionOptions()
+        extraction.num_threads = num_threads
+        extraction.sift.max_num_features = max_features
+        pycolmap.extract_features(db_path, image_dir, image_names=[f"{n}.png" for n in images],
+                                  camera_mode=pycolmap.CameraMode.PER_IMAGE, reader_options=reader,
+                                  extraction_options=extraction, device=pycolmap.Device.cpu)
+
+        # Our intrinsics replace COLMAP's guesses before matching, so geometric verification uses them too.
+        db = pycolmap.Database.open(db_path)
+        try:
+            db_images = db.read_all_images()
+            for image in db_images:
+                cam = cameras[Path(image.name).stem]
+                db_cam = db.read_camera(image.camera_id)
+                db_cam.params = [cam.K[0, 0], cam.K[1, 1], cam.K[0, 2], cam.K[1, 2]]
+                db_cam.has_prior_focal_length = True
+                db.update_camera(db_cam)
+        finally:
+            db.close()
+
+        matching = pycolmap.FeatureMatchingOptions()
+        matching.num_threads = num_threads
+        pycolmap.match_exhaustive(db_path, matching_options=matching, device=pycolmap.Device.cpu)
+
+        db = pycolmap.Database.open(db_path)
+        try:
+            db_cameras = {c.camera_id: c for c in db.read_all_cameras()}
+            db_images = db.read_all_images()
+        finally:
+            db.close()
+        rec = pycolmap.Reconstruction()
+        for db_cam in db_cameras.values():
+            rec.add_camera_with_trivial_rig(db_cam)
+        for image in db_images:
+            cam = cameras[Path(image.name).stem]
+            im = pycolmap.Image(name=image.name, camera_id=image.camera_id, image_id=image.image_id)
+            rec.add_image_with_trivial_frame(im, pycolmap.Rigid3d(pycolmap.Rotation3d(cam.R), cam.t))
+        tri = pycolmap.triangulate_points(rec, db_path, image_dir, out_dir, clear_points=True, refine_intrinsics=False)
+
+        pts = list(tri.points3D.values())
+        if not pts:
+            return PointCloud(np.zeros((0, 3)), np.zeros((0, 3)), [], [], [])
+        return PointCloud(
+            np.array([p.xyz for p in pts]), np.array([p.color for p in pts]),
+            np.array([p.error for p in pts]), np.array([p.track.length() for p in pts]), np.full(len(pts), t),
+        )
+
+
+def random_points(cameras: Sequence[Camera], n: int, near: float | None = None, far: float | None = None,
+                  seed: int = 0) -> PointCloud:
+    """``n`` points spread over the camera frustums (uniform pixel, uniform depth in [near, far]).
+
+    Used only when asked (``--init random``). ``near``/``far`` default to each camera's own bounds.
+    Colours are mid-grey with noise; time is 0, error 0 and track length 0 (not observed).
+    """
+    if n <= 0:
+        raise InputError(f"random initialisation needs a positive point count, got {n}")
+    rng = np.random.default_rng(seed)
+    which = rng.integers(0, len(cameras), size=n)
+    xyz = np.empty((n, 3))
+    for k, cam in enumerate(cameras):
+        sel = np.flatnonzero(which == k)
+        lo, hi = (cam.near if near is None else near), (cam.far if far is None else far)
+        if not 0 < lo < hi:
+            raise InputError(f"camera {cam.name}: random initialisation needs 0 < near < far, got {lo}, {hi}")
+        uv = rng.uniform([0, 0], [cam.width, cam.height], size=(len(sel), 2))
+        depth = rng.uniform(lo, hi, size=len(sel))
+        Kinv = np.linalg.inv(cam.K)
+        x_cam = np.concatenate([uv @ Kinv[:2, :2].T + Kinv[:2, 2], np.ones((len(sel), 1))], axis=1) * depth[:, None]
+        xyz[sel] = (x_cam - cam.t) @ cam.R  # R^T (x_cam - t)
+    rgb = np.clip(128 + rng.normal(0, 30, size=(n, 3)), 0, 255)
+    return PointCloud(xyz, rgb, np.zeros(n), np.zeros(n), np.zeros(n))
