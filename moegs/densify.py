@@ -87,7 +87,7 @@ class DensifyConfig:
         }
 
     def accumulate(
-        self, state: dict[str, Tensor], means2d_grad: Tensor, radii: Tensor, width: int, height: int
+        self, state: dict[str, Tensor], means2d_grad: Tensor | None, radii: Tensor, width: int, height: int
     ) -> None:
         """Add one view's screen-space gradients [N, 2] (pixel units) for visible Gaussians (radii > 0).
 
@@ -98,14 +98,16 @@ class DensifyConfig:
         n = state["grad2d"].shape[0]
         if means2d_grad.shape != (n, 2) or radii.shape != (n,):
             raise InputError(
-                f"expected means2d_grad [{n}, 2] and radii [{n}], got {tuple(means2d_grad.shape)} and {tuple(radii.shape)}"
+                f"expected means2d_grad [{n}, 2] and radii [{n}], "
+                f"got {tuple(means2d_grad.shape)} and {tuple(radii.shape)}"
             )
         visible = radii > 0
         scale = torch.tensor([width / 2.0, height / 2.0], device=means2d_grad.device, dtype=means2d_grad.dtype)
         norms = (means2d_grad.detach() * scale).norm(dim=-1).to(state["grad2d"].dtype)
         state["grad2d"] += torch.where(visible, norms, torch.zeros_like(norms))
         state["count"] += visible.to(state["count"].dtype)
-        state["max_radii"] = torch.maximum(state["max_radii"], torch.where(visible, radii, 0).to(state["max_radii"].dtype))
+        seen_radii = torch.where(visible, radii, 0).to(state["max_radii"].dtype)
+        state["max_radii"] = torch.maximum(state["max_radii"], seen_radii)
 
     def densify_step(
         self,
@@ -126,7 +128,7 @@ class DensifyConfig:
         extra = {} if extra is None else extra
         check_sanity(params, optimizers, extra, state)
         n_before = params["means"].shape[0]
-        stats: dict[str, int | bool] = {"n_before": n_before, "cloned": 0, "split": 0, "pruned": 0, "opacity_reset": False}
+        stats: dict[str, int | bool] = dict(n_before=n_before, cloned=0, split=0, pruned=0, opacity_reset=False)
         if step < self.stop and step > self.start and step % self.every == 0:
             grads = state["grad2d"] / state["count"].clamp_min(1.0)
             max_scale = torch.exp(params["log_scales"].detach()).amax(dim=-1)
@@ -169,8 +171,9 @@ def check_sanity(
     if clash:
         raise InputError(f"keys {sorted(clash)} appear in both params and extra")
     n = params["means"].shape[0]
-    tensors = {**params, **extra, **({} if state is None else state)}
-    wrong = {key: t.shape[0] if t.ndim else "scalar" for key, t in tensors.items() if t.ndim == 0 or t.shape[0] != n}
+    tensors = {**params, **extra}
+    rows = {**{f"state[{k!r}]": t for k, t in ({} if state is None else state).items()}, **tensors}
+    wrong = {key: t.shape[0] if t.ndim else "scalar" for key, t in rows.items() if t.ndim == 0 or t.shape[0] != n}
     if wrong:
         raise InputError(f"per-Gaussian tensors must have {n} rows (like means); wrong: {wrong}")
     for key, opt in optimizers.items():
@@ -257,9 +260,8 @@ def split_gaussians(
         offsets = torch.einsum("sij,ksj->ksi", rot, eps * scales)
         new_means = (params["means"][idx] + offsets).reshape(-1, 3)
         new_log_scales = torch.log(scales / (0.8 * n_split)).repeat(n_split, 1)
-    duplicate_gaussians(
-        params, optimizers, idx.repeat(n_split), extra, state, overrides={"means": new_means, "log_scales": new_log_scales}
-    )
+    overrides = {"means": new_means, "log_scales": new_log_scales}
+    duplicate_gaussians(params, optimizers, idx.repeat(n_split), extra, state, overrides=overrides)
     remove_gaussians(params, optimizers, _pad(mask, n_split * idx.numel()), extra, state)
 
 

@@ -75,9 +75,8 @@ def init_from_points(
     opacity_logits = torch.full((n,), math.log(init_opacity / (1.0 - init_opacity)), dtype=f32)
     sh0 = rgb_to_sh0(torch.from_numpy(rgb_f).to(f32))[:, None, :]
     shN = torch.zeros(n, num_sh_coeffs(sh_degree) - 1, 3, dtype=f32)
-    return _as_params(
-        {"means": means, "log_scales": log_scales, "quats": quats, "opacity_logits": opacity_logits, "sh0": sh0, "shN": shN}
-    )
+    tensors = {"means": means, "log_scales": log_scales, "quats": quats, "opacity_logits": opacity_logits}
+    return _as_params({**tensors, "sh0": sh0, "shN": shN})
 
 
 def activated(params: Params) -> tuple[Tensor, Tensor, Tensor, Tensor]:

@@ -15,6 +15,7 @@ import typer
 
 from moegs.errors import MoegsError
 from moegs.progress import console
+from stages.common import StageResult
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -64,3 +65,13 @@ SetOpt = Annotated[
     typer.Option("--set", "-s", help="Override a config key of this stage: --set key=value (dotted keys for sections).", show_default=False),
 ]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Rebuild even if an artifact with the same id exists.")]
+
+
+def report(result: StageResult, label: str = "") -> None:
+    """One status line on stderr (scalar metrics only) and the artifact path on stdout."""
+    artifact = result.artifact
+    verb = "up to date" if result.up_to_date else "wrote"
+    scalars = {k: v for k, v in artifact.metrics.items() if isinstance(v, (int, float, str))}
+    metrics = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in scalars.items())
+    console.print(f"{verb} {artifact.kind} {artifact.short_id}{' (' + label + ')' if label else ''}: {metrics}")
+    typer.echo(str(artifact.path))

@@ -9,7 +9,7 @@ import typer
 
 from moegs.config import resolve_config
 from moegs.progress import console
-from moegs_cli.common import ConfigOpt, ForceOpt, SetOpt, handle_errors, state
+from moegs_cli.common import ConfigOpt, ForceOpt, SetOpt, handle_errors, report, state
 from stages import preprocess as preprocess_stage
 
 
@@ -78,13 +78,4 @@ def preprocess(
             "test_cameras": test_camera,
         },
     )
-    result = preprocess_stage.run(cfg, source, state(ctx).workspace, scene, force=force)
-    _report(result)
-
-
-def _report(result: preprocess_stage.StageResult) -> None:
-    artifact = result.artifact
-    verb = "up to date" if result.up_to_date else "wrote"
-    metrics = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in artifact.metrics.items())
-    console.print(f"{verb} {artifact.kind} {artifact.short_id}: {metrics}")
-    typer.echo(str(artifact.path))
+    report(preprocess_stage.run(cfg, source, state(ctx).workspace, scene, force=force))

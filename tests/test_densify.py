@@ -17,31 +17,27 @@ W, H = 200, 100
 def _setup(n: int = 10, optim=torch.optim.Adam):
     """Params whose rows are tagged with their index, an optimiser per key with moments = row id."""
     ids = torch.arange(n, dtype=torch.float32)
-    params = {
-        "means": torch.nn.Parameter(ids[:, None].repeat(1, 3)),
-        "log_scales": torch.nn.Parameter(torch.full((n, 3), math.log(0.005))),
-        "quats": torch.nn.Parameter(torch.tensor([1.0, 0, 0, 0]).repeat(n, 1)),
-        "opacity_logits": torch.nn.Parameter(torch.full((n,), 2.0)),
-        "sh0": torch.nn.Parameter(ids[:, None, None].repeat(1, 1, 3)),
-        "shN": torch.nn.Parameter(ids[:, None, None].repeat(1, 3, 3)),
+    values = {
+        "means": ids[:, None].repeat(1, 3),
+        "log_scales": torch.full((n, 3), math.log(0.005)),
+        "quats": torch.tensor([1.0, 0, 0, 0]).repeat(n, 1),
+        "opacity_logits": torch.full((n,), 2.0),
+        "sh0": ids[:, None, None].repeat(1, 1, 3),
+        "shN": ids[:, None, None].repeat(1, 3, 3),
+        "embed": ids[:, None].repeat(1, 8),  # an expert's trainable per-Gaussian tensor
     }
-    extra = {
-        "embed": torch.nn.Parameter(ids[:, None].repeat(1, 8)),  # trainable, has an optimiser
-        "poly": ids[:, None, None].repeat(1, 4, 3),  # plain per-Gaussian tensor
-    }
-    optimizers = {k: optim([p], lr=1e-3) for k, p in {**params, **extra}.items() if isinstance(p, torch.nn.Parameter)}
+    params = {k: torch.nn.Parameter(v.clone()) for k, v in values.items() if k != "embed"}
+    extra = {"embed": torch.nn.Parameter(values["embed"].clone()), "poly": ids[:, None, None].repeat(1, 4, 3)}
+    optimizers = {k: optim([p], lr=1e-3) for k, p in {**params, "embed": extra["embed"]}.items()}
     for key, opt in optimizers.items():
         p = opt.param_groups[0]["params"][0]
         p.grad = torch.ones_like(p)
-        opt.step()
-        opt.zero_grad()
-        with torch.no_grad():  # restore the tags the step moved
-            p.copy_(ids.view(-1, *[1] * (p.ndim - 1)).expand_as(p) if key not in ("log_scales", "quats", "opacity_logits")
-                    else {"log_scales": torch.full((n, 3), math.log(0.005)), "quats": torch.tensor([1.0, 0, 0, 0]).repeat(n, 1),
-                          "opacity_logits": torch.full((n,), 2.0)}[key])  # fmt: skip
-        st = opt.state[p]
-        st["exp_avg"].copy_(ids.view(-1, *[1] * (p.ndim - 1)).expand_as(p))
-        st["exp_avg_sq"].copy_(ids.view(-1, *[1] * (p.ndim - 1)).expand_as(p) * 10)
+        opt.step()  # creates the moments
+        with torch.no_grad():
+            p.copy_(values[key])
+        row_ids = ids.view(-1, *[1] * (p.ndim - 1)).expand_as(p)
+        opt.state[p]["exp_avg"].copy_(row_ids)
+        opt.state[p]["exp_avg_sq"].copy_(row_ids * 10)
     return params, extra, optimizers
 
 
@@ -164,8 +160,8 @@ def test_opacity_reset_caps_at_001_and_zeroes_moments():
         params["opacity_logits"][:5] = -4.9  # 0.0074: below the cap (unchanged), above the pruning threshold
     before = torch.sigmoid(params["opacity_logits"].detach())
     state = cfg.init_state(10)
-    stats = cfg.densify_step(params, opts, state, step=3000, scene_extent=1.0, extra=extra)
-    assert stats["opacity_reset"]
+    stats = cfg.densify_step(params, opts, state, step=3000, scene_extent=1.0, extra=extra)  # densifies too
+    assert stats["opacity_reset"] and stats["n_after"] == 10
     after = torch.sigmoid(params["opacity_logits"].detach())
     assert torch.allclose(after, torch.minimum(before, torch.tensor(0.01)), atol=1e-7)
     assert not _moment(opts["opacity_logits"]).any() and not _moment(opts["opacity_logits"], "exp_avg_sq").any()

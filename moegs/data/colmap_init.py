@@ -98,12 +98,17 @@ def colmap_points(
     max_features: int = 8000,
     num_threads: int = 2,
     min_points: int = 100,
+    two_view_tracks: bool = True,
 ) -> tuple[PointCloud, dict[str, float]]:
     """Triangulate each frame set ``frames[k]`` ({camera name: uint8 [H, W, 3]}) with ``cameras`` fixed.
 
     Cameras must be pinhole (undistorted) at the size of the images passed. Returns the points
     (time ``times[k]`` for those of frame set k) and stats (points, reprojection error mean and
     median in px, seconds). Fewer than ``min_points`` points raises :class:`InputError`.
+
+    ``two_view_tracks`` keeps points seen by only two cameras (COLMAP drops them by default). Rigs
+    with few, widely spaced cameras (caliscope_4cam: 1 point without them) have almost nothing else;
+    the 4 px reprojection filter still applies to them.
     """
     try:
         import pycolmap
@@ -116,7 +121,8 @@ def colmap_points(
     clouds = []
     pycolmap.logging.minloglevel = 2  # warnings and errors only: COLMAP's INFO lines would drown the progress bar
     for images, t in zip(frames, times):
-        clouds.append(_triangulate_frame(pycolmap, by_name, images, float(t), max_features, num_threads))
+        clouds.append(_triangulate_frame(pycolmap, by_name, images, float(t), max_features, num_threads,
+                                         two_view_tracks))
     points = PointCloud.concat(clouds)
     stats = {**point_stats(points), "seconds": _time.perf_counter() - started}
     if len(points) < min_points:
@@ -127,7 +133,7 @@ def colmap_points(
 
 
 def _triangulate_frame(pycolmap, cameras: dict[str, Camera], images: dict[str, np.ndarray], t: float,
-                       max_features: int, num_threads: int) -> PointCloud:
+                       max_features: int, num_threads: int, two_view_tracks: bool) -> PointCloud:
     if len(images) < 2:
         raise InputError(f"COLMAP initialisation needs at least 2 cameras, got {len(images)}")
     with tempfile.TemporaryDirectory(prefix="moegs_colmap_") as tmp:
@@ -181,7 +187,12 @@ def _triangulate_frame(pycolmap, cameras: dict[str, Camera], images: dict[str, n
             cam = cameras[Path(image.name).stem]
             im = pycolmap.Image(name=image.name, camera_id=image.camera_id, image_id=image.image_id)
             rec.add_image_with_trivial_frame(im, pycolmap.Rigid3d(pycolmap.Rotation3d(cam.R), cam.t))
-        tri = pycolmap.triangulate_points(rec, db_path, image_dir, out_dir, clear_points=True, refine_intrinsics=False)
+        options = pycolmap.IncrementalPipelineOptions()
+        options.num_threads = num_threads
+        options.ba_global_function_tolerance = 1e-6  # STG/E-D3DGS point_triangulator setting
+        options.triangulation.ignore_two_view_tracks = not two_view_tracks
+        tri = pycolmap.triangulate_points(rec, db_path, image_dir, out_dir, clear_points=True, options=options,
+                                          refine_intrinsics=False)
 
         pts = list(tri.points3D.values())
         if not pts:

@@ -70,7 +70,7 @@ def _stamp_shapes(
         r = rng.uniform(*radius)
         cy, cx = rng.uniform(0, h), rng.uniform(0, w)
         level = rng.uniform(0.05, 0.95)
-        colour = np.full(3, level) if grey else np.clip(level + rng.uniform(-0.2, 0.2, 3), 0.0, 1.0)
+        colour = np.full(3, level) if grey else np.clip(level + rng.uniform(-0.12, 0.12, 3), 0.0, 1.0)
         is_disc = rng.random() < 0.5
         ry = r if is_disc else r * rng.uniform(0.4, 1.6)
         y0, y1 = int(max(cy - ry, 0)), int(min(cy + ry + 1, h))
@@ -96,9 +96,9 @@ def make_texture(primitive: Primitive, rng: np.random.Generator) -> Texture:
     style = primitive.texture
     texel_u, wrap_u = primitive.texel, False
     if style == "rich":
-        colour = np.stack([0.5 + 0.13 * _noise(rng, shape, 64) for _ in range(3)], axis=-1)
-        image = colour * (1.0 + 0.25 * _detail(rng, shape, (3, 8, 24)))[..., None]
-        _stamp_shapes(rng, image, shape[0] * shape[1] // 2500, (3.0, 30.0), grey=False)
+        colour = np.stack([0.5 + 0.07 * _noise(rng, shape, 64) for _ in range(3)], axis=-1)
+        image = colour * (1.0 + 0.3 * _detail(rng, shape, (3, 8, 24)))[..., None]
+        _stamp_shapes(rng, image, shape[0] * shape[1] // 4000, (3.0, 30.0), grey=False)
     elif style == "grey":
         image = np.repeat((0.55 + 0.15 * _detail(rng, shape, (3, 10)))[..., None], 3, axis=-1)
         _stamp_shapes(rng, image, shape[0] * shape[1] // 1500, (3.0, 14.0), grey=True)

@@ -173,6 +173,10 @@ def _np64(x: Tensor) -> np.ndarray:
     return np.ascontiguousarray(x.detach().to(device="cpu", dtype=torch.float64).numpy())
 
 
+def _like(a: np.ndarray, ref: Tensor) -> Tensor:
+    return torch.from_numpy(a).to(device=ref.device, dtype=ref.dtype)
+
+
 def _tile_order(offsets: np.ndarray) -> np.ndarray:
     """Non-empty tiles, longest list first, so the dynamic scheduler balances the threads."""
     counts = np.diff(offsets)
@@ -209,16 +213,16 @@ class _CompositeCPU(torch.autograd.Function):
         ctx.geometry = (width, height, bins.tiles_x, n_sets)
         ctx.trans, ctx.last = trans, last
         ctx.dtype, ctx.device = features.dtype, features.device
-        out = lambda a: torch.from_numpy(a).to(device=features.device, dtype=features.dtype)  # noqa: E731
         contrib = None
         if want_contrib:
-            contrib = out(np.bincount(arrays[6], weights=contrib_isect, minlength=features.shape[0]))
+            per_gaussian = np.bincount(arrays[6], weights=contrib_isect, minlength=features.shape[0])
+            contrib = _like(per_gaussian, features)
             ctx.mark_non_differentiable(contrib)
-        return out(acc), out(trans), contrib
+        return _like(acc, features), _like(trans, features), contrib
 
     @staticmethod
     def backward(ctx, grad_acc, grad_trans, _grad_contrib):
-        means2d_np, _, _, feats_np, _, _, gids_np, _ = ctx.arrays
+        _, _, _, feats_np, _, _, gids_np, _ = ctx.arrays
         width, height, tiles_x, n_sets = ctx.geometry
         n, d = feats_np.shape
         g_acc = _np64(grad_acc) if grad_acc is not None else np.zeros((n_sets, height, width, d))

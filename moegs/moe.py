@@ -1,0 +1,106 @@
+"""A MoE model on disk and in memory: frozen experts + router, as stored in a ``moe`` artifact.
+
+Payload: ``router.safetensors`` (gate tables per expert + decoder) and, for a pruned MoE,
+``experts/<k>.safetensors`` holding expert k's remaining Gaussians (an unpruned MoE reads the
+weights from the expert artifacts it references, so nothing is copied).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from moegs.artifacts import Artifact, require_same
+from moegs.errors import IncompatibleArtifactError, InputError
+from moegs.experts import get_family
+from moegs.experts.base import Expert, config_from_dict
+from moegs.experts.io import WEIGHTS, load_expert
+from moegs.router import FrozenExperts, PixelRouter
+
+ROUTER = "router.safetensors"
+
+
+@dataclass
+class MoEModel:
+    experts: FrozenExperts
+    router: PixelRouter
+    tau: float
+    expert_artifacts: list[Artifact]
+
+    @property
+    def num_gaussians(self) -> list[int]:
+        return [e.num_gaussians for e in self.experts.experts]
+
+    def num_floats(self) -> int:
+        experts = sum(e.num_floats() for e in self.experts.experts)
+        return experts + sum(p.numel() for p in self.router.parameters())
+
+
+def check_mixable(experts: list[Artifact]) -> str:
+    """Experts can be mixed only when trained on the same dataset; returns that dataset id."""
+    if len(experts) < 2:
+        raise InputError(f"a mixture needs at least 2 experts, got {len(experts)}")
+    for artifact in experts:
+        if artifact.kind != "expert":
+            raise IncompatibleArtifactError(f"{artifact.path}: expected an expert artifact, found {artifact.kind}")
+    require_same(experts, "dataset_id", "experts")
+    require_same(experts, "n_frames", "experts")
+    return experts[0].compat["dataset_id"]
+
+
+def router_tensors(router: PixelRouter) -> dict[str, torch.Tensor]:
+    out = {}
+    for k in range(router.num_experts):
+        out[f"gates.{k}"] = router.gates[k].detach().contiguous()
+        out[f"time_coefs.{k}"] = router.time_coefs[k].detach().contiguous()
+    out.update({f"decoder.{k}": v.detach().contiguous() for k, v in router.decoder.state_dict().items()})
+    return out
+
+
+def save_router(router: PixelRouter, directory: Path) -> None:
+    save_file(router_tensors(router), str(Path(directory) / ROUTER))
+
+
+def save_pruned_experts(experts: list[Expert], directory: Path) -> None:
+    target = Path(directory) / "experts"
+    target.mkdir(parents=True, exist_ok=True)
+    for k, expert in enumerate(experts):
+        save_file(expert.state_tensors(), str(target / f"{k}.safetensors"))
+
+
+def load_router(path: Path, num_experts: int) -> PixelRouter:
+    tensors = load_file(str(path))
+    counts = [tensors[f"gates.{k}"].shape[0] for k in range(num_experts)]
+    router = PixelRouter(counts)
+    for k in range(num_experts):
+        router.gates[k].data.copy_(tensors[f"gates.{k}"])
+        router.time_coefs[k].data.copy_(tensors[f"time_coefs.{k}"])
+    router.decoder.load_state_dict({k[len("decoder."):]: v for k, v in tensors.items() if k.startswith("decoder.")})
+    return router
+
+
+def load_moe(artifact: Artifact, tau: float | None = None) -> MoEModel:
+    """Rebuild experts (pruned weights if the MoE carries them) and router; ``tau`` overrides the stored one."""
+    if artifact.kind != "moe":
+        raise IncompatibleArtifactError(f"{artifact.path}: expected a moe artifact, found {artifact.kind}")
+    expert_artifacts = [artifact.resolve_input(entry) for entry in artifact.input_refs("expert")]
+    experts = []
+    for k, expert_artifact in enumerate(expert_artifacts):
+        embedded = artifact.file(f"experts/{k}.safetensors")
+        if embedded.is_file():
+            config = dict(expert_artifact.config)
+            cls = get_family(config.pop("family"))
+            experts.append(cls.from_state(config_from_dict(cls, config), load_file(str(embedded)), expert_artifact.compat["n_frames"]))
+        else:
+            experts.append(load_expert(expert_artifact))
+    router = load_router(artifact.file(ROUTER), len(experts))
+    for k, expert in enumerate(experts):
+        if router.gates[k].shape[0] != expert.num_gaussians:
+            raise IncompatibleArtifactError(
+                f"{artifact.path}: router has {router.gates[k].shape[0]} gate rows for expert {k}, "
+                f"which has {expert.num_gaussians} Gaussians ({WEIGHTS} changed?)"
+            )
+    return MoEModel(FrozenExperts(experts), router, float(artifact.compat["tau"] if tau is None else tau), expert_artifacts)
