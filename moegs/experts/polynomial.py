@@ -21,6 +21,7 @@ Differences from the official code, on purpose:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 from torch import Tensor
 
@@ -60,7 +61,7 @@ class PolynomialExpert(Expert):
         cls, config: ExpertConfig, params: dict[str, Tensor], times: Tensor, n_frames: int
     ) -> dict[str, Tensor]:
         """mu_tau = the time each point was observed (STG keeps every SfM point's frame time); motion 0."""
-        assert isinstance(config, PolynomialConfig)
+        config = cast(PolynomialConfig, config)
         n = params["means"].shape[0]
         times = times.reshape(-1).to(params["means"])
         if times.shape[0] != n:
