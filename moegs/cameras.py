@@ -268,7 +268,8 @@ def cameras_to_llff(cameras: list[Camera]) -> np.ndarray:
         K = cam.K
         centred = np.allclose(K[:2, 2], [cam.width / 2, cam.height / 2], atol=1e-6 * cam.width)
         if cam.has_distortion or not np.isclose(K[0, 0], K[1, 1]) or not centred or K[0, 1] != 0:
-            raise InputError(f"camera {cam.name}: LLFF needs an undistorted camera with fx == fy, no skew, centred principal point")
+            raise InputError(f"camera {cam.name}: LLFF needs an undistorted camera with fx == fy, no skew "
+                             "and a centred principal point")
         c2w = cam.R.T
         m = np.stack([c2w[:, 1], c2w[:, 0], -c2w[:, 2], cam.center, [cam.height, cam.width, K[0, 0]]], axis=1)
         rows.append(np.concatenate([m.ravel(), [cam.near, cam.far]]))
@@ -305,7 +306,8 @@ def cameras_from_technicolor(path: Path, width: int, height: int) -> list[Camera
         name = f"cam{len(cameras):02d}"
         at = f"{path}:{lineno}: camera {name}"
         if values.size == 14:
-            raise InputError(f"{at}: 14 columns (distorted release with d1 d2); use the undistorted release (12 columns)")
+            raise InputError(f"{at}: 14 columns (distorted release with d1 d2); "
+                             "use the undistorted release (12 columns)")
         if values.size != 12:
             raise InputError(f"{at}: expected 12 numbers 'f cu cv ar sk qw qx qy qz tx ty tz', got {values.size}")
         if not np.all(np.isfinite(values)):

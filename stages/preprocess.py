@@ -22,6 +22,9 @@ class PreprocessConfig:
     frame_start: int = 0
     frame_stop: int | None = None
     downscale: float = 1.0
+    """Divide every image size by this (2 = half resolution, as usual for N3V); intrinsics follow."""
+    max_width: int | None = None
+    """Also cap each camera's width at this many pixels."""
     truncate: bool = False
     size_mismatch: Literal["refuse", "scale", "crop"] = "refuse"
     init: Literal["colmap", "random"] = "colmap"
@@ -44,8 +47,10 @@ def run(
     source = Path(source)
     if not source.is_dir():
         raise InputError(f"{source}: source folder not found")
-    if config.downscale <= 0:
-        raise InputError(f"downscale must be positive, got {config.downscale}")
+    if config.downscale < 1:
+        raise InputError(f"downscale is a divisor and must be >= 1, got {config.downscale}")
+    if config.max_width is not None and config.max_width < 16:
+        raise InputError(f"max_width must be at least 16 pixels, got {config.max_width}")
     writer = ArtifactWriter(
         workspace,
         scene or source.resolve().name,
@@ -63,6 +68,7 @@ def run(
             frame_start=config.frame_start,
             frame_stop=config.frame_stop,
             downscale=config.downscale,
+            max_width=config.max_width,
             truncate=config.truncate,
             size_mismatch=None if config.size_mismatch == "refuse" else config.size_mismatch,
             init=config.init,

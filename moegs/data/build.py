@@ -78,6 +78,7 @@ def build_dataset(
     stop = capture.n_frames if frame_stop is None else frame_stop
     if not 0 <= frame_start < stop <= capture.n_frames:
         raise InputError(f"{src}: frame range [{frame_start}, {stop}) outside the {capture.n_frames} frames available")
+    out_dir.mkdir(parents=True, exist_ok=True)
     n_frames = stop - frame_start
     colmap_idx = sorted(set(np.linspace(0, n_frames - 1, min(colmap_frames, n_frames)).round().astype(int).tolist()))
 
@@ -109,8 +110,9 @@ def build_dataset(
     if init == "colmap":
         frames = [{c.name: kept[i][c.name] for c in train} for i in colmap_idx]
         with progress_bar("preprocess: COLMAP", 1, enabled=progress) as bar:
-            points, _ = colmap_points(train, frames, [i / n_frames for i in colmap_idx], max_features=colmap_max_features,
-                                      num_threads=num_threads, min_points=min_points)
+            points, _ = colmap_points(train, frames, [i / n_frames for i in colmap_idx],
+                                      max_features=colmap_max_features, num_threads=num_threads,
+                                      min_points=min_points)
             bar.advance()
         if fmt != "n3v":
             _bounds_from_points(out_cameras, points)

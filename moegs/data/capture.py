@@ -97,7 +97,7 @@ class Capture:
         return np.ascontiguousarray(array[:, y0:y0 + cam.height, x0:x0 + cam.width])
 
 
-def open_capture(src: Path, fmt: str, *, truncate: bool = False, size_mismatch: SizeMismatch = None) -> Capture:
+def open_capture(src: Path, fmt: Format, *, truncate: bool = False, size_mismatch: SizeMismatch = None) -> Capture:
     """Open a raw capture folder of format ``fmt`` (``n3v``, ``technicolor`` or ``multiview``)."""
     src = Path(src)
     if fmt not in FORMATS:
@@ -226,7 +226,7 @@ def _load_labels(path: Path) -> np.ndarray:
 def png_size(path: Path) -> tuple[int, int]:
     """(width, height) of an image file from its header."""
     try:
-        props = iio.improps(path)
+        props = iio.improps(path, plugin="pillow")
     except Exception as exc:  # imageio raises plugin-specific errors for corrupt files
         raise InputError(f"{path}: not a readable image ({exc})") from None
     return int(props.shape[1]), int(props.shape[0])
@@ -235,7 +235,7 @@ def png_size(path: Path) -> tuple[int, int]:
 def read_png(path: Path, size: tuple[int, int]) -> np.ndarray:
     """One RGB uint8 image [H, W, 3]; a grey or RGBA file is converted, a wrong size refused."""
     try:
-        image = iio.imread(path)
+        image = iio.imread(path, plugin="pillow")
     except Exception as exc:  # imageio raises plugin-specific errors for corrupt files
         raise InputError(f"{path}: not a readable image ({exc})") from None
     if image.dtype != np.uint8:

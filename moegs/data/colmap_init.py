@@ -48,7 +48,8 @@ class PointCloud:
 
     @classmethod
     def concat(cls, clouds: Sequence[PointCloud]) -> PointCloud:
-        return cls(*(np.concatenate([getattr(c, k) for c in clouds]) for k in ("xyz", "rgb", "error", "track_len", "time")))
+        keys = ("xyz", "rgb", "error", "track_len", "time")
+        return cls(*(np.concatenate([getattr(c, k) for c in clouds]) for k in keys))
 
     def save_ply(self, path: Path) -> None:
         """Binary PLY with x y z, red green blue, time, error, track_len."""
@@ -113,7 +114,8 @@ def colmap_points(
     try:
         import pycolmap
     except ImportError:
-        raise MissingDependencyError("pycolmap is not installed: pip install pycolmap==4.2.1 (or use --init random)") from None
+        raise MissingDependencyError("pycolmap is not installed: pip install pycolmap==4.2.1 "
+                                     "(or use --init random)") from None
     if len(frames) != len(times):
         raise ValueError("one time per frame set")
     started = _time.perf_counter()
@@ -145,7 +147,8 @@ def _triangulate_frame(pycolmap, cameras: dict[str, Camera], images: dict[str, n
             if cam.has_distortion or cam.K[0, 1] != 0:
                 raise InputError(f"camera {name}: COLMAP initialisation needs undistorted pinhole cameras without skew")
             if image.shape[:2] != (cam.height, cam.width):
-                raise InputError(f"camera {name}: image is {image.shape[1]}x{image.shape[0]}, camera {cam.width}x{cam.height}")
+                raise InputError(f"camera {name}: image is {image.shape[1]}x{image.shape[0]}, "
+                                 f"camera {cam.width}x{cam.height}")
             iio.imwrite(image_dir / f"{name}.png", image)
 
         reader = pycolmap.ImageReaderOptions()

@@ -117,7 +117,7 @@ class Dataset:
             raise InputError(f"{self.path}: frame {i} outside 0..{self.n_frames - 1}")
         path = frame_path(self.path, cam_name, i)
         try:
-            image = iio.imread(path)
+            image = iio.imread(path, plugin="pillow")
         except Exception as exc:  # imageio raises plugin-specific errors for corrupt files
             raise InputError(f"{path}: not a readable image ({exc})") from None
         if image.shape != (cam.height, cam.width, 3):

@@ -161,7 +161,7 @@ def render_camera(
         t = i / n_frames
         col, lab, dep = colour.copy(), label.copy(), depth.copy()
         for mask, tint in tinted:
-            col[mask] *= tint.rgb(t)
+            col[mask] = tint.apply(col[mask], t)
         for prim in dynamic:
             r0, r1, c0, c1 = _screen_box(cam, *prim.bounding_sphere(t), rows, cols)
             if r1 <= r0 or c1 <= c0:

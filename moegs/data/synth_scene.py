@@ -50,20 +50,22 @@ def _vec(values: Any) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Tint:
-    """Time-varying RGB multiplier of a static surface: hue cycles and brightness pulses.
+    """Time-varying colour of a static surface: brightness pulses and a hue offset cycles.
 
-    ``rgb(t) = brightness(t) * (0.55 + 0.4 * cos(2 pi (hue_cycles * t + phase + (0, 1/3, 2/3))))``
-    with ``brightness(t) = 0.8 + 0.2 * sin(2 pi pulse_cycles * t)``.
+    ``colour(t) = brightness(t) * colour + saturation * cos(2 pi (hue_cycles * t + phase + (0, 1/3, 2/3)))``
+    with ``brightness(t) = 0.8 + 0.2 * sin(2 pi pulse_cycles * t)``. The hue term sums to zero over
+    the channels, so it moves chroma without touching the texture's (high-frequency) luminance.
     """
 
     hue_cycles: float
     pulse_cycles: float
     phase: float
+    saturation: float
 
-    def rgb(self, t: float) -> np.ndarray:
+    def apply(self, colour: np.ndarray, t: float) -> np.ndarray:
         angles = 2.0 * np.pi * (self.hue_cycles * t + self.phase + np.array([0.0, 1.0 / 3.0, 2.0 / 3.0]))
         brightness = 0.8 + 0.2 * np.sin(2.0 * np.pi * self.pulse_cycles * t)
-        return brightness * (0.55 + 0.4 * np.cos(angles))
+        return brightness * colour + self.saturation * np.cos(angles)
 
 
 @dataclass(frozen=True)
@@ -156,7 +158,8 @@ class Box(Primitive):
 
     def pose(self, t: float) -> tuple[np.ndarray, np.ndarray]:
         """(centre, object-to-world rotation) at time t."""
-        centre = _vec(self.centre) + _vec(self.amplitude) * np.sin(2.0 * np.pi * _vec(self.frequency) * t + _vec(self.phase))
+        wave = np.sin(2.0 * np.pi * _vec(self.frequency) * t + _vec(self.phase))
+        centre = _vec(self.centre) + _vec(self.amplitude) * wave
         return centre, rotation(_vec(self.axis), self.angle0 + self.spin * t)
 
     def _tile(self) -> float:

@@ -16,7 +16,7 @@ from moegs.errors import InputError
 
 # Distinct hues for the six box faces (rigid motion must be visible from every side).
 _FACE_COLOURS = np.array(
-    [[0.85, 0.35, 0.25], [0.25, 0.6, 0.85], [0.9, 0.8, 0.3], [0.35, 0.75, 0.4], [0.7, 0.4, 0.8], [0.9, 0.6, 0.35]]
+    [[0.7, 0.4, 0.35], [0.35, 0.5, 0.7], [0.7, 0.65, 0.35], [0.4, 0.65, 0.45], [0.6, 0.4, 0.65], [0.7, 0.55, 0.4]]
 )
 
 
@@ -62,15 +62,14 @@ def _noise(rng: np.random.Generator, shape: tuple[int, int], scale: int) -> np.n
 
 
 def _stamp_shapes(
-    rng: np.random.Generator, image: np.ndarray, count: int, radius: tuple[float, float], grey: bool
+    rng: np.random.Generator, lum: np.ndarray, count: int, radius: tuple[float, float], levels: tuple[float, float]
 ) -> None:
-    """Paint ``count`` random discs and axis-aligned rectangles (corner features) into ``image``."""
-    h, w = image.shape[:2]
+    """Paint ``count`` random grey discs and axis-aligned rectangles (corner features) into ``lum``."""
+    h, w = lum.shape
     for _ in range(count):
         r = rng.uniform(*radius)
         cy, cx = rng.uniform(0, h), rng.uniform(0, w)
-        level = rng.uniform(0.05, 0.95)
-        colour = np.full(3, level) if grey else np.clip(level + rng.uniform(-0.12, 0.12, 3), 0.0, 1.0)
+        level = rng.uniform(*levels)
         is_disc = rng.random() < 0.5
         ry = r if is_disc else r * rng.uniform(0.4, 1.6)
         y0, y1 = int(max(cy - ry, 0)), int(min(cy + ry + 1, h))
@@ -80,46 +79,58 @@ def _stamp_shapes(
         if is_disc:
             yy, xx = np.mgrid[y0:y1, x0:x1]
             mask = (yy + 0.5 - cy) ** 2 + (xx + 0.5 - cx) ** 2 <= r * r
-            image[y0:y1, x0:x1][mask] = colour
+            lum[y0:y1, x0:x1][mask] = level
         else:
-            image[y0:y1, x0:x1] = colour
+            lum[y0:y1, x0:x1] = level
 
 
 def _detail(rng: np.random.Generator, shape: tuple[int, int], scales: tuple[int, ...]) -> np.ndarray:
     return sum(_noise(rng, shape, s) for s in scales) / np.sqrt(len(scales))
 
 
+def _hue(colours: np.ndarray) -> np.ndarray:
+    """The chroma part of RGB colours: each minus its grey level, so adding it keeps luminance."""
+    return colours - colours.mean(axis=-1, keepdims=True)
+
+
 def make_texture(primitive: Primitive, rng: np.random.Generator) -> Texture:
-    """Build the texture named by ``primitive.texture`` at ``primitive.texel`` resolution."""
+    """Build the texture named by ``primitive.texture`` at ``primitive.texel`` resolution.
+
+    Every style is a grey luminance layer (noise and shapes) plus a chroma layer that only changes
+    at a few large edges.
+    """
     u_extent, v_extent = primitive.uv_extent()
     shape = (int(np.ceil(v_extent / primitive.texel)) + 1, int(np.ceil(u_extent / primitive.texel)) + 1)
+    area = shape[0] * shape[1]
     style = primitive.texture
     texel_u, wrap_u = primitive.texel, False
     if style == "rich":
-        colour = np.stack([0.5 + 0.07 * _noise(rng, shape, 64) for _ in range(3)], axis=-1)
-        image = colour * (1.0 + 0.3 * _detail(rng, shape, (3, 8, 24)))[..., None]
-        _stamp_shapes(rng, image, shape[0] * shape[1] // 4000, (3.0, 30.0), grey=False)
+        lum = 0.5 + 0.15 * _detail(rng, shape, (3, 8, 24))
+        _stamp_shapes(rng, lum, area // 2500, (3.0, 30.0), (0.1, 0.9))
+        chroma = _hue(np.stack([0.08 * _noise(rng, shape, 96) for _ in range(3)], axis=-1))
     elif style == "grey":
-        image = np.repeat((0.55 + 0.15 * _detail(rng, shape, (3, 10)))[..., None], 3, axis=-1)
-        _stamp_shapes(rng, image, shape[0] * shape[1] // 1500, (3.0, 14.0), grey=True)
+        lum = 0.55 + 0.15 * _detail(rng, shape, (3, 10))
+        _stamp_shapes(rng, lum, area // 1500, (3.0, 14.0), (0.15, 0.9))
+        chroma = np.zeros(shape + (3,))
     elif style == "faces":
         tile = shape[0] - 1
-        face = np.minimum(np.arange(shape[1]) // tile, 5)
-        image = _FACE_COLOURS[face][None, :, :] * (1.0 + 0.2 * _detail(rng, shape, (2, 6)))[..., None]
-        _stamp_shapes(rng, image, 6 * 12, (2.0, 9.0), grey=True)
+        face_colours = _FACE_COLOURS[np.minimum(np.arange(shape[1]) // tile, 5)]
+        lum = face_colours.mean(axis=-1)[None, :] + 0.1 * _detail(rng, shape, (2, 6))
+        _stamp_shapes(rng, lum, 6 * 12, (2.0, 9.0), (0.3, 0.75))
+        chroma = np.broadcast_to(_hue(face_colours)[None], shape + (3,))
     elif style == "checker":
         # 8 x 4 squares in longitude x latitude: a whole number of periods around, so u wraps cleanly.
-        rows, cols = np.mgrid[0 : shape[0], 0 : shape[1]]
+        rows, cols = np.mgrid[0 : shape[0], 0 : shape[1] - 1]
         parity = ((cols * 8 // (shape[1] - 1)) + (rows * 4 // (shape[0] - 1))) % 2
-        image = np.where(parity[..., None] == 1, [0.95, 0.55, 0.15], [0.12, 0.2, 0.55])
-        image = image[:, :-1]
-        texel_u, wrap_u = u_extent / image.shape[1], True
+        lum = np.where(parity == 1, 0.8, 0.3)
+        chroma = np.broadcast_to(_hue(np.array([0.75, 0.55, 0.3])), lum.shape + (3,))
+        texel_u, wrap_u = u_extent / lum.shape[1], True
     elif style == "flag":
-        bands = np.array([[0.8, 0.15, 0.2], [0.92, 0.9, 0.85], [0.15, 0.3, 0.7]])
-        band = np.minimum(np.arange(shape[0]) * 3 // shape[0], 2)
-        image = np.repeat(bands[band][:, None, :], shape[1], axis=1)
-        image = image * (1.0 + 0.2 * _detail(rng, shape, (2, 6)))[..., None]
-        _stamp_shapes(rng, image, shape[0] * shape[1] // 1200, (2.0, 10.0), grey=False)
+        bands = np.array([[0.7, 0.3, 0.3], [0.75, 0.75, 0.7], [0.3, 0.4, 0.65]])
+        band = bands[np.minimum(np.arange(shape[0]) * 3 // shape[0], 2)]
+        lum = band.mean(axis=-1)[:, None] + 0.1 * _detail(rng, shape, (2, 6))
+        _stamp_shapes(rng, lum, area // 1200, (2.0, 10.0), (0.3, 0.75))
+        chroma = np.broadcast_to(_hue(band)[:, None, :], shape + (3,))
     else:
         raise InputError(f"synthetic scene: unknown texture style {style!r} on {primitive.name!r}")
-    return Texture(np.clip(image, 0.03, 0.97), texel_u, primitive.texel, wrap_u)
+    return Texture(np.clip(lum[..., None] + chroma, 0.03, 0.97), texel_u, primitive.texel, wrap_u)

@@ -49,12 +49,24 @@ class ScaledLinear(nn.Module):
         self.weight = nn.Parameter(weight / self.lr_mult)
         self.bias = nn.Parameter(torch.zeros(out_dim))
 
-    def forward(self, x: Tensor) -> Tensor:
-        return F.linear(x, self.weight * self.lr_mult, self.bias * self.lr_mult)
+    def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
+        """``x`` [N, in]; with ``context`` [C], the input is concat(context, x_n) for every row n.
+
+        The context's product with its weight columns is computed once instead of N times
+        (E-D3DGS's temporal embedding is the same for every Gaussian).
+        """
+        weight, bias = self.weight * self.lr_mult, self.bias * self.lr_mult
+        if context is None:
+            return F.linear(x, weight, bias)
+        c = context.shape[0]
+        return F.linear(x, weight[:, c:], weight[:, :c] @ context + bias)
 
 
 class DeformHeads(nn.Module):
-    """Feature [N, in_dim] -> raw-parameter offsets ``{attr: [N, k]}`` (4DGaussians / E-D3DGS decoder)."""
+    """Feature [N, in_dim] -> raw-parameter offsets ``{attr: [N, k]}`` (4DGaussians / E-D3DGS decoder).
+
+    ``in_dim`` counts the shared context too (E-D3DGS: temporal + Gaussian embedding sizes).
+    """
 
     def __init__(
         self,
@@ -85,8 +97,12 @@ class DeformHeads(nn.Module):
             }
         )
 
-    def forward(self, x: Tensor) -> dict[str, Tensor]:
-        hidden = self.trunk(x)
+    def forward(self, x: Tensor, context: Tensor | None = None) -> dict[str, Tensor]:
+        """Offsets for input rows concat(context, x_n) (``context`` [C] shared by all rows, optional)."""
+        first, *rest = self.trunk
+        hidden = first(x, context)
+        for layer in rest:
+            hidden = layer(hidden)
         return {attr: head(hidden) for attr, head in self.heads.items()}
 
 

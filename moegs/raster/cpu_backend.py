@@ -25,9 +25,13 @@ from moegs.raster.projection import ALPHA_MAX, ALPHA_MIN, T_MIN, TILE, TileBins
 
 @njit(cache=True, inline="always")
 def _gather_tile(gids, start, n, means2d, conics, opac, feats, set_ids):
-    """Contiguous copies of one tile's Gaussians (the inner loops then stream through memory)."""
+    """Contiguous copies of one tile's Gaussians (the inner loops then stream through memory).
+
+    Column 6 is a power below which alpha < 1/255 for sure (the margin dwarfs rounding), so most
+    far-away entries are rejected without an exp; entries near the bound take the exact test.
+    """
     d = feats.shape[1]
-    g = np.empty((n, 6))  # mx, my, a, b, c, opacity
+    g = np.empty((n, 7))  # mx, my, a, b, c, opacity, power bound
     f = np.empty((n, d))
     s = np.empty(n, np.int64)
     for j in range(n):
@@ -38,13 +42,14 @@ def _gather_tile(gids, start, n, means2d, conics, opac, feats, set_ids):
         g[j, 3] = conics[gid, 1]
         g[j, 4] = conics[gid, 2]
         g[j, 5] = opac[gid]
+        g[j, 6] = np.log(ALPHA_MIN) - np.log(opac[gid]) - 1e-9
         s[j] = set_ids[gid]
         for c in range(d):
             f[j, c] = feats[gid, c]
     return g, f, s
 
 
-@njit(parallel=True, cache=True, fastmath=False)
+@njit(parallel=True, cache=True, fastmath=False, error_model="numpy")
 def _forward_kernel(
     means2d, conics, opac, feats, set_ids, offsets, gids, order, width, height, tiles_x, n_sets,
     contrib_weight, want_contrib, out_acc, out_trans, out_last, out_contrib,
@@ -78,7 +83,7 @@ def _forward_kernel(
                     dx = g[j, 0] - cx
                     dy = g[j, 1] - cy
                     power = -0.5 * (g[j, 2] * dx * dx + g[j, 4] * dy * dy) - g[j, 3] * dx * dy
-                    if power > 0.0:
+                    if power > 0.0 or power < g[j, 6]:
                         continue
                     alpha = min(ALPHA_MAX, g[j, 5] * np.exp(power))
                     if alpha < ALPHA_MIN:
@@ -104,7 +109,7 @@ def _forward_kernel(
                         out_acc[k, py, px, c] = acc[k, c]
 
 
-@njit(parallel=True, cache=True, fastmath=False)
+@njit(parallel=True, cache=True, fastmath=False, error_model="numpy")
 def _backward_kernel(
     means2d, conics, opac, feats, set_ids, offsets, gids, order, width, height, tiles_x, n_sets,
     trans_final, last, grad_acc, grad_trans, out_grad,
@@ -141,7 +146,7 @@ def _backward_kernel(
                     dx = g[j, 0] - cx
                     dy = g[j, 1] - cy
                     power = -0.5 * (g[j, 2] * dx * dx + g[j, 4] * dy * dy) - g[j, 3] * dx * dy
-                    if power > 0.0:
+                    if power > 0.0 or power < g[j, 6]:
                         continue
                     gauss = np.exp(power)
                     raw = g[j, 5] * gauss

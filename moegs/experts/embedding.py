@@ -1,0 +1,215 @@
+"""The ``embedding`` family: E-D3DGS (Bae et al., ECCV 2024, "Per-Gaussian Embedding-Based Deformation").
+
+No coordinate field: every Gaussian g owns a learned embedding z_g (per-Gaussian tensor
+``embedding``, init 0, so densification copies it with its parent), every time t a temporal
+embedding z_t. Two decoders of the same architecture, coarse and fine, map (z_t, z_g) to raw
+offsets that are summed: theta_t = theta + F_c(z_g, z_t^c) + F_f(z_g, z_t^f). The Gaussian's
+position is *not* an input (the paper shows it hurts).
+
+Left out: the per-camera time offsets (Sync-NeRF style), because :meth:`Expert.deform` is given
+no camera; colour offsets (see :mod:`moegs.experts.deform_mlp`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import cast
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy.spatial import cKDTree
+from torch import Tensor, nn
+
+from moegs.errors import InputError
+from moegs.experts.base import Expert, ExpertConfig, grid_time
+from moegs.experts.deform_mlp import DeformHeads, StepCounter, apply_offsets, check_attrs
+
+
+@dataclass
+class EmbeddingConfig(ExpertConfig):
+    """E-D3DGS settings. Sizes are scaled down from N3V (z_g 32, z_t 256, 150 rows, width 128) and
+    schedules from its 80k iterations to our ~3k. ``lr_fields`` drives decoders and temporal table
+    together (the paper gives them one rate: 1.6e-4 -> 1.6e-5, x extent)."""
+
+    lr_fields: float = 1.6e-4
+    lr_fields_final: float = 1.6e-5
+    gaussian_dim: int = 16
+    """Size of the per-Gaussian embedding z_g (paper 32)."""
+    temporal_dim: int = 32
+    """Size of the temporal embedding z_t (paper 256)."""
+    temporal_rows: int = 0
+    """Rows of the temporal table (the fine resolution); 0: n_frames // 2, at least 2 (N3V: 150 / 300 frames)."""
+    coarse_rows: int = 0
+    """Rows the coarse decoder sees (the table resampled); 0: temporal_rows // 5, at least 2 (N3V: 30)."""
+    c2f_iters: int = 400
+    """The fine decoder's rows grow linearly from coarse_rows to temporal_rows over these steps (paper 10k of 80k); 0: no growth."""
+    mlp_width: int = 64
+    """Hidden width of both decoders (paper 128)."""
+    mlp_depth: int = 1
+    """Linear layers in each decoder's trunk before the heads (paper N3V 1)."""
+    anneal_iters: int = 50
+    """Position/rotation offsets ramp from 0 to 1 over these steps (paper 1000 of 80k); also the length of the scale/opacity ramp."""
+    deform_from: int = 200
+    """Scale/opacity offsets start ramping at this step (paper ``deform_from_iter`` 5000 of 80k)."""
+    lr_embedding: float = 2.5e-3
+    """Learning rate of the per-Gaussian embeddings (paper 2.5e-3, not scaled by the extent)."""
+    lambda_embedding_smooth: float = 0.1
+    """Weight of the local embedding smoothness (paper 1 on N3V, 0.1 on Technicolor)."""
+    knn: int = 20
+    """Neighbours per Gaussian in the smoothness term (paper 20)."""
+    knn_falloff: float = 2000.0
+    """w_ij = exp(-knn_falloff * |mu_i - mu_j|^2), in 1 / world units^2 (paper 2000)."""
+    deform_attrs: list[str] = field(default_factory=lambda: ["means", "log_scales", "quats"])
+    """Raw parameters the decoders deform; add ``opacity_logits`` for the paper's N3V setting."""
+
+
+def resample_rows(table: Tensor, rows: int) -> Tensor:
+    """``table`` [M, D] linearly resized along its rows to [rows, D] (E-D3DGS resizes with align_corners=True)."""
+    if rows == table.shape[0]:
+        return table
+    return F.interpolate(table.T[None], size=rows, mode="linear", align_corners=True)[0].T
+
+
+def lerp_row(table: Tensor, t: float) -> Tensor:
+    """The row of ``table`` [M, D] at normalised time t in [0, 1], linearly interpolated -> [D]."""
+    i0, i1, w = grid_time(t, table.shape[0])
+    return table[i0] * (1.0 - w) + table[i1] * w
+
+
+def knn_graph(means: Tensor, k: int, falloff: float) -> tuple[Tensor, Tensor]:
+    """(neighbour indices [N, k'], sqrt of weights [N, k']) with k' = min(k, N - 1), self excluded.
+
+    Weights exp(-falloff * d^2) are fixed until the next rebuild, as E-D3DGS computes them only
+    when the Gaussian count changes.
+    """
+    n = means.shape[0]
+    k_eff = min(k, n - 1)
+    if k_eff < 1:
+        empty = torch.zeros(n, 0, device=means.device)
+        return empty.long(), empty
+    xyz = means.detach().cpu().double().numpy()
+    dist, idx = cKDTree(xyz).query(xyz, k=k_eff + 1)
+    # Column 0 is normally the point itself, but exact duplicates may come first: drop self by id,
+    # or the farthest neighbour where self is not among the k' + 1 returned.
+    keep = idx != np.arange(n)[:, None]
+    keep[keep.all(axis=1), -1] = False
+    idx = idx[keep].reshape(n, k_eff)
+    dist = dist[keep].reshape(n, k_eff)
+    sqrt_w = np.exp(-0.5 * falloff * dist**2)
+    return torch.from_numpy(idx).long().to(means.device), torch.from_numpy(sqrt_w).float().to(means.device)
+
+
+class EmbeddingFields(nn.Module):
+    """The temporal table, the coarse and fine decoders and the step counter."""
+
+    def __init__(self, config: EmbeddingConfig, n_frames: int) -> None:
+        super().__init__()
+        generator = torch.Generator().manual_seed(config.seed)
+        rows = config.temporal_rows if config.temporal_rows > 0 else max(2, n_frames // 2)
+        self.coarse_rows = config.coarse_rows if config.coarse_rows > 0 else max(2, rows // 5)
+        if rows < 2 or not 2 <= self.coarse_rows <= rows:
+            raise InputError(f"need 2 <= coarse_rows <= temporal_rows, got {self.coarse_rows} and {rows}")
+        # N(0, 0.01 / sqrt(D)) as the paper: a zero table with zero z_g and zero biases would leave
+        # every ReLU at 0 and no gradient anywhere.
+        std = 0.01 / math.sqrt(config.temporal_dim)
+        self.temporal = nn.Parameter(torch.randn(rows, config.temporal_dim, generator=generator) * std)
+        in_dim = config.temporal_dim + config.gaussian_dim
+        self.coarse = DeformHeads(in_dim, config.mlp_width, config.mlp_depth, config.deform_attrs, generator)
+        self.fine = DeformHeads(in_dim, config.mlp_width, config.mlp_depth, config.deform_attrs, generator)
+        self.progress = StepCounter()
+
+
+class EmbeddingExpert(Expert):
+    """E-D3DGS: theta_t = theta + F_c(z_g, z_t^c) + F_f(z_g, z_t^f), offsets on raw parameters."""
+
+    family = "embedding"
+    config_class = EmbeddingConfig
+    paper = "Per-Gaussian Embedding-Based Deformation for Deformable 3D Gaussian Splatting (Bae et al., ECCV 2024)"
+    config: EmbeddingConfig
+
+    def __init__(self, config: EmbeddingConfig, params: dict[str, Tensor], n_frames: int, aabb: Tensor) -> None:
+        super().__init__(config, params, n_frames, aabb)
+        self._knn: tuple[Tensor, Tensor] | None = None  # (indices, sqrt weights) of the smoothness term
+
+    @classmethod
+    def init_per_gaussian(
+        cls, config: ExpertConfig, params: dict[str, Tensor], times: Tensor, n_frames: int
+    ) -> dict[str, Tensor]:
+        """z_g = 0 for every Gaussian (paper): all start with the same motion."""
+        return {"embedding": torch.zeros(params["means"].shape[0], cast(EmbeddingConfig, config).gaussian_dim)}
+
+    def build_fields(self) -> nn.Module:
+        c = self.config
+        check_attrs(c.deform_attrs)
+        if min(c.gaussian_dim, c.temporal_dim, c.knn) < 1 or min(c.c2f_iters, c.anneal_iters, c.deform_from) < 0:
+            raise InputError("embedding: need gaussian_dim, temporal_dim, knn >= 1 and c2f_iters, anneal_iters, deform_from >= 0")
+        return EmbeddingFields(c, self.n_frames)
+
+    @property
+    def _fields(self) -> EmbeddingFields:
+        return cast(EmbeddingFields, self.fields)
+
+    def on_step(self, step: int) -> None:
+        super().on_step(step)
+        self._fields.progress.update(step)
+
+    def extra_lrs(self, extent: float) -> dict[str, float]:
+        return {"embedding": self.config.lr_embedding}
+
+    def offset_weights(self) -> dict[str, float]:
+        """E-D3DGS annealing: position/rotation ramp in over ``anneal_iters``; scale and opacity also
+        wait for ``deform_from`` (their factor is the product of both ramps, as the official code)."""
+        c, step = self.config, self._fields.progress.value
+        motion = _ramp(step, c.anneal_iters)
+        appearance = motion * _ramp(step - c.deform_from, c.anneal_iters)
+        return {"means": motion, "quats": motion, "log_scales": appearance, "opacity_logits": appearance}
+
+    def fine_rows(self) -> int:
+        """Rows of the fine decoder's table now: coarse_rows growing linearly to all rows over c2f_iters."""
+        f, c = self._fields, self.config
+        rows = f.temporal.shape[0]
+        if c.c2f_iters == 0:
+            return rows
+        frac = min(f.progress.value, c.c2f_iters) / c.c2f_iters
+        return int(f.coarse_rows + (rows - f.coarse_rows) * frac)
+
+    def temporal_embeddings(self, t: float) -> tuple[Tensor, Tensor]:
+        """(z_t^c, z_t^f) [D] each: the table resampled to the coarse / fine row counts, read at t."""
+        f = self._fields
+        return lerp_row(resample_rows(f.temporal, f.coarse_rows), t), lerp_row(resample_rows(f.temporal, self.fine_rows()), t)
+
+    def deform(self, t: float) -> dict[str, Tensor]:
+        weights = self.offset_weights()
+        if all(weights[a] == 0.0 for a in self.config.deform_attrs):
+            return super().deform(t)
+        z_g = self.params["embedding"]
+        z_c, z_f = self.temporal_embeddings(t)
+        offsets = [self._fields.coarse(z_g, context=z_c), self._fields.fine(z_g, context=z_f)]  # input concat(z_t, z_g)
+        return apply_offsets(self.params, offsets, weights)
+
+    def after_densify(self) -> None:
+        """Rebuild the neighbour sets of the smoothness term (the Gaussian count changed)."""
+        self._knn = knn_graph(self.params["means"], self.config.knn, self.config.knn_falloff)
+
+    def regularisation(self, t: float) -> Tensor:
+        """Local embedding smoothness: mean over i and its kNN j of sqrt(w_ij) * |z_i - z_j|."""
+        c = self.config
+        if c.lambda_embedding_smooth == 0.0:
+            return torch.zeros(())
+        if self._knn is None or self._knn[0].shape[0] != self.num_gaussians:
+            self.after_densify()
+        idx, sqrt_w = cast(tuple[Tensor, Tensor], self._knn)
+        if idx.numel() == 0:
+            return torch.zeros(())
+        z = self.params["embedding"]
+        dist = torch.linalg.vector_norm(z[:, None, :] - z[idx], dim=-1)  # zero-safe gradient at z_i == z_j
+        return c.lambda_embedding_smooth * (sqrt_w * dist).mean()
+
+
+def _ramp(step: int, length: int) -> float:
+    """clip(step / length, 0, 1); a zero-length ramp is a step at 0."""
+    if length == 0:
+        return 1.0 if step >= 0 else 0.0
+    return min(max(step / length, 0.0), 1.0)

@@ -1,0 +1,268 @@
+"""Tests for the ``hexplane`` (4DGaussians) and ``embedding`` (E-D3DGS) expert families."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from moegs import densify as D
+from moegs.config import build_config
+from moegs.errors import InputError
+from moegs.experts.base import DeformedGaussians, Expert
+from moegs.experts.embedding import EmbeddingConfig, EmbeddingExpert, knn_graph
+from moegs.experts.hexplane import PLANE_AXES, HexPlaneConfig, HexPlaneExpert, HexPlaneField, sample_plane
+
+N_FRAMES = 20
+CAM = torch.tensor([0.0, 0.0, -4.0])
+
+
+def _points(n: int = 300, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return rng.uniform(-1.0, 1.0, (n, 3)), rng.uniform(0.0, 1.0, (n, 3))
+
+
+def _hexplane(n: int = 300, **kw: object) -> HexPlaneExpert:
+    cfg = HexPlaneConfig(**{"warmup": 5, "base_res": 8, "feature_dim": 4, "mlp_width": 16, **kw})  # type: ignore[arg-type]
+    xyz, rgb = _points(n)
+    return HexPlaneExpert.from_points(cfg, xyz, rgb, np.zeros(n), N_FRAMES)  # type: ignore[return-value]
+
+
+def _embedding(n: int = 300, **kw: object) -> EmbeddingExpert:
+    cfg = EmbeddingConfig(**{"gaussian_dim": 4, "temporal_dim": 8, "mlp_width": 16, "knn": 5, "knn_falloff": 20.0, **kw})  # type: ignore[arg-type]
+    xyz, rgb = _points(n)
+    return EmbeddingExpert.from_points(cfg, xyz, rgb, np.zeros(n), N_FRAMES)  # type: ignore[return-value]
+
+
+def _make(family: str, n: int = 300) -> Expert:
+    return _hexplane(n) if family == "hexplane" else _embedding(n)
+
+
+def _tensors(g: DeformedGaussians) -> list[torch.Tensor]:
+    return [getattr(g, f.name) for f in dataclasses.fields(g)]
+
+
+def _bilinear(plane: torch.Tensor, u: float, v: float) -> torch.Tensor:
+    """Direct bilinear evaluation of plane [F, H, W] at (u, v) in [-1, 1] (align_corners=True)."""
+    _, h, w = plane.shape
+    x, y = (u + 1) / 2 * (w - 1), (v + 1) / 2 * (h - 1)
+    x0, y0 = min(int(math.floor(x)), w - 2), min(int(math.floor(y)), h - 2)
+    fx, fy = x - x0, y - y0
+    p = plane.double()
+    return (
+        p[:, y0, x0] * (1 - fx) * (1 - fy)
+        + p[:, y0, x0 + 1] * fx * (1 - fy)
+        + p[:, y0 + 1, x0] * (1 - fx) * fy
+        + p[:, y0 + 1, x0 + 1] * fx * fy
+    )
+
+
+# ---- hexplane ------------------------------------------------------------------------------------
+def test_sample_plane_matches_direct_bilinear() -> None:
+    g = torch.Generator().manual_seed(1)
+    plane = torch.randn(1, 5, 7, 9, generator=g)
+    uv = torch.tensor([[-1.0, -1.0], [1.0, 1.0], [0.3, -0.7], [-0.123, 0.456], [0.99, -0.01]])
+    got = sample_plane(plane, uv)
+    for n, (u, v) in enumerate(uv.tolist()):
+        assert torch.allclose(got[:, n].double(), _bilinear(plane[0], u, v), atol=1e-6, rtol=0)
+
+
+def test_hexplane_field_multiplies_planes_and_concatenates_levels() -> None:
+    field = HexPlaneField(4, 3, [1, 2], 3, torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        for p in field.parameters():
+            p.uniform_(0.5, 1.5)
+    xyz = torch.tensor([[0.1, -0.4, 0.8], [-0.9, 0.2, 0.0]])
+    t = 0.35
+    got = field(xyz, t)
+    assert got.shape == (2, 6)
+    for n in range(2):
+        coords = [*xyz[n].tolist(), t]
+        expected = []
+        for planes in field.levels:
+            prod = torch.ones(3, dtype=torch.float64)
+            for plane, (i, j) in zip(planes, PLANE_AXES):  # type: ignore[call-overload]
+                prod = prod * _bilinear(plane[0].detach(), coords[i], coords[j])
+            expected.append(prod)
+        assert torch.allclose(got[n].double(), torch.cat(expected), atol=1e-6, rtol=0)
+
+
+def test_hexplane_init_space_time_ones_spatial_uniform() -> None:
+    field = _hexplane().fields.hexplane  # type: ignore[union-attr]
+    for planes in field.levels:
+        for k, plane in enumerate(planes):  # type: ignore[arg-type]
+            if k >= 3:
+                assert torch.all(plane == 1.0)
+            else:
+                assert plane.min() >= 0.1 and plane.max() <= 0.5
+
+
+def test_hexplane_zero_in_warmup_then_deforms_with_gradients() -> None:
+    e = _hexplane()
+    e.on_step(4)
+    raw = e.deform(0.3)
+    for key in ("means", "log_scales", "quats", "opacity_logits"):
+        assert torch.equal(raw[key], e.params[key])
+    assert float(e.regularisation(0.3)) == 0.0
+
+    e.on_step(5)
+    raw = e.deform(0.3)
+    for key in ("means", "log_scales", "quats"):
+        assert not torch.equal(raw[key], e.params[key])
+    assert torch.equal(raw["opacity_logits"], e.params["opacity_logits"])  # not in deform_attrs
+    g = e.gaussians_at(0.3, CAM)
+    loss = sum(x.square().sum() for x in _tensors(g)) + e.regularisation(0.3)
+    assert float(e.regularisation(0.3)) > 0.0  # L1-to-one is zero at init, plane smoothness is not
+    loss.backward()  # type: ignore[union-attr]
+    for name, p in e.fields.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+    assert e.params["means"].grad.abs().sum() > 0  # type: ignore[union-attr]
+
+
+def test_hexplane_warmup_is_not_reentered_by_a_later_run() -> None:
+    """A reloaded or fine-tuned expert (step counter restarting at 0) keeps its deformation."""
+    e = _hexplane()
+    e.on_step(100)
+    e.on_step(0)
+    assert e.deforming
+
+
+def test_hexplane_config_rejects_unknown_attribute() -> None:
+    cfg = build_config(HexPlaneConfig, {"deform_attrs": "means,quats", "multires": [1, 2, 4]})
+    assert cfg.deform_attrs == ["means", "quats"] and cfg.multires == [1, 2, 4]
+    with pytest.raises(InputError, match="deform_attrs"):
+        _hexplane(deform_attrs=["means", "sh0"])
+
+
+# ---- embedding -----------------------------------------------------------------------------------
+def test_embedding_gradients_flow_from_zero_embeddings() -> None:
+    e = _embedding()
+    assert torch.all(e.params["embedding"] == 0)
+    e.on_step(10_000)
+    g = e.gaussians_at(0.4, CAM)
+    sum(x.square().sum() for x in _tensors(g)).backward()  # type: ignore[union-attr]
+    assert e.params["embedding"].grad.abs().sum() > 0  # type: ignore[union-attr]
+    for name, p in e.fields.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+def test_embedding_annealing_schedule() -> None:
+    e = _embedding(anneal_iters=10, deform_from=20)
+    e.on_step(0)
+    raw = e.deform(0.5)
+    assert all(torch.equal(raw[k], e.params[k]) for k in ("means", "log_scales", "quats"))
+    e.on_step(5)
+    assert e.offset_weights() == {"means": 0.5, "quats": 0.5, "log_scales": 0.0, "opacity_logits": 0.0}
+    raw = e.deform(0.5)
+    assert not torch.equal(raw["means"], e.params["means"]) and torch.equal(raw["log_scales"], e.params["log_scales"])
+    e.on_step(25)
+    assert e.offset_weights()["log_scales"] == 0.5
+    e.on_step(1000)
+    assert set(e.offset_weights().values()) == {1.0}
+
+
+def test_embedding_coarse_to_fine_rows() -> None:
+    e = _embedding(temporal_rows=20, coarse_rows=4, c2f_iters=100)
+    e.on_step(0)
+    assert e.fine_rows() == 4
+    e.on_step(50)
+    assert e.fine_rows() == 12
+    e.on_step(1000)
+    assert e.fine_rows() == 20
+
+
+def test_embedding_decoder_is_smooth_in_time() -> None:
+    e = _embedding()
+    e.on_step(10_000)
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        e.params["embedding"].copy_(torch.randn(e.params["embedding"].shape, generator=g))
+        e.fields.temporal.copy_(torch.randn(e.fields.temporal.shape, generator=g))  # type: ignore[union-attr]
+        for t in (0.05, 0.2, 0.37, 0.45):
+            base = e.deform(t)
+            near, far = e.deform(t + 1e-3), e.deform(t + 0.5)
+            for key in ("means", "log_scales", "quats"):
+                d_near = (near[key] - base[key]).norm()
+                d_far = (far[key] - base[key]).norm()
+                assert d_far > 1e-3
+                assert d_near < 0.02 * d_far, (t, key, float(d_near), float(d_far))
+
+
+def test_embedding_smoothness_regulariser() -> None:
+    e = _embedding()
+    z = e.params["embedding"]
+    reg = e.regularisation(0.1)
+    assert float(reg) == 0.0  # all embeddings equal at init
+    reg.backward()
+    assert torch.isfinite(z.grad).all()  # type: ignore[arg-type]  # no NaN from |z_i - z_j| at 0
+    with torch.no_grad():
+        z.copy_(torch.randn(z.shape, generator=torch.Generator().manual_seed(0)))
+    assert float(e.regularisation(0.1)) > 0.0
+    assert float(_embedding(lambda_embedding_smooth=0.0).regularisation(0.1)) == 0.0
+
+
+def test_knn_graph_excludes_self_even_with_duplicates() -> None:
+    pts = torch.tensor([[0.0, 0, 0], [0.0, 0, 0], [0.0, 0, 0], [1.0, 0, 0], [2.0, 0, 0]])
+    idx, sqrt_w = knn_graph(pts, 2, falloff=1.0)
+    assert idx.shape == (5, 2)
+    for i in range(5):
+        assert i not in idx[i].tolist()
+    assert torch.allclose(sqrt_w[4], torch.tensor([math.exp(-0.5), math.exp(-2.0)]))
+
+
+# ---- both ----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("family", ["hexplane", "embedding"])
+def test_state_round_trip_is_bit_identical(family: str, tmp_path: Path) -> None:
+    e = _make(family)
+    e.on_step(1000)
+    with torch.no_grad():
+        e.params["means"].add_(0.01)
+        if family == "embedding":
+            e.params["embedding"].normal_()
+    path = tmp_path / "expert.safetensors"
+    save_file(e.state_tensors(), str(path))
+    loaded = type(e).from_state(e.config, load_file(str(path)), N_FRAMES)
+    with torch.no_grad():
+        for t in (0.0, 0.45, 0.95):
+            for a, b in zip(_tensors(e.gaussians_at(t, CAM)), _tensors(loaded.gaussians_at(t, CAM))):
+                assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("family", ["hexplane", "embedding"])
+def test_densification_keeps_per_gaussian_rows_aligned(family: str) -> None:
+    n = 60
+    e = _make(family, n)
+    e.on_step(1000)
+    with torch.no_grad():
+        if family == "embedding":
+            e.params["embedding"].copy_(torch.arange(n, dtype=torch.float32)[:, None].expand(n, 4))
+    opts = {k: torch.optim.Adam([p], lr=1e-3, eps=1e-15) for k, p in e.params.items()}
+    loss = sum(x.square().sum() for x in _tensors(e.gaussians_at(0.5, CAM))) + e.regularisation(0.5)
+    loss.backward()  # type: ignore[union-attr]
+    for opt in opts.values():
+        opt.step()
+    before = e.params["embedding"].detach().clone() if family == "embedding" else None
+
+    idx = torch.tensor([3, 7, 7, 59])
+    D.duplicate_gaussians(e.params, opts, idx)
+    assert all(p.shape[0] == n + 4 for p in e.params.values())
+    mask = torch.zeros(n + 4, dtype=torch.bool)
+    mask[[0, 7, 61]] = True
+    D.remove_gaussians(e.params, opts, mask)
+    e.after_densify()
+    assert all(p.shape[0] == n + 1 for p in e.params.values())
+    if before is not None:
+        rows = torch.cat([before, before[idx]])[~mask]
+        assert torch.equal(e.params["embedding"].detach(), rows)
+
+    g = e.gaussians_at(0.5, CAM)
+    assert len(g) == n + 1 and all(torch.isfinite(x).all() for x in _tensors(g))
+    loss = sum(x.square().sum() for x in _tensors(g)) + e.regularisation(0.5)
+    loss.backward()  # type: ignore[union-attr]
+    for opt in opts.values():
+        opt.step()
