@@ -37,7 +37,7 @@ class DeformedGaussians:
     colors: Tensor  # [N, 3]
 
     def detach(self) -> DeformedGaussians:
-        return DeformedGaussians(*(t.detach() for t in dataclasses.astuple(self)))
+        return DeformedGaussians(*(getattr(self, f.name).detach() for f in dataclasses.fields(self)))
 
     def __len__(self) -> int:
         return self.means.shape[0]

@@ -24,21 +24,30 @@ from moegs.raster.structs import GaussianSet
 
 
 def make_scene(
-    n: int, width: int, height: int, channels: int = 3, seed: int = 0, dtype: torch.dtype = torch.float32,
+    n: int,
+    width: int,
+    height: int,
+    channels: int = 3,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
     device: str = "cpu",
+    scale_range: tuple[float, float] = (0.005, 0.05),
+    max_opacity: float = 1.0,
 ) -> tuple[GaussianSet, Tensor, Tensor]:
-    """Random activated Gaussians filling the view of an identity camera; returns (set, viewmat, K)."""
+    """Random activated Gaussians filling the view of an identity camera at 3-5 units depth, scales
+    log-uniform in scale_range, opacities max_opacity * sigmoid(N(0, 2)); returns (set, viewmat, K)."""
     gen = torch.Generator().manual_seed(seed)
     focal = 0.5 * width / math.tan(math.radians(30.0))
     z = 3.0 + 2.0 * torch.rand(n, generator=gen, dtype=torch.float64)
     x = (torch.rand(n, generator=gen, dtype=torch.float64) - 0.5) * 1.1 * width / focal * z
     y = (torch.rand(n, generator=gen, dtype=torch.float64) - 0.5) * 1.1 * height / focal * z
-    log_s = torch.empty((n, 3), dtype=torch.float64).uniform_(math.log(0.005), math.log(0.05), generator=gen)
+    log_lo, log_hi = math.log(scale_range[0]), math.log(scale_range[1])
+    log_s = log_lo + (log_hi - log_lo) * torch.rand((n, 3), generator=gen, dtype=torch.float64)
     gs = GaussianSet(
         means=torch.stack([x, y, z], dim=-1),
         quats=torch.randn((n, 4), generator=gen, dtype=torch.float64),
         scales=torch.exp(log_s),
-        opacities=torch.sigmoid(2.0 * torch.randn(n, generator=gen, dtype=torch.float64)),
+        opacities=max_opacity * torch.sigmoid(2.0 * torch.randn(n, generator=gen, dtype=torch.float64)),
         features=torch.rand((n, channels), generator=gen, dtype=torch.float64),
     )
     gs = GaussianSet(*(t.to(device=device, dtype=dtype) for t in vars(gs).values()))
