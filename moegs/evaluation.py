@@ -61,7 +61,7 @@ def evaluate_renderer(
                     side_by_side.append((pair.numpy() * 255 + 0.5).astype(np.uint8))
                 bar.advance()
     if video_path is not None and side_by_side:
-        write_video(video_path, _even(side_by_side), fps=dataset.fps or 30.0)
+        write_video(video_path, side_by_side, fps=dataset.fps or 30.0)
     result = {
         "psnr": float(np.mean([e["psnr"] for e in per_frame])),
         "ssim": float(np.mean([e["ssim"] for e in per_frame])),
@@ -73,9 +73,3 @@ def evaluate_renderer(
     if lpips_weights is not None:
         result["lpips"] = float(np.mean([e["lpips"] for e in per_frame]))
     return result
-
-
-def _even(frames: list[np.ndarray]) -> list[np.ndarray]:
-    """Crop to even sizes (H.264 yuv420p needs them)."""
-    h, w = frames[0].shape[:2]
-    return [f[: h - h % 2, : w - w % 2] for f in frames]

@@ -15,6 +15,7 @@ from moegs import densify as D
 from moegs.config import build_config
 from moegs.errors import InputError
 from moegs.experts.base import DeformedGaussians, Expert
+from moegs.experts.deform_mlp import ScaledLinear
 from moegs.experts.embedding import EmbeddingConfig, EmbeddingExpert, knn_graph
 from moegs.experts.hexplane import PLANE_AXES, HexPlaneConfig, HexPlaneExpert, HexPlaneField, sample_plane
 
@@ -28,13 +29,15 @@ def _points(n: int = 300, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _hexplane(n: int = 300, **kw: object) -> HexPlaneExpert:
-    cfg = HexPlaneConfig(**{"warmup": 5, "base_res": 8, "feature_dim": 4, "mlp_width": 16, **kw})  # type: ignore[arg-type]
+    small = {"warmup": 5, "base_res": 8, "feature_dim": 4, "mlp_width": 16}
+    cfg = HexPlaneConfig(**{**small, **kw})  # type: ignore[arg-type]
     xyz, rgb = _points(n)
     return HexPlaneExpert.from_points(cfg, xyz, rgb, np.zeros(n), N_FRAMES)  # type: ignore[return-value]
 
 
 def _embedding(n: int = 300, **kw: object) -> EmbeddingExpert:
-    cfg = EmbeddingConfig(**{"gaussian_dim": 4, "temporal_dim": 8, "mlp_width": 16, "knn": 5, "knn_falloff": 20.0, **kw})  # type: ignore[arg-type]
+    small = {"gaussian_dim": 4, "temporal_dim": 8, "mlp_width": 16, "knn": 5, "knn_falloff": 20.0}
+    cfg = EmbeddingConfig(**{**small, **kw})  # type: ignore[arg-type]
     xyz, rgb = _points(n)
     return EmbeddingExpert.from_points(cfg, xyz, rgb, np.zeros(n), N_FRAMES)  # type: ignore[return-value]
 
@@ -66,6 +69,21 @@ def _bilinear(plane: torch.Tensor, u: float, v: float) -> torch.Tensor:
         + p[:, y0 + 1, x0] * (1 - fx) * fy
         + p[:, y0 + 1, x0 + 1] * fx * fy
     )
+
+
+# ---- shared decoder ------------------------------------------------------------------------------
+def test_scaled_linear_scales_the_adam_step_and_splits_context() -> None:
+    steps = []
+    for mult in (1.0, 0.1):
+        layer = ScaledLinear(3, 2, torch.Generator().manual_seed(0), lr_mult=mult)
+        before = layer.weight.detach() * mult
+        opt = torch.optim.Adam(layer.parameters(), lr=1e-2, eps=1e-15)
+        layer(torch.ones(4, 3)).sum().backward()
+        opt.step()
+        steps.append((layer.weight.detach() * mult - before).abs())
+    assert torch.allclose(steps[1], 0.1 * steps[0], rtol=1e-4)
+    ctx, x = torch.randn(2), torch.randn(5, 1)
+    assert torch.allclose(layer(x, context=ctx), layer(torch.cat([ctx.expand(5, 2), x], dim=1)), atol=1e-6)
 
 
 # ---- hexplane ------------------------------------------------------------------------------------
@@ -285,7 +303,9 @@ def test_rendered_image_backpropagates_into_fields(family: str) -> None:
     viewmat = torch.eye(4)
     viewmat[2, 3] = 4.0  # camera at (0, 0, -4) looking along +z, as CAM
     K = torch.tensor([[30.0, 0.0, 16.0], [0.0, 30.0, 12.0], [0.0, 0.0, 1.0]])
-    out = rasterize(g.means, g.quats, g.scales, g.opacities, g.colors, viewmat, K, 32, 24, torch.zeros(3), backend="torch")
+    out = rasterize(
+        g.means, g.quats, g.scales, g.opacities, g.colors, viewmat, K, 32, 24, torch.zeros(3), backend="torch"
+    )
     assert out.image.shape == (24, 32, 3) and out.alpha.max() > 0
     (out.image * torch.randn(out.image.shape, generator=torch.Generator().manual_seed(0))).sum().backward()
     grads = [p.grad for p in e.fields.parameters()]

@@ -76,7 +76,7 @@ class PointCloud:
         n = len(vertex)
 
         def column(key: str, default: float) -> np.ndarray:
-            return vertex[key] if key in names else np.full(n, default)
+            return np.ascontiguousarray(vertex[key]) if key in names else np.full(n, default)
 
         rgb = np.stack([column(c, 128) for c in ("red", "green", "blue")], axis=1)
         return cls(np.stack([vertex["x"], vertex["y"], vertex["z"]], axis=1), rgb,

@@ -82,15 +82,16 @@ def read_video(path: Path, start: int = 0, stop: int | None = None) -> np.ndarra
 def write_video(path: Path, frames: Iterable[np.ndarray], fps: float = 30.0, quality: int = 8) -> None:
     """Encode uint8 [H, W, 3] frames as H.264 MP4.
 
-    Sizes must be even (yuv420p chroma); the macro-block rule is set to 2 so an even size comes
-    back unchanged instead of being rescaled to a multiple of 16.
+    yuv420p chroma needs even sizes, so an odd row or column at the bottom/right is cropped; the
+    macro-block rule is set to 2 so an even size comes back unchanged instead of being rescaled.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     writer = None
     try:
         for frame in frames:
-            frame = np.ascontiguousarray(frame, dtype=np.uint8)
+            height, width = frame.shape[:2]
+            frame = np.ascontiguousarray(frame[: height - height % 2, : width - width % 2], dtype=np.uint8)
             if writer is None:
                 height, width = frame.shape[:2]
                 writer = imageio_ffmpeg.write_frames(

@@ -96,7 +96,7 @@ class Expert(nn.Module):
         """Initialise from triangulated points (``times`` = normalised time each point was seen at)."""
         params = core.init_from_points(xyz, rgb, config.sh_degree, init_opacity=config.init_opacity)
         aabb = torch.tensor(np.stack([xyz.min(0), xyz.max(0)]), dtype=torch.float32)
-        extra = cls.init_per_gaussian(config, params, torch.as_tensor(times, dtype=torch.float32), n_frames)
+        extra = cls.init_per_gaussian(config, params, torch.as_tensor(np.asarray(times, dtype=np.float32)), n_frames)
         return cls(config, {**params, **extra}, n_frames, aabb)
 
     @classmethod

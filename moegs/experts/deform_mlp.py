@@ -36,7 +36,8 @@ class ScaledLinear(nn.Module):
     its MLP 10x slower than its grids. Adam's step is invariant to the gradient scale, so storing
     ``w / m`` and using ``m * stored`` moves ``w`` by ``m`` times the optimiser's rate
     (StyleGAN's "equalised learning rate" trick). With ``lr_mult = 1`` this is a plain Linear.
-    Init: Xavier-uniform weights (as both papers' ``initialize_weights``) and zero biases.
+    Init: Xavier-uniform weights (the official codes' ``initialize_weights``) and zero biases, so
+    an untrained decoder starts near "no deformation".
     """
 
     def __init__(self, in_dim: int, out_dim: int, generator: torch.Generator, lr_mult: float = 1.0) -> None:

@@ -44,13 +44,15 @@ class EmbeddingConfig(ExpertConfig):
     coarse_rows: int = 0
     """Rows the coarse decoder sees (the table resampled); 0: temporal_rows // 5, at least 2 (N3V: 30)."""
     c2f_iters: int = 400
-    """The fine decoder's rows grow linearly from coarse_rows to temporal_rows over these steps (paper 10k of 80k); 0: no growth."""
+    """The fine decoder's rows grow linearly from coarse_rows to temporal_rows over these steps
+    (paper 10k of 80k); 0: no growth."""
     mlp_width: int = 64
     """Hidden width of both decoders (paper 128)."""
     mlp_depth: int = 1
     """Linear layers in each decoder's trunk before the heads (paper N3V 1)."""
     anneal_iters: int = 50
-    """Position/rotation offsets ramp from 0 to 1 over these steps (paper 1000 of 80k); also the length of the scale/opacity ramp."""
+    """Position/rotation offsets ramp from 0 to 1 over these steps (paper 1000 of 80k); also the
+    length of the scale/opacity ramp."""
     deform_from: int = 200
     """Scale/opacity offsets start ramping at this step (paper ``deform_from_iter`` 5000 of 80k)."""
     lr_embedding: float = 2.5e-3
@@ -129,7 +131,7 @@ class EmbeddingExpert(Expert):
     paper = "Per-Gaussian Embedding-Based Deformation for Deformable 3D Gaussian Splatting (Bae et al., ECCV 2024)"
     config: EmbeddingConfig
 
-    def __init__(self, config: EmbeddingConfig, params: dict[str, Tensor], n_frames: int, aabb: Tensor) -> None:
+    def __init__(self, config: ExpertConfig, params: dict[str, Tensor], n_frames: int, aabb: Tensor) -> None:
         super().__init__(config, params, n_frames, aabb)
         self._knn: tuple[Tensor, Tensor] | None = None  # (indices, sqrt weights) of the smoothness term
 
@@ -144,7 +146,9 @@ class EmbeddingExpert(Expert):
         c = self.config
         check_attrs(c.deform_attrs)
         if min(c.gaussian_dim, c.temporal_dim, c.knn) < 1 or min(c.c2f_iters, c.anneal_iters, c.deform_from) < 0:
-            raise InputError("embedding: need gaussian_dim, temporal_dim, knn >= 1 and c2f_iters, anneal_iters, deform_from >= 0")
+            raise InputError(
+                "embedding: need gaussian_dim, temporal_dim, knn >= 1 and c2f_iters, anneal_iters, deform_from >= 0"
+            )
         return EmbeddingFields(c, self.n_frames)
 
     @property
@@ -177,8 +181,8 @@ class EmbeddingExpert(Expert):
 
     def temporal_embeddings(self, t: float) -> tuple[Tensor, Tensor]:
         """(z_t^c, z_t^f) [D] each: the table resampled to the coarse / fine row counts, read at t."""
-        f = self._fields
-        return lerp_row(resample_rows(f.temporal, f.coarse_rows), t), lerp_row(resample_rows(f.temporal, self.fine_rows()), t)
+        table, coarse_rows = self._fields.temporal, self._fields.coarse_rows
+        return lerp_row(resample_rows(table, coarse_rows), t), lerp_row(resample_rows(table, self.fine_rows()), t)
 
     def deform(self, t: float) -> dict[str, Tensor]:
         weights = self.offset_weights()

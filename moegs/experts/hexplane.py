@@ -28,8 +28,9 @@ SPACE_TIME = (3, 4, 5)
 @dataclass
 class HexPlaneConfig(ExpertConfig):
     """4DGaussians settings. Sizes are scaled down from the N3V config (base res 64, time 150,
-    multires [1, 2], 16 features, width 128) so a step on ~10k Gaussians costs a few ms on CPU.
-    ``lr_fields``/``lr_fields_final`` (1.6e-3 -> 1.6e-4, x extent) are the grid rates."""
+    multires [1, 2], 16 features, width 128) for ~10k Gaussians on CPU.
+    ``lr_fields``/``lr_fields_final`` (1.6e-3 -> 1.6e-4, x extent) are the grid rates; their decay
+    runs over the whole run, warm-up included (the paper restarts it for its fine stage)."""
 
     warmup: int = 500
     """Static steps before the deformation switches on (the paper's coarse stage, 3000 its)."""
@@ -66,7 +67,9 @@ class HexPlaneField(nn.Module):
     the field starts static), spatial planes U(0.1, 0.5).
     """
 
-    def __init__(self, base_res: int, time_res: int, multires: list[int], feature_dim: int, generator: torch.Generator) -> None:
+    def __init__(
+        self, base_res: int, time_res: int, multires: list[int], feature_dim: int, generator: torch.Generator
+    ) -> None:
         super().__init__()
         if base_res < 2 or time_res < 2 or feature_dim < 1 or not multires or min(multires) < 1:
             raise InputError(
@@ -126,14 +129,12 @@ def smoothness(plane: Tensor) -> Tensor:
 class HexPlaneFields(nn.Module):
     """Everything of the family that is not per Gaussian: the HexPlane, its decoder, the step counter."""
 
-    def __init__(self, config: HexPlaneConfig, n_frames: int) -> None:
+    def __init__(self, c: HexPlaneConfig, n_frames: int) -> None:
         super().__init__()
-        generator = torch.Generator().manual_seed(config.seed)
-        time_res = config.time_res if config.time_res > 0 else max(2, n_frames // 2)
-        self.hexplane = HexPlaneField(config.base_res, time_res, config.multires, config.feature_dim, generator)
-        self.decoder = DeformHeads(
-            self.hexplane.out_dim, config.mlp_width, config.mlp_depth, config.deform_attrs, generator, config.mlp_lr_ratio
-        )
+        generator = torch.Generator().manual_seed(c.seed)  # init independent of the global RNG state
+        time_res = c.time_res if c.time_res > 0 else max(2, n_frames // 2)
+        self.hexplane = HexPlaneField(c.base_res, time_res, c.multires, c.feature_dim, generator)
+        self.decoder = DeformHeads(self.hexplane.out_dim, c.mlp_width, c.mlp_depth, c.deform_attrs, generator, c.mlp_lr_ratio)
         self.progress = StepCounter()
 
 
@@ -152,9 +153,10 @@ class HexPlaneExpert(Expert):
     config: HexPlaneConfig
 
     def build_fields(self) -> nn.Module:
-        check_attrs(self.config.deform_attrs)
-        if self.config.warmup < 0 or self.config.mlp_lr_ratio <= 0.0:
-            raise InputError(f"need warmup >= 0 and mlp_lr_ratio > 0, got {self.config.warmup}, {self.config.mlp_lr_ratio}")
+        c = self.config
+        check_attrs(c.deform_attrs)
+        if c.warmup < 0 or c.mlp_lr_ratio <= 0.0:
+            raise InputError(f"hexplane: need warmup >= 0 and mlp_lr_ratio > 0, got {c.warmup}, {c.mlp_lr_ratio}")
         return HexPlaneFields(self.config, self.n_frames)
 
     @property
@@ -171,6 +173,7 @@ class HexPlaneExpert(Expert):
         self._fields.progress.update(step)
 
     def normalise_xyz(self, xyz: Tensor) -> Tensor:
+        """World positions [N, 3] -> [-1, 1]^3 over the AABB (clamped extent for flat scenes)."""
         lo, hi = self.aabb[0], self.aabb[1]
         return 2.0 * (xyz - lo) / (hi - lo).clamp_min(1e-6) - 1.0
 

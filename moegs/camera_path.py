@@ -1,0 +1,90 @@
+"""Smooth novel camera paths through a rig: a spiral around it, or an interpolation between its cameras."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from moegs.cameras import Camera
+from moegs.errors import InputError
+
+
+def focus_point(cameras: list[Camera]) -> np.ndarray:
+    """The point nearest to all optical axes (least squares): where a forward-facing rig looks."""
+    A = np.zeros((3, 3))
+    b = np.zeros(3)
+    for cam in cameras:
+        d = cam.R[2]  # optical axis in world coordinates (third row of R = R^T z)
+        P = np.eye(3) - np.outer(d, d)
+        A += P
+        b += P @ cam.center
+    if abs(np.linalg.det(A)) < 1e-9:  # parallel axes: look a mean depth ahead instead
+        depth = np.mean([0.5 * (c.near + min(c.far, 10 * c.near)) for c in cameras])
+        return np.mean([c.center + depth * c.R[2] for c in cameras], axis=0)
+    return np.linalg.solve(A, b)
+
+
+def look_at(center: np.ndarray, target: np.ndarray, up: np.ndarray) -> np.ndarray:
+    """World-to-camera rotation (OpenCV axes) of a camera at ``center`` looking at ``target``."""
+    z = target - center
+    z /= np.linalg.norm(z)
+    x = np.cross(z, up)
+    if np.linalg.norm(x) < 1e-8:
+        raise InputError("camera path: viewing direction is parallel to the up vector")
+    x /= np.linalg.norm(x)
+    y = np.cross(z, x)
+    return np.stack([x, y, z])
+
+
+def spiral_path(cameras: list[Camera], n_views: int, radius_scale: float = 1.0, turns: float = 1.0) -> list[Camera]:
+    """Views on an ellipse in the rig's plane (radii from the spread of the cameras), all looking at the focus point."""
+    ref = cameras[0]
+    centers = np.stack([c.center for c in cameras])
+    mean = centers.mean(axis=0)
+    target = focus_point(cameras)
+    up = -np.mean([c.R[1] for c in cameras], axis=0)  # OpenCV y points down
+    forward = target - mean
+    forward /= np.linalg.norm(forward)
+    right = np.cross(forward, up)
+    right /= np.linalg.norm(right)
+    true_up = np.cross(right, forward)
+    spread = centers - mean
+    rx = radius_scale * max(np.abs(spread @ right).max(), 1e-3)
+    ry = radius_scale * max(np.abs(spread @ true_up).max(), 1e-3)
+    views = []
+    for i in range(n_views):
+        angle = 2 * np.pi * turns * i / max(n_views, 1)
+        center = mean + rx * np.cos(angle) * right + ry * np.sin(angle) * true_up
+        R = look_at(center, target, true_up)
+        views.append(Camera(f"spiral_{i:04d}", ref.width, ref.height, ref.K.copy(), R, -R @ center,
+                            None, ref.near, ref.far))
+    return views
+
+
+def interpolated_path(cameras: list[Camera], n_views: int) -> list[Camera]:
+    """Views sliding through the given cameras in order: centres linearly, rotations by slerp."""
+    if len(cameras) < 2:
+        raise InputError("camera path 'interp' needs at least 2 cameras")
+    ref = cameras[0]
+    views = []
+    for i in range(n_views):
+        s = (len(cameras) - 1) * i / max(n_views - 1, 1)
+        j = min(int(np.floor(s)), len(cameras) - 2)
+        u = s - j
+        a, b = cameras[j], cameras[j + 1]
+        center = (1 - u) * a.center + u * b.center
+        R = _slerp_rotation(a.R, b.R, u)
+        views.append(Camera(f"interp_{i:04d}", ref.width, ref.height, ((1 - u) * a.K + u * b.K), R, -R @ center,
+                            None, min(a.near, b.near), max(a.far, b.far)))
+    return views
+
+
+def _slerp_rotation(Ra: np.ndarray, Rb: np.ndarray, u: float) -> np.ndarray:
+    """Geodesic interpolation between rotations via the axis-angle of Ra^T Rb."""
+    rel = Ra.T @ Rb
+    angle = np.arccos(np.clip((np.trace(rel) - 1) / 2, -1.0, 1.0))
+    if angle < 1e-8:
+        return Ra.copy()
+    axis = np.array([rel[2, 1] - rel[1, 2], rel[0, 2] - rel[2, 0], rel[1, 0] - rel[0, 1]]) / (2 * np.sin(angle))
+    K = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
+    step = np.eye(3) + np.sin(u * angle) * K + (1 - np.cos(u * angle)) * K @ K
+    return Ra @ step
