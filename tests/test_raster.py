@@ -52,6 +52,7 @@ def _render(params, viewmat, K, w, h, backend, **kw):
 
 
 def _rel_l2(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.detach(), b.detach()
     return float((a - b).norm() / b.norm().clamp_min(1e-30))
 
 
