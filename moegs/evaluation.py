@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -73,3 +74,18 @@ def evaluate_renderer(
     if lpips_weights is not None:
         result["lpips"] = float(np.mean([e["lpips"] for e in per_frame]))
     return result
+
+
+@torch.no_grad()
+def measure_fps(render: RenderFn, camera: Camera, times: list[float], warmup: int = 2, repeats: int = 1) -> float:
+    """Frames per second of ``render`` over ``times`` (warm-up renders excluded; everything the
+    renderer does, e.g. a MoE's blend, is included)."""
+    for t in times[:warmup]:
+        render(camera, t)
+    started = time.perf_counter()
+    count = 0
+    for _ in range(repeats):
+        for t in times:
+            render(camera, t)
+            count += 1
+    return count / max(time.perf_counter() - started, 1e-9)

@@ -77,7 +77,8 @@ class FrozenExperts:
         for expert in self.experts:
             expert.eval()
         self._cache: dict[tuple[int, float], DeformedGaussians] = {}
-        self._use_cache = cache
+        self.use_cache = cache
+        """Turn off to time rendering honestly (deformation included) or to save memory."""
 
     def __len__(self) -> int:
         return len(self.experts)
@@ -88,7 +89,7 @@ class FrozenExperts:
         g = self._cache.get(key)
         if g is None:
             g = self.experts[k].gaussians_at(t, camera_center(camera)).detach()
-            if self._use_cache:
+            if self.use_cache:
                 self._cache[key] = g
         colors = core.colors(self.experts[k].params, self.experts[k].config.sh_degree, camera_center(camera), means=g.means)
         return DeformedGaussians(g.means, g.quats, g.scales, g.opacities, colors.detach())

@@ -11,6 +11,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import torch
 from torch import Tensor
@@ -24,6 +25,14 @@ from moegs.rendering import TrainViews, render_expert
 
 log = logging.getLogger("moegs")
 CHECKPOINT = "checkpoints/last.pt"
+
+
+class Teacher(Protocol):
+    """Pseudo ground truth for distillation: an image (and optional per-pixel weight) per training view."""
+
+    beta: float
+
+    def target(self, cam_index: int, frame: int) -> tuple[Tensor, Tensor | None]: ...
 
 
 @dataclass
@@ -53,9 +62,19 @@ def train_expert(
     checkpoint_every: int = 500,
     progress: bool = True,
     label: str | None = None,
+    steps: int | None = None,
+    step_offset: int = 0,
+    teacher: Teacher | None = None,
 ) -> TrainResult:
-    """Optimise ``expert`` on the training cameras of ``dataset``; checkpoints go to ``workdir``."""
+    """Optimise ``expert`` on the training cameras of ``dataset``; checkpoints go to ``workdir``.
+
+    ``steps`` (default ``config.iterations``) local steps are run; the expert's schedules see
+    ``step_offset + step``, so a fine-tune (distillation) continues after its original run instead
+    of replaying warm-ups and progressive windows. With a ``teacher`` the loss adds
+    ``beta * L_rec(image, teacher image)``, optionally weighted per pixel.
+    """
     cfg = expert.config
+    steps = cfg.iterations if steps is None else steps
     extent = dataset.scene_extent
     views = TrainViews(dataset, dataset.train_cameras)
     densify = DensifyConfig(
@@ -77,18 +96,22 @@ def train_expert(
     background = torch.tensor(cfg.background, dtype=torch.float32)
     began = time.perf_counter()
     loss_value = float("nan")
-    with progress_bar(label or f"train {expert.family}", cfg.iterations, enabled=progress) as bar:
+    with progress_bar(label or f"train {expert.family}", steps, enabled=progress) as bar:
         bar.advance(start)
-        for step in range(start, cfg.iterations):
+        for local_step in range(start, steps):
+            step = step_offset + local_step
             expert.on_step(step)
             _set_learning_rates(expert, optimizers, fields_opt, step, extent)
             cam_index, frame = views.sample(generator, expert.frame_limit(step))
             camera = views.cameras[cam_index]
             t = float(dataset.times[frame])
-            sh_degree = min(step // cfg.sh_every, cfg.sh_degree)
+            sh_degree = cfg.sh_degree if cfg.sh_every <= 0 else min(step // cfg.sh_every, cfg.sh_degree)
             out = render_expert(expert, camera, t, background, backend=backend, sh_degree=sh_degree, retain_grad=True)
             gt = views.image(cam_index, frame)
             loss = photometric(out.image, gt, lambda_dssim=cfg.lambda_dssim) + expert.regularisation(t)
+            if teacher is not None:
+                target, weight = teacher.target(cam_index, frame)
+                loss = loss + teacher.beta * photometric(out.image, target, lambda_dssim=cfg.lambda_dssim, weight=weight)
             loss.backward()
             loss_value = float(loss)
             densifying = step < cfg.densify_until
@@ -107,12 +130,12 @@ def train_expert(
             elif densifying:
                 for value in state.values():
                     value.zero_()
-            if (step + 1) % checkpoint_every == 0 and step + 1 < cfg.iterations:
-                _save_checkpoint(ckpt_path, step + 1, expert, optimizers, fields_opt, state, generator)
+            if (local_step + 1) % checkpoint_every == 0 and local_step + 1 < steps:
+                _save_checkpoint(ckpt_path, local_step + 1, expert, optimizers, fields_opt, state, generator)
             bar.advance()
-            if step % 50 == 0:
+            if local_step % 50 == 0:
                 bar.set_postfix(f"loss={loss_value:.4f} N={expert.num_gaussians}")
-    return TrainResult(time.perf_counter() - began, cfg.iterations - start, loss_value, expert.num_gaussians)
+    return TrainResult(time.perf_counter() - began, steps - start, loss_value, expert.num_gaussians)
 
 
 def _set_learning_rates(
