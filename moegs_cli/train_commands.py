@@ -13,6 +13,9 @@ from moegs_cli.common import ConfigOpt, ForceOpt, SetOpt, handle_errors, report,
 
 def register(app: typer.Typer) -> None:
     app.command("train-experts")(train_experts)
+    app.command("train-router")(train_router)
+    app.command("prune")(prune)
+    app.command("distill")(distill)
 
 
 ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue an interrupted run from its last checkpoint.")]
@@ -61,3 +64,88 @@ def train_experts(
             console.print(f"[red]failed[/red] {outcome.family}: {outcome.error}")
     if failed:
         raise typer.Exit(code=1)
+
+
+@handle_errors
+def train_router(
+    ctx: typer.Context,
+    experts: Annotated[list[str], typer.Option("--experts", "-e", help="Expert artifacts (repeat, or comma-separate): two or more, any families, one dataset.")],
+    dataset: Annotated[str | None, typer.Option("--dataset", "-d", help="Dataset artifact (default: the experts' own).", show_default=False)] = None,
+    iterations: Annotated[int | None, typer.Option(help="Router training steps (default 5000).", show_default=False)] = None,
+    tau: Annotated[float | None, typer.Option(help="Softmax temperature, same in training and evaluation (default 0.01).", show_default=False)] = None,
+    naive: Annotated[bool, typer.Option("--naive", help="Render with 2K separate passes instead of the single multi-expert pass.")] = False,
+    backend: BackendOpt = None,
+    config: ConfigOpt = None,
+    overrides: SetOpt = None,
+    force: ForceOpt = False,
+) -> None:
+    """Train the Volume-aware Pixel Router over frozen experts -> a moe artifact.
+
+    Per Gaussian: gates (init 0.9) and a time coefficient, splatted with the expert's own geometry;
+    a shared 69-weight pixel MLP turns them into per-pixel softmax gates that blend the experts.
+    Reports the blend's PSNR, each expert's, the per-region winners, the router's preferred expert
+    per region and the PSNR at the official test-time temperature (tau = 1).
+    Example: moegs train-router -e synth/expert/ab12 -e synth/expert/cd34
+    """
+    from stages import train_router as stage
+
+    refs = [r for item in experts for r in item.split(",") if r]
+    cfg = resolve_config(stage.TrainRouterConfig, config, "train_router", overrides,
+                         explicit={"iterations": iterations, "tau": tau, "backend": backend,
+                                   "single_pass": False if naive else None})
+    report(stage.run(cfg, refs, state(ctx).workspace, dataset, force=force))
+
+
+@handle_errors
+def prune(
+    ctx: typer.Context,
+    moe: Annotated[str, typer.Option("--moe", "-m", help="MoE artifact to prune.")],
+    keep_fraction: Annotated[float | None, typer.Option(help="Keep this share of all Gaussians (default 0.5).", show_default=False)] = None,
+    threshold: Annotated[float | None, typer.Option(help="Instead: drop Gaussians contributing fewer pixels than this per view.", show_default=False)] = None,
+    finetune_steps: Annotated[int | None, typer.Option(help="Router fine-tuning steps afterwards (default 0).", show_default=False)] = None,
+    backend: BackendOpt = None,
+    config: ConfigOpt = None,
+    overrides: SetOpt = None,
+    force: ForceOpt = False,
+) -> None:
+    """Gate-aware pruning: drop the Gaussians that add least to the blended image -> a new moe artifact.
+
+    Score r = sum over training views of gate(p) * alpha * T; the pruned MoE carries its own smaller
+    experts and gate tables and plugs in wherever the original did. Reports Gaussians, storage,
+    FPS and PSNR before and after.
+    Example: moegs prune --moe synth/moe/latest --keep-fraction 0.5
+    """
+    from stages import prune as stage
+
+    explicit = {"keep_fraction": keep_fraction, "threshold": threshold, "finetune_steps": finetune_steps, "backend": backend}
+    cfg = resolve_config(stage.PruneConfig, config, "prune", overrides, explicit=explicit)
+    report(stage.run(cfg, moe, state(ctx).workspace, force=force))
+
+
+@handle_errors
+def distill(
+    ctx: typer.Context,
+    moe: Annotated[str, typer.Option("--moe", "-m", help="MoE artifact used as teacher.")],
+    student: Annotated[str, typer.Option("--student", help="A family of the MoE (e.g. keyframe) or an expert artifact.")],
+    steps: Annotated[int | None, typer.Option(help="Fine-tuning steps (default 1000).", show_default=False)] = None,
+    beta: Annotated[float | None, typer.Option(help="Weight of the MoE (pseudo ground truth) term (default 1).", show_default=False)] = None,
+    gate_weighting: Annotated[bool | None, typer.Option("--gate-weighting", help="Weight the teacher term per pixel by 1 - the student's gate.", show_default=False)] = None,
+    backend: BackendOpt = None,
+    config: ConfigOpt = None,
+    overrides: SetOpt = None,
+    force: ForceOpt = False,
+) -> None:
+    """Distil the MoE into one expert -> an ordinary expert artifact (same format and speed, better quality).
+
+    Also fine-tunes the same student for the same steps on ground truth only (the fair baseline)
+    and reports both PSNRs.
+    Example: moegs distill --moe synth/moe/latest --student keyframe
+    """
+    from stages import distill as stage
+
+    cfg = resolve_config(stage.DistillConfig, config, "distill", overrides,
+                         explicit={"steps": steps, "beta": beta, "gate_weighting": gate_weighting, "backend": backend})
+    distilled, baseline = stage.run(cfg, moe, student, state(ctx).workspace, force=force)
+    if baseline is not None:
+        report(baseline, label="GT-only baseline")
+    report(distilled, label="distilled")

@@ -7,6 +7,7 @@ opaque but sits where the router never picks its expert scores ~0 and goes, with
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,8 +34,9 @@ log = logging.getLogger("moegs")
 class PruneConfig:
     """The ``prune`` section: give keep_fraction or threshold."""
 
-    keep_fraction: float | None = 0.5
-    """Keep this share of all Gaussians (ranked jointly across experts by their blended contribution)."""
+    keep_fraction: float | None = None
+    """Keep this share of all Gaussians, ranked jointly across experts by their blended contribution
+    (0.5 when neither this nor ``threshold`` is given)."""
     threshold: float | None = None
     """Instead: remove Gaussians whose contribution per training view is below this (in pixels)."""
     frame_stride: int = 1
@@ -69,8 +71,6 @@ def keep_masks(scores: list[torch.Tensor], cfg: PruneConfig) -> list[torch.Tenso
     """Which Gaussians survive: the top ``keep_fraction`` jointly across experts, or those above ``threshold``."""
     if cfg.threshold is not None:
         return [s >= cfg.threshold for s in scores]
-    if cfg.keep_fraction is None or not 0 < cfg.keep_fraction <= 1:
-        raise InputError(f"keep_fraction must be in (0, 1], got {cfg.keep_fraction}")
     joint = torch.cat(scores)
     n_keep = max(1, int(round(cfg.keep_fraction * joint.numel())))
     cutoff = torch.topk(joint, n_keep).values.min()
@@ -103,8 +103,12 @@ def apply_pruning(model: MoEModel, masks: list[torch.Tensor]) -> None:
 
 
 def run(cfg: PruneConfig, moe_ref: str, workspace: Path, *, force: bool = False, progress: bool = True) -> StageResult:
-    if (cfg.keep_fraction is None) == (cfg.threshold is None):
-        raise InputError("give exactly one of --keep-fraction and --threshold")
+    if cfg.keep_fraction is not None and cfg.threshold is not None:
+        raise InputError("give one of --keep-fraction and --threshold, not both")
+    if cfg.threshold is None:
+        cfg = dataclasses.replace(cfg, keep_fraction=0.5 if cfg.keep_fraction is None else cfg.keep_fraction)
+        if not 0 < cfg.keep_fraction <= 1:
+            raise InputError(f"keep_fraction must be in (0, 1], got {cfg.keep_fraction}")
     if cfg.frame_stride < 1:
         raise InputError(f"frame_stride must be >= 1, got {cfg.frame_stride}")
     source = load_artifact(moe_ref, workspace, expected_kind="moe")
