@@ -24,43 +24,60 @@ from moegs.raster.projection import ALPHA_MAX, ALPHA_MIN, T_MIN, TILE, TileBins
 
 
 @njit(cache=True, inline="always")
-def _gather_tile(gids, start, n, y0, means2d, conics, opac, feats, set_ids):
-    """Contiguous copies of one tile's Gaussians, plus per-row lists of the entries that can reach
-    alpha >= 1/255 somewhere on that pixel row (in list order).
+def _gather_tile(gids, start, n, means2d, conics, opac, feats, set_ids):
+    """Contiguous copies of one tile's Gaussians (the inner loops then stream through memory).
 
-    Column 6 is a power below which alpha < 1/255 for sure; columns 7-8 bound the x range of that
-    ellipse. Bounds carry a margin far above rounding, so culling only skips entries the exact test
-    would skip anyway: results are unchanged, most far-away entries just cost a comparison.
+    Column 6 is a power below which alpha < 1/255 for sure (the margin dwarfs rounding), so most
+    far-away entries are rejected without an exp; entries near the bound take the exact test.
     """
     d = feats.shape[1]
-    g = np.empty((n, 9))  # mx, my, a, b, c, opacity, power bound, x min, x max
+    g = np.empty((n, 7))  # mx, my, a, b, c, opacity, power bound
     f = np.empty((n, d))
     s = np.empty(n, np.int64)
-    rows = np.empty((TILE, n), np.int64)
-    row_len = np.zeros(TILE, np.int64)
     for j in range(n):
         gid = gids[start + j]
-        mx, my, a, b, c, o = means2d[gid, 0], means2d[gid, 1], conics[gid, 0], conics[gid, 1], conics[gid, 2], opac[gid]
-        bound = np.log(ALPHA_MIN) - np.log(o) - 1e-9
-        g[j, 0], g[j, 1], g[j, 2], g[j, 3], g[j, 4], g[j, 5], g[j, 6] = mx, my, a, b, c, o, bound
+        g[j, 0] = means2d[gid, 0]
+        g[j, 1] = means2d[gid, 1]
+        g[j, 2] = conics[gid, 0]
+        g[j, 3] = conics[gid, 1]
+        g[j, 4] = conics[gid, 2]
+        g[j, 5] = opac[gid]
+        g[j, 6] = np.log(ALPHA_MIN) - np.log(opac[gid]) - 1e-9
         s[j] = set_ids[gid]
-        for ch in range(d):
-            f[j, ch] = feats[gid, ch]
+        for c in range(d):
+            f[j, c] = feats[gid, c]
+    return g, f, s
+
+
+@njit(cache=True, inline="always")
+def _row_candidates(g, n, cy, x0, lists, lens):
+    """For each of the 16 pixel columns of one tile row, the entries (in list order) whose ellipse
+    {power >= bound} covers that pixel centre: lists[col, :lens[col]].
+
+    The ellipse meets the line y = cy in an interval of x (a quadratic in dx); it is widened by a
+    margin far above rounding, so only entries the exact test would reject anyway are left out.
+    """
+    lens[:] = 0
+    for j in range(n):
+        bound = g[j, 6]
         if bound > 0.0:  # opacity below 1/255: never composited
             continue
-        # power >= bound  <=>  [dx dy] conic [dx dy]^T <= -2 bound; its extent is sqrt(-2 bound * cov_ii)
-        det = a * c - b * b
-        half_x, half_y = np.inf, np.inf
-        if det > 0.0:
-            half_x = np.sqrt(-2.0 * bound * c / det) * (1.0 + 1e-6) + 1e-6
-            half_y = np.sqrt(-2.0 * bound * a / det) * (1.0 + 1e-6) + 1e-6
-        g[j, 7], g[j, 8] = mx - half_x, mx + half_x
-        for r in range(TILE):
-            cy = y0 + r + 0.5
-            if my - half_y <= cy <= my + half_y:
-                rows[r, row_len[r]] = j
-                row_len[r] += 1
-    return g, f, s, rows, row_len
+        a, b, c = g[j, 2], g[j, 3], g[j, 4]
+        lo, hi = float(x0), float(x0 + TILE - 1)
+        if a > 0.0:
+            # a dx^2 + 2 b dy dx + c dy^2 <= -2 bound, with dx = mx - cx and dy = my - cy
+            dy = g[j, 1] - cy
+            disc = (b * dy) ** 2 - a * (c * dy * dy + 2.0 * bound - 1e-6)
+            if disc < 0.0:
+                continue
+            half = np.sqrt(disc) / a * (1.0 + 1e-6) + 1e-6
+            centre = g[j, 0] + b * dy / a
+            lo = max(lo, np.ceil(centre - half - 0.5))
+            hi = min(hi, np.floor(centre + half - 0.5))
+        for px in range(int(lo), int(hi) + 1):
+            col = px - x0
+            lists[col, lens[col]] = j
+            lens[col] += 1
 
 
 @njit(parallel=True, cache=True, fastmath=False, error_model="numpy")
@@ -73,27 +90,31 @@ def _forward_kernel(
     for it in prange(order.shape[0]):
         t = order[it]
         start = offsets[t]
-        x0 = (t % tiles_x) * TILE
-        y0 = (t // tiles_x) * TILE
-        g, f, s, rows, row_len = _gather_tile(gids, start, offsets[t + 1] - start, y0, means2d, conics, opac, feats, set_ids)
+        n = offsets[t + 1] - start
+        g, f, s = _gather_tile(gids, start, n, means2d, conics, opac, feats, set_ids)
         trans = np.empty(n_sets)
         last = np.empty(n_sets, np.int64)
         done = np.empty(n_sets, np.bool_)
         acc = np.empty((n_sets, d))
+        lists = np.empty((TILE, n), np.int64)
+        lens = np.empty(TILE, np.int64)
+        x0 = (t % tiles_x) * TILE
+        y0 = (t // tiles_x) * TILE
         for py in range(y0, min(y0 + TILE, height)):
-            row = rows[py - y0]
+            cy = py + 0.5
+            _row_candidates(g, n, cy, x0, lists, lens)
             for px in range(x0, min(x0 + TILE, width)):
                 cx = px + 0.5
-                cy = py + 0.5
+                col = px - x0
                 trans[:] = 1.0
                 last[:] = 0
                 done[:] = False
                 acc[:, :] = 0.0
                 n_done = 0
-                for q in range(row_len[py - y0]):
-                    j = row[q]
+                for q in range(lens[col]):
+                    j = lists[col, q]
                     k = s[j]
-                    if done[k] or cx < g[j, 7] or cx > g[j, 8]:
+                    if done[k]:
                         continue
                     dx = g[j, 0] - cx
                     dy = g[j, 1] - cy
@@ -134,18 +155,22 @@ def _backward_kernel(
     for it in prange(order.shape[0]):
         t = order[it]
         start = offsets[t]
-        x0 = (t % tiles_x) * TILE
-        y0 = (t // tiles_x) * TILE
-        g, f, s, rows, row_len = _gather_tile(gids, start, offsets[t + 1] - start, y0, means2d, conics, opac, feats, set_ids)
+        n = offsets[t + 1] - start
+        g, f, s = _gather_tile(gids, start, n, means2d, conics, opac, feats, set_ids)
         trans = np.empty(n_sets)
         rest = np.empty(n_sets)  # sum_{j>i} w_j (f_j . g) + T_final * dL/dT_final, per set
         stop = np.empty(n_sets, np.int64)
         gpix = np.empty((n_sets, d))
+        lists = np.empty((TILE, n), np.int64)
+        lens = np.empty(TILE, np.int64)
+        x0 = (t % tiles_x) * TILE
+        y0 = (t // tiles_x) * TILE
         for py in range(y0, min(y0 + TILE, height)):
-            row = rows[py - y0]
+            cy = py + 0.5
+            _row_candidates(g, n, cy, x0, lists, lens)
             for px in range(x0, min(x0 + TILE, width)):
                 cx = px + 0.5
-                cy = py + 0.5
+                col = px - x0
                 j_end = 0
                 for k in range(n_sets):
                     trans[k] = trans_final[k, py, px]
@@ -154,13 +179,13 @@ def _backward_kernel(
                     j_end = max(j_end, stop[k])
                     for c in range(d):
                         gpix[k, c] = grad_acc[k, py, px, c]
-                q_end = row_len[py - y0]
-                while q_end > 0 and row[q_end - 1] >= j_end:
+                q_end = lens[col]
+                while q_end > 0 and lists[col, q_end - 1] >= j_end:
                     q_end -= 1
                 for q in range(q_end - 1, -1, -1):
-                    j = row[q]
+                    j = lists[col, q]
                     k = s[j]
-                    if j >= stop[k] or cx < g[j, 7] or cx > g[j, 8]:
+                    if j >= stop[k]:
                         continue
                     dx = g[j, 0] - cx
                     dy = g[j, 1] - cy
@@ -177,20 +202,20 @@ def _backward_kernel(
                     trans[k] = t_i
                     w = alpha * t_i
                     fg = 0.0
-                    out = out_grad[start + j]
+                    row = out_grad[start + j]
                     for c in range(d):
                         fg += f[j, c] * gpix[k, c]
-                        out[6 + c] += w * gpix[k, c]
+                        row[6 + c] += w * gpix[k, c]
                     d_alpha = t_i * fg - rest[k] / one_minus
                     rest[k] += w * fg
                     if raw <= ALPHA_MAX:
-                        out[5] += gauss * d_alpha
+                        row[5] += gauss * d_alpha
                         d_power = alpha * d_alpha
-                        out[0] -= d_power * (g[j, 2] * dx + g[j, 3] * dy)
-                        out[1] -= d_power * (g[j, 3] * dx + g[j, 4] * dy)
-                        out[2] -= 0.5 * d_power * dx * dx
-                        out[3] -= d_power * dx * dy
-                        out[4] -= 0.5 * d_power * dy * dy
+                        row[0] -= d_power * (g[j, 2] * dx + g[j, 3] * dy)
+                        row[1] -= d_power * (g[j, 3] * dx + g[j, 4] * dy)
+                        row[2] -= 0.5 * d_power * dx * dx
+                        row[3] -= d_power * dx * dy
+                        row[4] -= 0.5 * d_power * dy * dy
 
 
 def _np64(x: Tensor) -> np.ndarray:

@@ -1,0 +1,114 @@
+"""``moegs demo``: the whole pipeline on the built-in synthetic scene, every step an ordinary stage.
+
+synth -> preprocess -> train-experts (all four) -> train-router -> prune -> distill -> render -> bench.
+Each step writes (or finds) its artifact, so a second run finishes at once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from moegs.config import resolve_config
+from moegs.data.synthetic import PRESETS, generate
+from moegs.errors import InputError, MoegsError
+from stages import bench, distill, preprocess, prune, render, train_experts, train_router
+from stages.common import StageResult
+
+log = logging.getLogger("moegs")
+
+
+@dataclass
+class DemoResult:
+    bench: StageResult
+    renders: list[StageResult]
+    table: str
+    steps: dict[str, StageResult]
+
+
+def preset_config(preset: str) -> Path:
+    """The YAML config (one section per stage) that ``demo --preset NAME`` runs with."""
+    path = Path(str(resources.files("stages") / "presets" / f"{preset}.yaml"))
+    if not path.is_file():
+        raise InputError(f"no demo configuration for preset {preset!r} (have: {', '.join(available_presets())})")
+    return path
+
+
+def available_presets() -> list[str]:
+    folder = resources.files("stages") / "presets"
+    return sorted(Path(str(p)).stem for p in folder.iterdir() if str(p).endswith(".yaml"))
+
+
+def synthetic_source(workspace: Path, preset: str, seed: int, progress: bool) -> Path:
+    """The raw synthetic capture, generated once per (preset, seed) under the workspace."""
+    raw = Path(workspace) / "_sources" / f"synthetic_{preset}_seed{seed}"
+    scene_file = raw / "scene.json"
+    if scene_file.is_file():
+        info = json.loads(scene_file.read_text())
+        if info.get("preset") == preset and info.get("seed") == seed:
+            return raw
+        raise InputError(f"{raw}: holds another synthetic scene; remove it to regenerate")
+    generate(raw, preset=preset, seed=seed, progress=progress)
+    return raw
+
+
+def run(preset: str, workspace: Path, *, seed: int = 0, force: bool = False, progress: bool = True,
+        overrides: list[str] | None = None) -> DemoResult:
+    if preset not in PRESETS:
+        raise InputError(f"unknown preset {preset!r} (choose from {', '.join(PRESETS)})")
+    config_file = preset_config(preset)
+    workspace = Path(workspace)
+
+    def section(cls, name):
+        prefix = name + "."
+        own = [o[len(prefix):] for o in overrides or [] if o.startswith(prefix)]
+        return resolve_config(cls, config_file, name, own)
+
+    demo_cfg = section(DemoSettings, "demo")
+    raw = synthetic_source(workspace, preset, seed, progress)
+    steps: dict[str, StageResult] = {}
+    steps["dataset"] = preprocess.run(section(preprocess.PreprocessConfig, "preprocess"), raw, workspace,
+                                      scene=f"synthetic_{preset}", force=force, progress=progress)
+    dataset_ref = str(steps["dataset"].artifact.path)
+    outcomes = train_experts.run(section(train_experts.TrainExpertsConfig, "train_experts"), dataset_ref, workspace,
+                                 force=force, progress=progress)
+    failed = [o for o in outcomes if o.error is not None]
+    if failed:
+        raise MoegsError("expert training failed: " + "; ".join(f"{o.family}: {o.error}" for o in failed))
+    expert_refs = [str(o.result.artifact.path) for o in outcomes]
+    for outcome in outcomes:
+        steps[f"expert {outcome.family}"] = outcome.result
+    steps["moe"] = train_router.run(section(train_router.TrainRouterConfig, "train_router"), expert_refs, workspace,
+                                    force=force, progress=progress)
+    moe_ref = str(steps["moe"].artifact.path)
+    steps["pruned"] = prune.run(section(prune.PruneConfig, "prune"), moe_ref, workspace, force=force, progress=progress)
+    distilled, baseline = distill.run(section(distill.DistillConfig, "distill"), moe_ref, demo_cfg.student, workspace,
+                                      force=force, progress=progress)
+    steps["distilled"] = distilled
+    if baseline is not None:
+        steps["baseline"] = baseline
+    render_cfg = section(render.RenderConfig, "render")
+    renders = [render.run(render_cfg, moe_ref, workspace, force=force, progress=progress)]
+    if demo_cfg.novel_path:
+        path_cfg = section(render.RenderConfig, "render")
+        path_cfg.cameras = "path"
+        renders.append(render.run(path_cfg, moe_ref, workspace, force=force, progress=progress))
+    models = expert_refs + [moe_ref, str(steps["pruned"].artifact.path), str(distilled.artifact.path)]
+    if baseline is not None:
+        models.append(str(baseline.artifact.path))
+    bench_result = bench.run(section(bench.BenchConfig, "bench"), models, workspace, force=force, progress=progress)
+    table = bench_result.artifact.file("results.md").read_text()
+    return DemoResult(bench_result, renders, table, steps)
+
+
+@dataclass
+class DemoSettings:
+    """The ``demo`` section: choices that belong to the demo itself."""
+
+    student: str = "keyframe"
+    """Family distilled from the MoE."""
+    novel_path: bool = True
+    """Also render the MoE along a spiral through the rig."""
