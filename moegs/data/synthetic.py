@@ -76,14 +76,14 @@ def build_scene(rng: np.random.Generator) -> Scene:
     two_pi = 2.0 * np.pi
     return Scene(
         primitives=(
-            Rect(name="back_wall", region=0, texture="rich", texel=0.01,
+            Rect(name="back_wall", region=0, texture="rich", texel=0.03,
                  origin=(-7.5, -4.0, 6.0), u_axis=(1.0, 0.0, 0.0), v_axis=(0.0, 1.0, 0.0), size=(15.0, 4.0 + FLOOR_Y)),
-            Rect(name="floor", region=0, texture="rich", texel=0.01,
+            Rect(name="floor", region=0, texture="rich", texel=0.03,
                  origin=(-7.5, FLOOR_Y, -0.5), u_axis=(1.0, 0.0, 0.0), v_axis=(0.0, 0.0, 1.0), size=(15.0, 6.5)),
-            Rect(name="colour_panel", region=4, texture="grey", texel=0.005,
+            Rect(name="colour_panel", region=4, texture="grey", texel=0.012,
                  origin=(-2.4, -1.75, 5.2), u_axis=(1.0, 0.0, 0.0), v_axis=(0.0, 1.0, 0.0), size=(1.7, 0.9),
                  tint=Tint(hue_cycles=1.0, pulse_cycles=2.0, phase=float(rng.uniform()), saturation=0.15)),
-            Box(name="rigid_box", region=1, texture="faces", texel=0.005,
+            Box(name="rigid_box", region=1, texture="faces", texel=0.01,
                 half_size=(0.3, 0.25, 0.3), centre=(-1.3, 0.15, 3.9), amplitude=(0.35, 0.12, 0.3),
                 frequency=(1.0, 2.0, 1.0), phase=tuple(float(x) for x in rng.uniform(0.0, two_pi, 3)),
                 axis=tuple(float(x) for x in np.array([0.3, 1.0, 0.2]) + rng.uniform(-0.15, 0.15, 3)),
@@ -92,7 +92,7 @@ def build_scene(rng: np.random.Generator) -> Scene:
                    radius=0.15, floor_y=FLOOR_Y, x0=0.35, x_amplitude=0.45, x_cycles=1.0, z0=3.0, z_amplitude=0.25,
                    height=0.85, bounces=3.0, bounce_phase=float(rng.uniform(0.1, 0.5)),
                    axis=(0.2, 0.3, 1.0), spin=6.0 * np.pi),
-            HeightField(name="flag", region=3, texture="flag", texel=0.005,
+            HeightField(name="flag", region=3, texture="flag", texel=0.01,
                         x0=0.55, y0=-1.35, width=1.4, height=1.1, z0=4.5,
                         waves=(Wave(amplitude=0.13, kx=two_pi, ky=0.0, omega=two_pi * 1.5,
                                     phase=float(rng.uniform(0.0, two_pi))),

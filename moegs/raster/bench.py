@@ -116,7 +116,7 @@ def _single_pass(n_total: int, width: int, height: int, repeats: int) -> dict:
         torch.autograd.grad((image * g_img).sum() + alpha.sum() + depth.sum(), params)
         return torch.cat([image, alpha[..., None], depth[..., None]], dim=-1)
 
-    max_abs_diff = float((single() - separate()).abs().max())
+    max_abs_diff = float((single() - separate()).abs().max().detach())
     separate_ms = _median_ms(separate, repeats, 1)
     single_ms = _median_ms(single, repeats, 1)
     return {

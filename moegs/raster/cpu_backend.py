@@ -10,9 +10,15 @@ recovering T_i = T_{i+1} / (1 - alpha_i). Each Gaussian carries a set index and 
 K transmittances, so the multi-expert pass is the same kernel. Gradients are accumulated per
 tile-list entry (one writer per entry, no races) and summed per Gaussian afterwards. Arithmetic is
 float64 inside; one compiled specialisation serves float32 and float64 callers.
+
+Speed comes from not evaluating list entries that cannot reach alpha >= 1/255 at a pixel: per tile
+row, each entry's {alpha >= 1/255} ellipse gives the pixel columns it may touch (with a margin, so
+the exact per-pixel tests still decide, and the results do not change).
 """
 
 from __future__ import annotations
+
+from contextlib import contextmanager
 
 import numba
 import numpy as np
@@ -22,13 +28,16 @@ from torch import Tensor
 
 from moegs.raster.projection import ALPHA_MAX, ALPHA_MIN, T_MIN, TILE, TileBins
 
+# Below this many tile-list entries (~ a 64x48 image of a few hundred Gaussians) one thread is faster.
+_PARALLEL_MIN_ISECT = 4096
+
 
 @njit(cache=True, inline="always")
 def _gather_tile(gids, start, n, means2d, conics, opac, feats, set_ids):
     """Contiguous copies of one tile's Gaussians (the inner loops then stream through memory).
 
-    Column 6 is a power below which alpha < 1/255 for sure (the margin dwarfs rounding), so most
-    far-away entries are rejected without an exp; entries near the bound take the exact test.
+    Column 6 is a power below which alpha < 1/255 for sure (the margin dwarfs rounding): it skips
+    the exp for entries near the edge of their ellipse and defines the ellipse _row_candidates uses.
     """
     d = feats.shape[1]
     g = np.empty((n, 7))  # mx, my, a, b, c, opacity, power bound
@@ -222,6 +231,19 @@ def _np64(x: Tensor) -> np.ndarray:
     return np.ascontiguousarray(x.detach().to(device="cpu", dtype=torch.float64).numpy())
 
 
+@contextmanager
+def _threads_for(n_isect: int):
+    """All numba threads with dynamic scheduling for real work, one thread for tiny scenes: a
+    parallel launch costs a thread wake-up, which on a loaded machine can exceed the work itself."""
+    previous = numba.get_num_threads()
+    numba.set_num_threads(previous if n_isect >= _PARALLEL_MIN_ISECT else 1)
+    try:
+        with numba.parallel_chunksize(1):
+            yield
+    finally:
+        numba.set_num_threads(previous)
+
+
 def _like(a: np.ndarray, ref: Tensor) -> Tensor:
     return torch.from_numpy(a).to(device=ref.device, dtype=ref.dtype)
 
@@ -253,7 +275,7 @@ class _CompositeCPU(torch.autograd.Function):
         want_contrib = contrib_weight is not None
         contrib_isect = np.zeros(n_isect if want_contrib else 0)
         weight = _np64(contrib_weight) if want_contrib else np.zeros((1, 1, 1))
-        with numba.parallel_chunksize(1):
+        with _threads_for(n_isect):
             _forward_kernel(
                 *arrays, order, width, height, bins.tiles_x, n_sets,
                 weight, want_contrib, acc, trans, last, contrib_isect,
@@ -277,7 +299,7 @@ class _CompositeCPU(torch.autograd.Function):
         g_acc = _np64(grad_acc) if grad_acc is not None else np.zeros((n_sets, height, width, d))
         g_trans = _np64(grad_trans) if grad_trans is not None else np.zeros((n_sets, height, width))
         per_entry = np.zeros((gids_np.shape[0], 6 + d))
-        with numba.parallel_chunksize(1):
+        with _threads_for(gids_np.shape[0]):
             _backward_kernel(
                 *ctx.arrays, width, height, tiles_x, n_sets, ctx.trans, ctx.last, g_acc, g_trans, per_entry,
             )

@@ -66,7 +66,10 @@ def composite_torch(
     weight_tiles = _image_to_tiles(contrib_weight, bins) if contrib_weight is not None else None
     contrib = torch.zeros(n, dtype=dtype, device=device) if contrib_weight is not None else None
 
-    done_tiles, acc_chunks, trans_chunks = [], [], []
+    # Empty slices of the inputs keep the outputs in the autograd graph even with nothing to draw.
+    done_tiles = [active[:0]]
+    acc_chunks = [features[:0, None, None, :].expand(0, TILE * TILE, n_sets, d)]
+    trans_chunks = [opacities[:0, None, None].expand(0, TILE * TILE, n_sets)]
     start = 0
     while start < active.shape[0]:
         longest = int(counts[active[start]])
@@ -112,12 +115,9 @@ def composite_torch(
         acc_chunks.append(torch.stack(acc_k, dim=2))  # [nt, 256, K, D]
         trans_chunks.append(torch.stack(trans_k, dim=2))  # [nt, 256, K]
 
-    acc_tiles = features.new_zeros((n_tiles, TILE * TILE, n_sets, d))
-    trans_tiles = features.new_ones((n_tiles, TILE * TILE, n_sets))
-    if done_tiles:
-        order = torch.cat(done_tiles)
-        acc_tiles = acc_tiles.index_copy(0, order, torch.cat(acc_chunks))
-        trans_tiles = trans_tiles.index_copy(0, order, torch.cat(trans_chunks))
+    order = torch.cat(done_tiles)
+    acc_tiles = features.new_zeros((n_tiles, TILE * TILE, n_sets, d)).index_copy(0, order, torch.cat(acc_chunks))
+    trans_tiles = features.new_ones((n_tiles, TILE * TILE, n_sets)).index_copy(0, order, torch.cat(trans_chunks))
     return (
         _tiles_to_image(acc_tiles, bins, width, height),
         _tiles_to_image(trans_tiles, bins, width, height),
