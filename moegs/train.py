@@ -113,7 +113,7 @@ def train_expert(
                 target, weight = teacher.target(cam_index, frame)
                 loss = loss + teacher.beta * photometric(out.image, target, lambda_dssim=cfg.lambda_dssim, weight=weight)
             loss.backward()
-            loss_value = float(loss)
+            loss_value = float(loss.detach())
             densifying = step < cfg.densify_until
             if densifying and out.means2d.grad is not None:
                 densify.accumulate(state, out.means2d.grad, out.radii, camera.width, camera.height)

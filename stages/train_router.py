@@ -146,8 +146,8 @@ def train_router(
             gate_sums += out.gates.detach().mean(dim=(1, 2))
             if (step + 1) % cfg.log_every == 0 or step + 1 == steps:
                 mean_gates = (gate_sums / ((step % cfg.log_every) + 1)).tolist()
-                history.append({"step": step + 1, "loss": float(loss), "mean_gate": mean_gates})
-                bar.set_postfix("loss={:.4f} gates={}".format(float(loss), "/".join(f"{g:.2f}" for g in mean_gates)))
+                history.append({"step": step + 1, "loss": float(loss.detach()), "mean_gate": mean_gates})
+                bar.set_postfix("loss={:.4f} gates={}".format(float(loss.detach()), "/".join(f"{g:.2f}" for g in mean_gates)))
                 gate_sums.zero_()
             bar.advance()
     return history, time.perf_counter() - began

@@ -1,0 +1,151 @@
+"""End to end on the tiny synthetic scene: every stage's output, checked for the properties it promises.
+
+One ``demo --preset tiny`` run (session fixture) feeds most tests; margins are stated where they
+are asserted and the measured values are printed by ``pytest -s``.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from moegs.artifacts import load_artifact
+from moegs.data.dataset import Dataset
+from moegs.data.synthetic import surface_distance
+from moegs.data.video import probe_video
+from moegs.experts.io import load_expert
+from moegs.models import load_model
+from moegs.moe import load_moe
+from moegs.router import FrozenExperts, PixelRouter, render_moe
+from stages.train_router import TrainRouterConfig, train_router
+
+pytestmark = pytest.mark.slow
+
+
+def _experts(tiny_demo):
+    return {name.split()[1]: step.artifact for name, step in tiny_demo.steps.items() if name.startswith("expert ")}
+
+
+def test_preprocess_points_lie_on_true_surfaces(tiny_demo, demo_workspace):
+    dataset = tiny_demo.steps["dataset"].artifact
+    raw = demo_workspace / "_sources" / "synthetic_tiny_seed0"
+    points = Dataset.load(dataset.path).points
+    distances = surface_distance(raw, points.xyz, frame=0)
+    print(f"tiny: {len(points.xyz)} points, median distance to true surfaces {np.median(distances):.4f}, "
+          f"median reprojection error {dataset.metrics['reproj_error_median']:.3f} px")
+    assert dataset.metrics["points"] >= 100
+    assert dataset.metrics["reproj_error_median"] < 1.0
+    assert np.median(distances) < 0.05  # scene units (metres); the room is ~6 deep
+
+
+def test_every_family_trains_and_differs(tiny_demo):
+    experts = _experts(tiny_demo)
+    assert set(experts) == {"hexplane", "embedding", "polynomial", "keyframe"}
+    for family, artifact in experts.items():
+        m = artifact.metrics
+        print(f"{family}: PSNR {m['psnr']:.2f} SSIM {m['ssim']:.3f} N={m['gaussians']} regions {m['region_psnr']}")
+        assert m["psnr"] > 18.0  # initialisation renders ~12 dB on this scene
+        assert len(json.loads(artifact.file("eval.json").read_text())["per_frame"]) == 8
+        assert probe_video(artifact.file("preview.mp4")).n_frames == 8
+
+
+def test_moe_beats_its_best_expert(tiny_demo):
+    moe = tiny_demo.steps["moe"].artifact
+    best = max(a.metrics["psnr"] for a in _experts(tiny_demo).values())
+    print(f"MoE {moe.metrics['psnr']:.2f} dB vs best expert {best:.2f} dB; tau=1 eval {moe.metrics['psnr_official_tau']:.2f}")
+    assert moe.metrics["psnr"] > best + 0.2
+    assert set(moe.metrics["router_preference"]) >= {"background", "rigid"}
+
+
+def test_pruning_halves_the_gaussians_and_stays_close(tiny_demo):
+    pruned = tiny_demo.steps["pruned"].artifact
+    m = pruned.metrics
+    print(f"pruned: {m['gaussians_before']} -> {m['gaussians_after']}, PSNR change {m['psnr_change']:+.3f} dB, "
+          f"FPS {m['fps_before']:.1f} -> {m['fps_after']:.1f}")
+    assert m["removed_fraction"] == pytest.approx(0.5, abs=0.01)
+    assert m["psnr_change"] > -1.0
+    model = load_moe(pruned)
+    assert sum(model.num_gaussians) == sum(m["gaussians_after"])
+
+
+def test_distilled_student_not_worse_than_baseline(tiny_demo):
+    distilled = tiny_demo.steps["distilled"].artifact.metrics["psnr"]
+    baseline = tiny_demo.steps["baseline"].artifact.metrics["psnr"]
+    print(f"distilled {distilled:.3f} dB vs GT-only baseline {baseline:.3f} dB")
+    assert distilled >= baseline - 0.05
+
+
+def test_bench_files_agree_with_manifests(tiny_demo):
+    bench = tiny_demo.bench.artifact
+    results = json.loads(bench.file("results.json").read_text())
+    rows = {row["id"]: row for row in results["rows"]}
+    assert len(rows) == 8
+    for name, step in tiny_demo.steps.items():
+        if step.artifact.kind in ("expert", "moe"):
+            assert rows[step.artifact.short_id]["psnr"] == pytest.approx(step.artifact.metrics["psnr"], abs=1e-6), name
+    csv_lines = bench.file("results.csv").read_text().strip().splitlines()
+    assert len(csv_lines) == 9
+    assert bench.file("psnr_vs_fps.png").stat().st_size > 1000
+    assert all(row["lpips"] is None for row in results["rows"]) and "unavailable" in results["lpips"]
+    assert "| MoE(" in tiny_demo.table
+
+
+def test_render_writes_videos_and_gate_maps(tiny_demo):
+    render = tiny_demo.renders[0].artifact
+    for name in ("cam00.mp4", "cam00_gates.mp4", "cam00_grid.mp4", "legend.png"):
+        assert render.file(name).is_file(), name
+    assert probe_video(render.file("cam00_gates.mp4")).n_frames == 8
+
+
+def test_second_run_is_up_to_date(tiny_demo, demo_workspace):
+    from stages import demo
+
+    again = demo.run("tiny", demo_workspace, progress=False)
+    assert all(step.up_to_date for step in again.steps.values())
+    assert again.bench.up_to_date and again.table == tiny_demo.table
+
+
+def test_reloaded_artifacts_render_identically(tiny_demo):
+    dataset = Dataset.load(tiny_demo.steps["dataset"].artifact.path)
+    camera = dataset.test_cameras[0]
+    for key in ("expert polynomial", "moe", "pruned"):
+        artifact = tiny_demo.steps[key].artifact
+        a = load_model(artifact).render(camera, 0.25).image
+        b = load_model(load_artifact(artifact.path)).render(camera, 0.25).image
+        assert torch.equal(a, b), key
+
+
+def test_router_trains_only_router_parameters(tiny_demo):
+    experts = [load_expert(a) for a in list(_experts(tiny_demo).values())[:2]]
+    before = [{k: v.detach().clone() for k, v in e.params.items()} for e in experts]
+    frozen = FrozenExperts(experts)
+    router = PixelRouter([e.num_gaussians for e in experts])
+    dataset = Dataset.load(tiny_demo.steps["dataset"].artifact.path)
+    camera = dataset.train_cameras[1]
+    out = render_moe(frozen, router, camera, 0.5)
+    out.image.mean().backward()
+    assert all(p.grad is None for e in experts for p in e.params.values())
+    assert all(p.grad is None for e in experts for p in e.fields.parameters())
+    assert all(g.grad is not None and g.grad.abs().sum() > 0 for g in router.gates)
+    assert any(p.grad.abs().sum() > 0 for p in router.decoder.parameters())
+    gates_before = router.gates[0].detach().clone()
+    train_router(router, frozen, dataset, TrainRouterConfig(iterations=3), "cpu", progress=False)
+    assert not torch.equal(gates_before, router.gates[0].detach())
+    assert all(torch.equal(before[i][k], e.params[k]) for i, e in enumerate(experts) for k in e.params)
+
+
+@pytest.mark.parametrize("k", [2, 3, 4])
+def test_single_pass_equals_naive_passes(tiny_demo, k):
+    experts = FrozenExperts([load_expert(a) for a in list(_experts(tiny_demo).values())[:k]])
+    router = PixelRouter([e.num_gaussians for e in experts.experts])
+    with torch.no_grad():
+        for g in router.gates:
+            g.uniform_(0.0, 2.0)
+    camera = Dataset.load(tiny_demo.steps["dataset"].artifact.path).test_cameras[0]
+    single = render_moe(experts, router, camera, 0.375, single_pass=True)
+    naive = render_moe(experts, router, camera, 0.375, single_pass=False)
+    assert (single.image - naive.image).abs().max() < 1e-5
+    assert (single.gates - naive.gates).abs().max() < 1e-5
