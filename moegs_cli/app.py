@@ -61,7 +61,8 @@ def ls(ctx: typer.Context) -> None:
     for column in ("scene", "kind", "id", "created", "metrics"):
         table.add_column(column)
     for artifact in artifacts:
-        metrics = ", ".join(f"{k}={_short(v)}" for k, v in list(artifact.metrics.items())[:4])
+        scalars = [(k, v) for k, v in artifact.metrics.items() if isinstance(v, (int, float))][:4]
+        metrics = ", ".join(f"{k}={_short(v)}" for k, v in scalars)
         table.add_row(artifact.scene, artifact.kind, artifact.short_id, artifact.manifest.get("created_at", "")[:19], metrics)
     console.print(table) if artifacts else console.print(f"no artifacts in {state(ctx).workspace}")
 

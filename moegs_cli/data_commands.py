@@ -36,7 +36,11 @@ def synth(
     if preset not in PRESETS:
         raise InputError(f"unknown preset {preset!r} (choose from {', '.join(PRESETS)})")
     summary = generate(out, preset=preset, seed=seed)
-    console.print(f"wrote {preset} scene to {out} ({summary})")
+    width, height = summary["size"]
+    console.print(
+        f"wrote the {preset} scene to {out}: {summary['cams']} cameras, {width}x{height}, {summary['frames']} frames, "
+        f"test camera {summary['test_camera']} ({summary['seconds']:.1f} s)"
+    )
     typer.echo(str(out))
 
 

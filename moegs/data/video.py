@@ -28,15 +28,11 @@ class VideoInfo:
 
 def probe_video(path: Path) -> VideoInfo:
     """Size, frame rate and exact frame count (decodes the stream once; cheap for short clips)."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: video file not found")
+    reader, meta = _open(path)
+    reader.close()
     try:
-        reader = imageio_ffmpeg.read_frames(str(path))
-        meta = reader.__next__()
-        reader.close()
         n_frames, _ = imageio_ffmpeg.count_frames_and_secs(str(path))
-    except (RuntimeError, OSError, StopIteration, ValueError) as exc:
+    except (RuntimeError, OSError, ValueError) as exc:
         raise InputError(f"{path}: not a readable video ({_first_line(exc)})") from None
     width, height = meta["size"]
     if n_frames <= 0 or width <= 0 or height <= 0:
@@ -46,14 +42,7 @@ def probe_video(path: Path) -> VideoInfo:
 
 def iter_video(path: Path, start: int = 0, stop: int | None = None) -> Iterator[np.ndarray]:
     """Yield frames ``start <= i < stop`` as uint8 arrays [H, W, 3]; stops early without decoding the rest."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: video file not found")
-    try:
-        reader = imageio_ffmpeg.read_frames(str(path))
-        meta = reader.__next__()
-    except (RuntimeError, OSError, StopIteration, ValueError) as exc:
-        raise InputError(f"{path}: not a readable video ({_first_line(exc)})") from None
+    reader, meta = _open(path)
     width, height = meta["size"]
     frame_bytes = width * height * 3
     try:
@@ -108,6 +97,18 @@ def write_video(path: Path, frames: Iterable[np.ndarray], fps: float = 30.0, qua
     finally:
         if writer is not None:
             writer.close()
+
+
+def _open(path: Path) -> tuple[Iterator[bytes], dict]:
+    """An ffmpeg frame reader positioned after its metadata, or a one-line InputError."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: video file not found")
+    try:
+        reader = imageio_ffmpeg.read_frames(str(path))
+        return reader, reader.__next__()
+    except (RuntimeError, OSError, StopIteration, ValueError) as exc:
+        raise InputError(f"{path}: not a readable video ({_first_line(exc)})") from None
 
 
 def _first_line(exc: BaseException) -> str:

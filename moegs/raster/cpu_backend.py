@@ -8,12 +8,16 @@ Forward stores, per pixel and per set, the final transmittance and the list posi
 the last composited Gaussian; backward walks each tile list back to front (as 3DGS does),
 recovering T_i = T_{i+1} / (1 - alpha_i). Each Gaussian carries a set index and every pixel keeps
 K transmittances, so the multi-expert pass is the same kernel. Gradients are accumulated per
-tile-list entry (one writer per entry, no races) and summed per Gaussian afterwards. Arithmetic is
-float64 inside; one compiled specialisation serves float32 and float64 callers.
+tile-list entry (one writer per entry, no races) and summed per Gaussian afterwards.
 
-Speed comes from not evaluating list entries that cannot reach alpha >= 1/255 at a pixel: per tile
-row, each entry's {alpha >= 1/255} ellipse gives the pixel columns it may touch (with a margin, so
-the exact per-pixel tests still decide, and the results do not change).
+Arithmetic is in the caller's dtype (float32 in training, like the torch reference; float64 for
+gradcheck): numba compiles one specialisation per dtype, and the constants come in an array of
+that dtype because a float64 literal would promote float32 arithmetic to float64.
+
+The loops are Gaussian-major: each tile-list entry, in list order, visits only the pixels of its
+{alpha >= 1/255} ellipse (row by row, with a margin, so the exact per-pixel tests still decide and
+results do not change) and updates their per-pixel state. Every pixel still sees its Gaussians in
+list order, while an entry's parameters and gradient sums stay in registers across its pixels.
 """
 
 from __future__ import annotations
@@ -30,18 +34,43 @@ from moegs.raster.projection import ALPHA_MAX, ALPHA_MIN, T_MIN, TILE, TileBins
 
 # Below this many tile-list entries (~ a 64x48 image of a few hundred Gaussians) one thread is faster.
 _PARALLEL_MIN_ISECT = 4096
+# Slack on the power below which alpha < 1/255: far above float32 rounding of power (~1e-6).
+_BOUND_MARGIN = 1e-4
+
+
+@njit(parallel=True, cache=True, error_model="numpy")
+def _ellipses(conics, opac):
+    """Per Gaussian, in float64: the power below which alpha < 1/255 for sure (it skips the exp near
+    the edge of the ellipse), and the ellipse {power >= bound} as row spans see it:
+    (bound, b / a, P, Q, y half-extent), where the row at dy = my - cy meets the ellipse in
+    |dx - (b / a) dy| <= sqrt(P - Q dy^2), i.e. a dx^2 + 2 b dx dy + c dy^2 <= 1e-6 - 2 bound.
+
+    Computed once per Gaussian, not per tile-list entry and row; a <= 0 (never from a projection)
+    gives whole rows.
+    """
+    out = np.empty((opac.shape[0], 5))
+    for i in prange(opac.shape[0]):
+        a, b, c = float(conics[i, 0]), float(conics[i, 1]), float(conics[i, 2])
+        bound = np.log(ALPHA_MIN) - np.log(float(opac[i])) - _BOUND_MARGIN
+        out[i, 0] = bound
+        if a > 0.0:
+            big_p = (1e-6 - 2.0 * bound) / a
+            big_q = (a * c - b * b) / (a * a)
+            out[i, 1], out[i, 2], out[i, 3] = b / a, big_p, big_q
+            out[i, 4] = np.sqrt(big_p / big_q) * (1.0 + 1e-6) + 1e-6 if big_q > 0.0 else np.inf
+        else:
+            out[i, 1], out[i, 2], out[i, 3], out[i, 4] = 0.0, np.inf, 0.0, np.inf
+    return out
 
 
 @njit(cache=True, inline="always")
-def _gather_tile(gids, start, n, means2d, conics, opac, feats, set_ids):
-    """Contiguous copies of one tile's Gaussians (the inner loops then stream through memory).
-
-    Column 6 is a power below which alpha < 1/255 for sure (the margin dwarfs rounding): it skips
-    the exp for entries near the edge of their ellipse and defines the ellipse _row_candidates uses.
-    """
+def _gather_tile(gids, start, n, means2d, conics, opac, feats, set_ids, ellipses):
+    """Contiguous copies of one tile's Gaussians (the inner loops then stream through memory):
+    g = (mx, my, a, b, c, opacity, power bound) in the compute dtype, e = ellipses[:, 1:]."""
     d = feats.shape[1]
-    g = np.empty((n, 7))  # mx, my, a, b, c, opacity, power bound
-    f = np.empty((n, d))
+    g = np.empty((n, 7), feats.dtype)
+    e = np.empty((n, 4))
+    f = np.empty((n, d), feats.dtype)
     s = np.empty(n, np.int64)
     for j in range(n):
         gid = gids[start + j]
@@ -51,184 +80,198 @@ def _gather_tile(gids, start, n, means2d, conics, opac, feats, set_ids):
         g[j, 3] = conics[gid, 1]
         g[j, 4] = conics[gid, 2]
         g[j, 5] = opac[gid]
-        g[j, 6] = np.log(ALPHA_MIN) - np.log(opac[gid]) - 1e-9
+        g[j, 6] = ellipses[gid, 0]
+        for c in range(4):
+            e[j, c] = ellipses[gid, 1 + c]
         s[j] = set_ids[gid]
         for c in range(d):
             f[j, c] = feats[gid, c]
-    return g, f, s
+    return g, e, f, s
 
 
 @njit(cache=True, inline="always")
-def _row_candidates(g, n, cy, x0, lists, lens):
-    """For each of the 16 pixel columns of one tile row, the entries (in list order) whose ellipse
-    {power >= bound} covers that pixel centre: lists[col, :lens[col]].
+def _span(centre, half, lo, end):
+    """Integer pixels [p0, p1) within [lo, end) whose centres p + 0.5 lie in centre +- half."""
+    p0 = max(float(lo), np.ceil(centre - half - 0.5))
+    p1 = min(float(end - 1), np.floor(centre + half - 0.5))
+    if p1 < p0:
+        return 0, 0
+    return int(p0), int(p1) + 1
 
-    The ellipse meets the line y = cy in an interval of x (a quadratic in dx); it is widened by a
-    margin far above rounding, so only entries the exact test would reject anyway are left out.
+
+@njit(cache=True, inline="always")
+def _row_span(e, j, mx, my, cy, x0, x_end):
+    """Pixel columns [lo, hi) of [x0, x_end) in the row at centre cy that entry j's ellipse covers.
+
+    Solved in float64 and widened by a margin far above rounding, so only pixels the exact test
+    would reject anyway are left out.
     """
-    lens[:] = 0
-    for j in range(n):
-        bound = g[j, 6]
-        if bound > 0.0:  # opacity below 1/255: never composited
-            continue
-        a, b, c = g[j, 2], g[j, 3], g[j, 4]
-        lo, hi = float(x0), float(x0 + TILE - 1)
-        if a > 0.0:
-            # a dx^2 + 2 b dy dx + c dy^2 <= -2 bound, with dx = mx - cx and dy = my - cy
-            dy = g[j, 1] - cy
-            disc = (b * dy) ** 2 - a * (c * dy * dy + 2.0 * bound - 1e-6)
-            if disc < 0.0:
-                continue
-            half = np.sqrt(disc) / a * (1.0 + 1e-6) + 1e-6
-            centre = g[j, 0] + b * dy / a
-            lo = max(lo, np.ceil(centre - half - 0.5))
-            hi = min(hi, np.floor(centre + half - 0.5))
-        for px in range(int(lo), int(hi) + 1):
-            col = px - x0
-            lists[col, lens[col]] = j
-            lens[col] += 1
+    dy = my - cy
+    q = e[j, 1] - e[j, 2] * dy * dy
+    if q < 0.0:
+        return 0, 0
+    return _span(mx + e[j, 0] * dy, np.sqrt(q) * (1.0 + 1e-6) + 1e-6, x0, x_end)
+
+
+@njit(cache=True, inline="always")
+def _centres(lo, hi, dtype):
+    """Pixel centres lo + 0.5, ..., hi - 0.5 in the compute dtype (an int + float32 sum is float64)."""
+    out = np.empty(hi - lo, dtype)
+    for i in range(hi - lo):
+        out[i] = lo + i + 0.5
+    return out
 
 
 @njit(parallel=True, cache=True, fastmath=False, error_model="numpy")
 def _forward_kernel(
     means2d, conics, opac, feats, set_ids, offsets, gids, order, width, height, tiles_x, n_sets,
-    contrib_weight, want_contrib, out_acc, out_trans, out_last, out_contrib,
+    ellipses, consts, contrib_weight, want_contrib, out_acc, out_trans, out_last, out_contrib,
 ):
-    """out_acc[K,H,W,D], out_trans[K,H,W] (preset to 1), out_last[K,H,W], out_contrib[n_isect]."""
+    """out_acc[K,H,W,D] (preset to 0), out_trans[K,H,W] (preset to 1), out_last[K,H,W] (preset to 0),
+    out_contrib[n_isect] (preset to 0); consts = (0.5, 1, ALPHA_MIN, ALPHA_MAX, T_MIN)."""
     d = feats.shape[1]
+    half, one, alpha_min, alpha_max, t_min = consts[0], consts[1], consts[2], consts[3], consts[4]
+    zero = one - one
     for it in prange(order.shape[0]):
         t = order[it]
         start = offsets[t]
         n = offsets[t + 1] - start
-        g, f, s = _gather_tile(gids, start, n, means2d, conics, opac, feats, set_ids)
-        trans = np.empty(n_sets)
-        last = np.empty(n_sets, np.int64)
-        done = np.empty(n_sets, np.bool_)
-        acc = np.empty((n_sets, d))
-        lists = np.empty((TILE, n), np.int64)
-        lens = np.empty(TILE, np.int64)
+        g, e, f, s = _gather_tile(gids, start, n, means2d, conics, opac, feats, set_ids, ellipses)
         x0 = (t % tiles_x) * TILE
         y0 = (t // tiles_x) * TILE
-        for py in range(y0, min(y0 + TILE, height)):
-            cy = py + 0.5
-            _row_candidates(g, n, cy, x0, lists, lens)
-            for px in range(x0, min(x0 + TILE, width)):
-                cx = px + 0.5
-                col = px - x0
-                trans[:] = 1.0
-                last[:] = 0
-                done[:] = False
-                acc[:, :] = 0.0
-                n_done = 0
-                for q in range(lens[col]):
-                    j = lists[col, q]
-                    k = s[j]
-                    if done[k]:
+        x_end = min(x0 + TILE, width)
+        y_end = min(y0 + TILE, height)
+        xs = _centres(x0, x_end, feats.dtype)
+        ys = _centres(y0, y_end, feats.dtype)
+        done = np.zeros((n_sets, TILE, TILE), np.bool_)
+        alive = n_sets * (x_end - x0) * (y_end - y0)  # (set, pixel) pairs not yet saturated
+        for j in range(n):
+            bound = g[j, 6]
+            if bound > zero:  # opacity below 1/255: never composited
+                continue
+            k = s[j]
+            contrib = zero
+            mx, my, a, b, c, o = g[j, 0], g[j, 1], g[j, 2], g[j, 3], g[j, 4], g[j, 5]
+            row_lo, row_hi = _span(float(my), e[j, 3], y0, y_end)
+            for py in range(row_lo, row_hi):
+                cy = ys[py - y0]
+                dy = my - cy
+                lo, hi = _row_span(e, j, float(mx), float(my), float(cy), x0, x_end)
+                for px in range(lo, hi):
+                    if done[k, py - y0, px - x0]:
                         continue
-                    dx = g[j, 0] - cx
-                    dy = g[j, 1] - cy
-                    power = -0.5 * (g[j, 2] * dx * dx + g[j, 4] * dy * dy) - g[j, 3] * dx * dy
-                    if power > 0.0 or power < g[j, 6]:
+                    dx = mx - xs[px - x0]
+                    power = -half * (a * dx * dx + c * dy * dy) - b * dx * dy
+                    if power > zero or power < bound:
                         continue
-                    alpha = min(ALPHA_MAX, g[j, 5] * np.exp(power))
-                    if alpha < ALPHA_MIN:
+                    alpha = min(alpha_max, o * np.exp(power))
+                    if alpha < alpha_min:
                         continue
-                    next_t = trans[k] * (1.0 - alpha)
-                    if next_t < T_MIN:
-                        done[k] = True
-                        n_done += 1
-                        if n_done == n_sets:
-                            break
+                    trans = out_trans[k, py, px]
+                    next_t = trans * (one - alpha)
+                    if next_t < t_min:
+                        done[k, py - y0, px - x0] = True
+                        alive -= 1
                         continue
-                    w = alpha * trans[k]
-                    for c in range(d):
-                        acc[k, c] += w * f[j, c]
+                    w = alpha * trans
+                    for ch in range(d):
+                        out_acc[k, py, px, ch] += w * f[j, ch]
                     if want_contrib:
-                        out_contrib[start + j] += contrib_weight[k, py, px] * w
-                    trans[k] = next_t
-                    last[k] = j + 1
-                for k in range(n_sets):
-                    out_trans[k, py, px] = trans[k]
-                    out_last[k, py, px] = last[k]
-                    for c in range(d):
-                        out_acc[k, py, px, c] = acc[k, c]
+                        contrib += contrib_weight[k, py, px] * w
+                    out_trans[k, py, px] = next_t
+                    out_last[k, py, px] = j + 1
+            if want_contrib:
+                out_contrib[start + j] = contrib
+            if alive == 0:
+                break
 
 
 @njit(parallel=True, cache=True, fastmath=False, error_model="numpy")
 def _backward_kernel(
     means2d, conics, opac, feats, set_ids, offsets, gids, order, width, height, tiles_x, n_sets,
-    trans_final, last, grad_acc, grad_trans, out_grad,
+    ellipses, consts, trans_final, last, grad_acc, grad_trans, out_grad,
 ):
-    """out_grad[n_isect, 6 + D]: d/d(mx, my, a, b, c, opacity, features) per tile-list entry."""
+    """out_grad[n_isect, 6 + D] (preset to 0): d/d(mx, my, a, b, c, opacity, features) per tile-list entry."""
     d = feats.shape[1]
+    half, one, alpha_min, alpha_max = consts[0], consts[1], consts[2], consts[3]
+    zero = one - one
     for it in prange(order.shape[0]):
         t = order[it]
         start = offsets[t]
         n = offsets[t + 1] - start
-        g, f, s = _gather_tile(gids, start, n, means2d, conics, opac, feats, set_ids)
-        trans = np.empty(n_sets)
-        rest = np.empty(n_sets)  # sum_{j>i} w_j (f_j . g) + T_final * dL/dT_final, per set
-        stop = np.empty(n_sets, np.int64)
-        gpix = np.empty((n_sets, d))
-        lists = np.empty((TILE, n), np.int64)
-        lens = np.empty(TILE, np.int64)
+        g, e, f, s = _gather_tile(gids, start, n, means2d, conics, opac, feats, set_ids, ellipses)
         x0 = (t % tiles_x) * TILE
         y0 = (t // tiles_x) * TILE
-        for py in range(y0, min(y0 + TILE, height)):
-            cy = py + 0.5
-            _row_candidates(g, n, cy, x0, lists, lens)
-            for px in range(x0, min(x0 + TILE, width)):
-                cx = px + 0.5
-                col = px - x0
-                j_end = 0
-                for k in range(n_sets):
-                    trans[k] = trans_final[k, py, px]
-                    rest[k] = trans[k] * grad_trans[k, py, px]
-                    stop[k] = last[k, py, px]
-                    j_end = max(j_end, stop[k])
-                    for c in range(d):
-                        gpix[k, c] = grad_acc[k, py, px, c]
-                q_end = lens[col]
-                while q_end > 0 and lists[col, q_end - 1] >= j_end:
-                    q_end -= 1
-                for q in range(q_end - 1, -1, -1):
-                    j = lists[col, q]
-                    k = s[j]
-                    if j >= stop[k]:
+        x_end = min(x0 + TILE, width)
+        y_end = min(y0 + TILE, height)
+        xs = _centres(x0, x_end, feats.dtype)
+        ys = _centres(y0, y_end, feats.dtype)
+        trans = np.empty((n_sets, TILE, TILE), feats.dtype)
+        rest = np.empty((n_sets, TILE, TILE), feats.dtype)  # sum_{j>i} w_j (f_j . g) + T_final dL/dT_final
+        j_end = 0
+        for k in range(n_sets):
+            for py in range(y0, y_end):
+                for px in range(x0, x_end):
+                    t_final = trans_final[k, py, px]
+                    trans[k, py - y0, px - x0] = t_final
+                    rest[k, py - y0, px - x0] = t_final * grad_trans[k, py, px]
+                    j_end = max(j_end, last[k, py, px])
+        for j in range(j_end - 1, -1, -1):
+            bound = g[j, 6]
+            if bound > zero:
+                continue
+            k = s[j]
+            g_mx, g_my, g_a, g_b, g_c, g_opac = zero, zero, zero, zero, zero, zero
+            row = out_grad[start + j]
+            mx, my, a, b, c, o = g[j, 0], g[j, 1], g[j, 2], g[j, 3], g[j, 4], g[j, 5]
+            row_lo, row_hi = _span(float(my), e[j, 3], y0, y_end)
+            for py in range(row_lo, row_hi):
+                cy = ys[py - y0]
+                dy = my - cy
+                lo, hi = _row_span(e, j, float(mx), float(my), float(cy), x0, x_end)
+                for px in range(lo, hi):
+                    if j >= last[k, py, px]:
                         continue
-                    dx = g[j, 0] - cx
-                    dy = g[j, 1] - cy
-                    power = -0.5 * (g[j, 2] * dx * dx + g[j, 4] * dy * dy) - g[j, 3] * dx * dy
-                    if power > 0.0 or power < g[j, 6]:
+                    dx = mx - xs[px - x0]
+                    power = -half * (a * dx * dx + c * dy * dy) - b * dx * dy
+                    if power > zero or power < bound:
                         continue
                     gauss = np.exp(power)
-                    raw = g[j, 5] * gauss
-                    alpha = min(ALPHA_MAX, raw)
-                    if alpha < ALPHA_MIN:
+                    raw = o * gauss
+                    alpha = min(alpha_max, raw)
+                    if alpha < alpha_min:
                         continue
-                    one_minus = 1.0 - alpha
-                    t_i = trans[k] / one_minus
-                    trans[k] = t_i
+                    one_minus = one - alpha
+                    t_i = trans[k, py - y0, px - x0] / one_minus
+                    trans[k, py - y0, px - x0] = t_i
                     w = alpha * t_i
-                    fg = 0.0
-                    row = out_grad[start + j]
-                    for c in range(d):
-                        fg += f[j, c] * gpix[k, c]
-                        row[6 + c] += w * gpix[k, c]
-                    d_alpha = t_i * fg - rest[k] / one_minus
-                    rest[k] += w * fg
-                    if raw <= ALPHA_MAX:
-                        row[5] += gauss * d_alpha
+                    fg = zero
+                    for ch in range(d):
+                        gp = grad_acc[k, py, px, ch]
+                        fg += f[j, ch] * gp
+                        row[6 + ch] += w * gp
+                    r = rest[k, py - y0, px - x0]
+                    d_alpha = t_i * fg - r / one_minus
+                    rest[k, py - y0, px - x0] = r + w * fg
+                    if raw <= alpha_max:
+                        g_opac += gauss * d_alpha
                         d_power = alpha * d_alpha
-                        row[0] -= d_power * (g[j, 2] * dx + g[j, 3] * dy)
-                        row[1] -= d_power * (g[j, 3] * dx + g[j, 4] * dy)
-                        row[2] -= 0.5 * d_power * dx * dx
-                        row[3] -= d_power * dx * dy
-                        row[4] -= 0.5 * d_power * dy * dy
+                        g_mx -= d_power * (a * dx + b * dy)
+                        g_my -= d_power * (b * dx + c * dy)
+                        g_a -= half * d_power * dx * dx
+                        g_b -= d_power * dx * dy
+                        g_c -= half * d_power * dy * dy
+            row[0], row[1], row[2], row[3], row[4], row[5] = g_mx, g_my, g_a, g_b, g_c, g_opac
 
 
-def _np64(x: Tensor) -> np.ndarray:
-    return np.ascontiguousarray(x.detach().to(device="cpu", dtype=torch.float64).numpy())
+def _consts(dtype: np.dtype) -> np.ndarray:
+    """The kernels' constants in the compute dtype (see the module docstring)."""
+    return np.array([0.5, 1.0, ALPHA_MIN, ALPHA_MAX, T_MIN], dtype)
+
+
+def _np(x: Tensor, dtype: torch.dtype) -> np.ndarray:
+    """A contiguous CPU array of x in dtype, sharing memory when x already is one."""
+    return x.detach().to(device="cpu", dtype=dtype).contiguous().numpy()
 
 
 @contextmanager
@@ -256,33 +299,36 @@ def _tile_order(offsets: np.ndarray) -> np.ndarray:
 
 
 class _CompositeCPU(torch.autograd.Function):
-    """Differentiable in means2d, conics, opacities and features; the rest are constants."""
+    """Differentiable in means2d, conics, opacities and features; the rest are constants.
+
+    Computes in float64 for float64 features and in float32 otherwise."""
 
     @staticmethod
     def forward(ctx, means2d, conics, opacities, features, set_ids, n_sets, bins, width, height, contrib_weight):
+        dtype = torch.float64 if features.dtype == torch.float64 else torch.float32
         arrays = (
-            _np64(means2d), _np64(conics), _np64(opacities), _np64(features),
-            np.ascontiguousarray(set_ids.cpu().numpy().astype(np.int64)),
-            np.ascontiguousarray(bins.offsets.cpu().numpy()),
-            np.ascontiguousarray(bins.gids.cpu().numpy()),
+            _np(means2d, dtype), _np(conics, dtype), _np(opacities, dtype), _np(features, dtype),
+            _np(set_ids, torch.int64), _np(bins.offsets, torch.int64), _np(bins.gids, torch.int64),
         )
         order = _tile_order(arrays[5])
+        consts = _consts(arrays[3].dtype)
         d = features.shape[1]
-        acc = np.zeros((n_sets, height, width, d))
-        trans = np.ones((n_sets, height, width))
+        acc = np.zeros((n_sets, height, width, d), consts.dtype)
+        trans = np.ones((n_sets, height, width), consts.dtype)
         last = np.zeros((n_sets, height, width), np.int64)
         n_isect = arrays[6].shape[0]
         want_contrib = contrib_weight is not None
-        contrib_isect = np.zeros(n_isect if want_contrib else 0)
-        weight = _np64(contrib_weight) if want_contrib else np.zeros((1, 1, 1))
+        contrib_isect = np.zeros(n_isect if want_contrib else 0, consts.dtype)
+        weight = _np(contrib_weight, dtype) if want_contrib else np.zeros((1, 1, 1), consts.dtype)
         with _threads_for(n_isect):
+            ellipses = _ellipses(arrays[1], arrays[2])
             _forward_kernel(
                 *arrays, order, width, height, bins.tiles_x, n_sets,
-                weight, want_contrib, acc, trans, last, contrib_isect,
+                ellipses, consts, weight, want_contrib, acc, trans, last, contrib_isect,
             )
         ctx.arrays = arrays + (order,)
         ctx.geometry = (width, height, bins.tiles_x, n_sets)
-        ctx.trans, ctx.last = trans, last
+        ctx.ellipses, ctx.consts, ctx.trans, ctx.last = ellipses, consts, trans, last
         ctx.dtype, ctx.device = features.dtype, features.device
         contrib = None
         if want_contrib:
@@ -296,14 +342,15 @@ class _CompositeCPU(torch.autograd.Function):
         _, _, _, feats_np, _, _, gids_np, _ = ctx.arrays
         width, height, tiles_x, n_sets = ctx.geometry
         n, d = feats_np.shape
-        g_acc = _np64(grad_acc) if grad_acc is not None else np.zeros((n_sets, height, width, d))
-        g_trans = _np64(grad_trans) if grad_trans is not None else np.zeros((n_sets, height, width))
-        per_entry = np.zeros((gids_np.shape[0], 6 + d))
+        dtype = torch.from_numpy(feats_np[:0]).dtype
+        g_acc = _np(grad_acc, dtype) if grad_acc is not None else np.zeros((n_sets, height, width, d), feats_np.dtype)
+        g_trans = _np(grad_trans, dtype) if grad_trans is not None else np.zeros((n_sets, height, width), feats_np.dtype)
+        per_entry = np.zeros((gids_np.shape[0], 6 + d), feats_np.dtype)
         with _threads_for(gids_np.shape[0]):
             _backward_kernel(
-                *ctx.arrays, width, height, tiles_x, n_sets, ctx.trans, ctx.last, g_acc, g_trans, per_entry,
+                *ctx.arrays, width, height, tiles_x, n_sets, ctx.ellipses, ctx.consts, ctx.trans, ctx.last, g_acc, g_trans, per_entry,
             )
-        grads = torch.zeros((n, 6 + d), dtype=torch.float64)
+        grads = torch.zeros((n, 6 + d), dtype=dtype)
         grads.index_add_(0, torch.from_numpy(gids_np), torch.from_numpy(per_entry))
         grads = grads.to(device=ctx.device, dtype=ctx.dtype)
         return grads[:, 0:2], grads[:, 2:5], grads[:, 5], grads[:, 6:], None, None, None, None, None, None
