@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from moegs import __version__
-from moegs.errors import IncompatibleArtifactError, InputError
+from moegs.errors import IncompatibleArtifactError, InputError, MoegsError
 
 KINDS = ("dataset", "expert", "moe", "render", "bench")
 SCHEMA_VERSIONS = {"dataset": "1.0", "expert": "1.0", "moe": "1.0", "render": "1.0", "bench": "1.0"}
@@ -261,8 +261,13 @@ class ArtifactWriter:
     def existing(self) -> Artifact:
         return load_artifact(self.final_dir, expected_kind=self.kind)
 
+    @property
+    def lock_path(self) -> Path:
+        return self.final_dir.with_name(self.final_dir.name + ".lock")
+
     def begin(self, resume: bool = False) -> Path:
-        """Create (or, with ``resume``, reuse) the partial directory and return it."""
+        """Take the build lock, then create (or, with ``resume``, reuse) the partial directory."""
+        self._lock()
         if self.partial_dir.exists() and not resume:
             shutil.rmtree(self.partial_dir)
         self.partial_dir.mkdir(parents=True, exist_ok=True)
@@ -270,6 +275,29 @@ class ArtifactWriter:
 
     def discard(self) -> None:
         shutil.rmtree(self.partial_dir, ignore_errors=True)
+        self.release()
+
+    def release(self) -> None:
+        self.lock_path.unlink(missing_ok=True)
+
+    def _lock(self) -> None:
+        """One builder per artifact id: a second process would wipe the first one's partial directory."""
+        self.lock_path.parent.mkdir(parents=True, exist_ok=True)
+        for _ in range(2):
+            try:
+                fd = os.open(self.lock_path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                owner = _lock_owner(self.lock_path)
+                if owner is not None and owner != os.getpid() and _alive(owner):
+                    raise MoegsError(
+                        f"{self.partial_dir}: another moegs process (pid {owner}) is building this artifact"
+                    ) from None
+                self.lock_path.unlink(missing_ok=True)  # stale: its owner is gone
+                continue
+            with os.fdopen(fd, "w") as handle:
+                handle.write(str(os.getpid()))
+            return
+        raise MoegsError(f"{self.lock_path}: could not take the build lock")
 
     def commit(self) -> Artifact:
         """Hash the payload, write the manifest last, then atomically move the directory into place."""
@@ -313,7 +341,25 @@ class ArtifactWriter:
             os.replace(self.final_dir, trash)
             shutil.rmtree(trash)
         os.replace(self.partial_dir, self.final_dir)
+        self.release()
         return Artifact(path=self.final_dir.resolve(), manifest=manifest)
+
+
+def _lock_owner(path: Path) -> int | None:
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 @contextmanager
@@ -324,4 +370,7 @@ def building(writer: ArtifactWriter, resume: bool = False) -> Iterator[Path]:
         yield directory
     except InputError:
         writer.discard()
+        raise
+    except BaseException:
+        writer.release()
         raise

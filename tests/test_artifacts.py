@@ -109,3 +109,23 @@ def test_inputs_recorded_relative_and_resolvable(tmp_path):
     (entry,) = expert.input_refs("dataset")
     assert not entry["path"].startswith("/")
     assert expert.resolve_input(entry).id == ds.id
+
+
+def test_second_builder_of_the_same_id_is_refused(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from moegs.errors import MoegsError
+
+    first = ArtifactWriter(tmp_path, "s", "dataset", stage="test", config={"a": 5})
+    first.begin()
+    first.lock_path.write_text(str(os.getppid()))  # a live process that is not us holds the lock
+    second = ArtifactWriter(tmp_path, "s", "dataset", stage="test", config={"a": 5})
+    with pytest.raises(MoegsError, match="another moegs process"):
+        second.begin()
+    assert first.partial_dir.is_dir()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    first.lock_path.write_text(dead.stdout.strip())  # its owner has exited: the lock is stale
+    second.begin()
+    assert second.lock_path.read_text() == str(os.getpid())
