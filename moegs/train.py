@@ -16,6 +16,7 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
+from moegs.cameras import Camera
 from moegs.data.dataset import Dataset
 from moegs.densify import DensifyConfig
 from moegs.experts.base import Expert
@@ -28,11 +29,16 @@ CHECKPOINT = "checkpoints/last.pt"
 
 
 class Teacher(Protocol):
-    """Pseudo ground truth for distillation: an image (and optional per-pixel weight) per training view."""
+    """Pseudo ground truth for distillation: an image (and optional per-pixel weight) for any view.
+
+    Every other step the student is rendered from one of ``novel_cameras`` (views with no ground
+    truth, e.g. between the rig's cameras) and learns from the teacher alone there.
+    """
 
     beta: float
+    novel_cameras: list[Camera]
 
-    def target(self, cam_index: int, frame: int) -> tuple[Tensor, Tensor | None]: ...
+    def target(self, camera: Camera, frame: int) -> tuple[Tensor, Tensor | None]: ...
 
 
 @dataclass
@@ -71,7 +77,8 @@ def train_expert(
     ``steps`` (default ``config.iterations``) local steps are run; the expert's schedules see
     ``step_offset + step``, so a fine-tune (distillation) continues after its original run instead
     of replaying warm-ups and progressive windows. With a ``teacher`` the loss adds
-    ``beta * L_rec(image, teacher image)``, optionally weighted per pixel.
+    ``beta * L_rec(image, teacher image)``, optionally weighted per pixel, and every other step
+    uses one of the teacher's novel views with that term alone.
     """
     cfg = expert.config
     steps = cfg.iterations if steps is None else steps
@@ -103,14 +110,16 @@ def train_expert(
             expert.on_step(step)
             _set_learning_rates(expert, optimizers, fields_opt, step, extent)
             cam_index, frame = views.sample(generator, expert.frame_limit(step))
-            camera = views.cameras[cam_index]
+            novel = teacher is not None and bool(teacher.novel_cameras) and local_step % 2 == 1
+            camera = teacher.novel_cameras[cam_index % len(teacher.novel_cameras)] if novel else views.cameras[cam_index]
             t = float(dataset.times[frame])
             sh_degree = cfg.sh_degree if cfg.sh_every <= 0 else min(step // cfg.sh_every, cfg.sh_degree)
             out = render_expert(expert, camera, t, background, backend=backend, sh_degree=sh_degree, retain_grad=True)
-            gt = views.image(cam_index, frame)
-            loss = photometric(out.image, gt, lambda_dssim=cfg.lambda_dssim) + expert.regularisation(t)
+            loss = expert.regularisation(t)
+            if not novel:
+                loss = loss + photometric(out.image, views.image(cam_index, frame), lambda_dssim=cfg.lambda_dssim)
             if teacher is not None:
-                target, weight = teacher.target(cam_index, frame)
+                target, weight = teacher.target(camera, frame)
                 loss = loss + teacher.beta * photometric(out.image, target, lambda_dssim=cfg.lambda_dssim, weight=weight)
             loss.backward()
             loss_value = float(loss.detach())

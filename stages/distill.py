@@ -17,6 +17,8 @@ import torch
 from torch import Tensor
 
 from moegs.artifacts import Artifact, ArtifactWriter, load_artifact
+from moegs.camera_path import spiral_path
+from moegs.cameras import Camera
 from moegs.config import to_dict
 from moegs.data.dataset import Dataset
 from moegs.errors import InputError
@@ -44,26 +46,32 @@ class DistillConfig:
     """Weight the teacher term per pixel by 1 - gate of the student's own expert in the MoE."""
     baseline: bool = True
     """Also fine-tune the same student on ground truth only (the fair comparison)."""
+    novel_views: int = 16
+    """Extra views on a spiral inside the rig where only the MoE supervises (0 = training views only)."""
+    novel_radius: float = 0.5
+    """Size of that spiral relative to the rig."""
     backend: str = "auto"
 
 
 class MoETeacher:
     """The frozen MoE's images of the training views, rendered once each and cached."""
 
-    def __init__(self, model: MoEModel, dataset: Dataset, beta: float, backend: str, student_index: int | None) -> None:
+    def __init__(self, model: MoEModel, dataset: Dataset, cfg: DistillConfig, backend: str, student_index: int | None) -> None:
         self.model = model
         self.dataset = dataset
-        self.beta = beta
+        self.beta = cfg.beta
         self.backend = backend
-        self.student_index = student_index
-        self.cameras = dataset.train_cameras
-        self._cache: dict[tuple[int, int], tuple[Tensor, Tensor | None]] = {}
+        self.student_index = student_index if cfg.gate_weighting else None
+        self.novel_cameras = (
+            spiral_path(dataset.train_cameras, cfg.novel_views, radius_scale=cfg.novel_radius) if cfg.novel_views else []
+        )
+        self._cache: dict[tuple[str, int], tuple[Tensor, Tensor | None]] = {}
 
     @torch.no_grad()
-    def target(self, cam_index: int, frame: int) -> tuple[Tensor, Tensor | None]:
-        key = (cam_index, frame)
+    def target(self, camera: Camera, frame: int) -> tuple[Tensor, Tensor | None]:
+        key = (camera.name, frame)
         if key not in self._cache:
-            out = render_moe(self.model.experts, self.model.router, self.cameras[cam_index],
+            out = render_moe(self.model.experts, self.model.router, camera,
                              float(self.dataset.times[frame]), tau=self.model.tau, backend=self.backend)
             weight = None if self.student_index is None else 1.0 - out.gates[self.student_index]
             self._cache[key] = (out.image.clamp(0, 1), weight)
@@ -111,7 +119,7 @@ def run(cfg: DistillConfig, moe_ref: str, student: str, workspace: Path, *, forc
     if cfg.baseline:
         baseline = _finetune(student_artifact, dataset, dataset_artifact, workspace, backend, cfg,
                              {"teacher": None, **settings, "beta": 0.0}, None, [], force, progress, "baseline")
-    teacher = MoETeacher(teacher_model, dataset, cfg.beta, backend, index if cfg.gate_weighting else None)
+    teacher = MoETeacher(teacher_model, dataset, cfg, backend, index)
     distilled = _finetune(student_artifact, dataset, dataset_artifact, workspace, backend, cfg,
                           {"teacher": moe.id, **settings}, teacher, [("teacher", moe)], force, progress, "distill")
     if baseline is not None:

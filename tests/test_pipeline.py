@@ -52,6 +52,21 @@ def test_every_family_trains_and_differs(tiny_demo):
         assert probe_video(artifact.file("preview.mp4")).n_frames == 8
 
 
+def test_every_family_beats_a_static_fit(tiny_demo, demo_workspace):
+    """Same schedule, same points: a motion model must pay off on the test camera."""
+    from moegs.config import resolve_config
+    from stages import train_experts
+    from stages.demo import preset_config
+
+    cfg = resolve_config(train_experts.TrainExpertsConfig, preset_config("tiny"), "train_experts", ["families=static"])
+    (static,) = train_experts.run(cfg, str(tiny_demo.steps["dataset"].artifact.path), demo_workspace, progress=False)
+    floor = static.result.artifact.metrics["psnr"]
+    margin = 0.3  # dB
+    for family, artifact in _experts(tiny_demo).items():
+        print(f"{family}: {artifact.metrics['psnr']:.2f} dB vs static {floor:.2f} dB")
+        assert artifact.metrics["psnr"] > floor + margin, family
+
+
 def test_moe_beats_its_best_expert(tiny_demo):
     moe = tiny_demo.steps["moe"].artifact
     best = max(a.metrics["psnr"] for a in _experts(tiny_demo).values())
@@ -98,6 +113,20 @@ def test_render_writes_videos_and_gate_maps(tiny_demo):
     for name in ("cam00.mp4", "cam00_gates.mp4", "cam00_grid.mp4", "legend.png"):
         assert render.file(name).is_file(), name
     assert probe_video(render.file("cam00_gates.mp4")).n_frames == 8
+
+
+def test_export_ply_has_standard_3dgs_properties(tiny_demo, demo_workspace):
+    from plyfile import PlyData
+
+    from moegs.gaussians import ply_property_names
+    from stages import render
+
+    cfg = render.RenderConfig(frame_stop=1, export_ply=True, png=False)
+    result = render.run(cfg, str(tiny_demo.steps["expert keyframe"].artifact.path), demo_workspace, progress=False)
+    ply = result.artifact.file("cam00/gaussians.ply")
+    vertex = PlyData.read(str(ply))["vertex"]
+    assert list(vertex.data.dtype.names) == ply_property_names(1)
+    assert len(vertex.data) == tiny_demo.steps["expert keyframe"].artifact.metrics["gaussians"]
 
 
 def test_second_run_is_up_to_date(tiny_demo, demo_workspace):

@@ -1,4 +1,4 @@
-"""Checkpoints hold everything: an interrupted run resumed with --resume ends where an uninterrupted one does."""
+"""The shared training loop: fitting works, and an interrupted run resumed from its checkpoint ends where an uninterrupted one does."""
 
 from __future__ import annotations
 
@@ -55,3 +55,26 @@ def test_resume_matches_uninterrupted_run(dataset, tmp_path, family):
     assert resumed.num_gaussians == straight.num_gaussians
     for key, value in straight.params.items():
         torch.testing.assert_close(resumed.params[key], value, rtol=1e-5, atol=1e-6, msg=key)
+
+
+def test_static_fit_of_one_frame_reaches_floor(tiny_raw, tmp_path):
+    """3DGS on frame 0 alone, from its COLMAP points: the rasteriser, densification and losses learn together."""
+    out = tmp_path / "one_frame"
+    build_dataset(tiny_raw, "n3v", out, frame_stop=1, progress=False)
+    dataset = Dataset.load(out)
+    cls = get_family("static")
+    config = cls.config_class(iterations=300, densify_from=50, densify_until=250, densify_every=50, max_gaussians=3000)
+    p = dataset.points
+    expert = cls.from_points(config, p.xyz, p.rgb, p.time, dataset.n_frames)
+    from moegs.evaluation import evaluate_renderer
+    from moegs.rendering import render_expert
+
+    def score():
+        return evaluate_renderer(lambda cam, t: render_expert(expert, cam, t).image, dataset,
+                                 dataset.train_cameras, progress=False)["psnr"]
+
+    initial = score()
+    train_expert(expert, dataset, tmp_path / "work", backend="cpu", progress=False)
+    fitted = score()
+    print(f"static fit of frame 0 (training views): {initial:.2f} dB at init -> {fitted:.2f} dB after 300 steps")
+    assert fitted > 24.0 and fitted > initial + 6.0
