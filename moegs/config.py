@@ -118,6 +118,11 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
             raise InputError(f"config key {key}: expected an integer, got {value!r}")
         return value
     if annotation is float:
+        if isinstance(value, str):  # YAML 1.1 reads 8e-3 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise InputError(f"config key {key}: expected a number, got {value!r}")
         return float(value)

@@ -13,7 +13,7 @@ from torch import Tensor
 from moegs.cameras import Camera
 from moegs.data.dataset import Dataset
 from moegs.data.video import write_video
-from moegs.metrics import evaluate_images
+from moegs.metrics import evaluate_images, psnr
 from moegs.progress import progress_bar
 
 RenderFn = Callable[[Camera, float], Tensor]  # (camera, t) -> image [H, W, 3]
@@ -31,13 +31,15 @@ def evaluate_renderer(
     progress: bool = True,
     label: str = "evaluate",
 ) -> dict:
-    """PSNR/SSIM (and FLIP/LPIPS on request) per frame of every test camera, their means, and per-region PSNR.
+    """PSNR/SSIM (and FLIP/LPIPS on request) per frame of every test camera, their means, per-region PSNR
+    and, with region labels, ``moving_psnr`` over every pixel that is not background (label 0).
 
     With ``video_path`` also writes the first test camera as an MP4 of ground truth beside the render.
     """
     cameras = cameras if cameras is not None else dataset.test_cameras
     per_frame: list[dict] = []
     region_values: dict[str, list[float]] = {}
+    moving_values: list[float] = []
     names = dataset.region_names
     side_by_side: list[np.ndarray] = []
     with progress_bar(label, len(cameras) * dataset.n_frames, enabled=progress) as bar:
@@ -54,6 +56,9 @@ def evaluate_renderer(
                 if lpips_weights is not None:
                     entry["lpips"] = m["lpips"]
                 per_frame.append(entry)
+                if lab is not None and bool((lab > 0).any()):
+                    mask = lab > 0
+                    moving_values.append(psnr(image[mask][None], gts[frame][mask][None]))
                 for region_id, value in m["region_psnr"].items():
                     name = names[region_id] if names and region_id < len(names) else str(region_id)
                     region_values.setdefault(name, []).append(value)
@@ -69,6 +74,8 @@ def evaluate_renderer(
         "region_psnr": {k: float(np.mean(v)) for k, v in region_values.items()},
         "per_frame": per_frame,
     }
+    if moving_values:
+        result["moving_psnr"] = float(np.mean(moving_values))
     if with_flip:
         result["flip"] = float(np.mean([e["flip"] for e in per_frame]))
     if lpips_weights is not None:

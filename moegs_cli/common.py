@@ -14,6 +14,8 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from moegs.errors import MoegsError
+from rich.logging import RichHandler
+
 from moegs.progress import console
 from stages.common import StageResult
 
@@ -52,8 +54,10 @@ def handle_errors(func: F) -> F:
 
 
 def setup_logging(level: str) -> None:
-    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), format="%(message)s", force=True)
-    logging.getLogger("moegs").setLevel(getattr(logging, level.upper(), logging.INFO))
+    """Log through the shared stderr console (resolved at write time, so redirected streams keep working)."""
+    handler = RichHandler(console=console, show_time=False, show_path=False, markup=False)
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), format="%(message)s",
+                        handlers=[handler], force=True)
 
 
 ConfigOpt = Annotated[

@@ -48,7 +48,7 @@ def synthetic_source(workspace: Path, preset: str, seed: int, progress: bool) ->
     scene_file = raw / "scene.json"
     if scene_file.is_file():
         info = json.loads(scene_file.read_text())
-        if info.get("preset") == preset and info.get("seed") == seed:
+        if info.get("preset", {}).get("name") == preset and info.get("seed") == seed:
             return raw
         raise InputError(f"{raw}: holds another synthetic scene; remove it to regenerate")
     generate(raw, preset=preset, seed=seed, progress=progress)

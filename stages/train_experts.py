@@ -147,6 +147,7 @@ def finish_expert(
             "psnr": scores["psnr"],
             "ssim": scores["ssim"],
             "region_psnr": scores["region_psnr"],
+            "moving_psnr": scores.get("moving_psnr"),
             "per_frame_psnr": [e["psnr"] for e in scores["per_frame"]],
             "per_frame_ssim": [e["ssim"] for e in scores["per_frame"]],
             "gaussians": expert.num_gaussians,

@@ -32,9 +32,12 @@ def test_version():
 
 @pytest.mark.parametrize("command", COMMANDS)
 def test_every_command_has_help(command):
+    import typer
+
     result = invoke(command, "--help")
     assert result.exit_code == 0, result.output
-    assert "Usage" in result.output and len(plain(result.output)) > 200
+    summary = " ".join(typer.main.get_command(app).commands[command].help.split("\n\n")[0].split())
+    assert "Usage" in result.output and summary in plain(result.output)
 
 
 def test_root_help_lists_every_stage():

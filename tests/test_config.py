@@ -33,6 +33,10 @@ def test_layers(tmp_path):
     assert cfg == Outer(name="c", mode="y", stop=None, train=Inner(lr=0.5, steps=20))
 
 
+def test_exponent_without_dot_is_a_number():
+    assert resolve_config(Outer, None, "stage", ["train.lr=8e-3"]).train.lr == 0.008
+
+
 def test_list_from_comma_string():
     assert resolve_config(Outer, None, "stage", ["families=a,b,c"]).families == ["a", "b", "c"]
 

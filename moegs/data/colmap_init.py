@@ -151,6 +151,7 @@ def _triangulate_frame(pycolmap, cameras: dict[str, Camera], images: dict[str, n
                                  f"camera {cam.width}x{cam.height}")
             iio.imwrite(image_dir / f"{name}.png", image)
 
+        pycolmap.set_random_seed(0)  # RANSAC in matching/triangulation: same input, same points
         reader = pycolmap.ImageReaderOptions()
         reader.camera_model = "PINHOLE"
         extraction = pycolmap.FeatureExtractionOptions()
