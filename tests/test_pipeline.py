@@ -86,7 +86,7 @@ def test_pruning_halves_the_gaussians_and_stays_close(tiny_demo):
     print(f"pruned: {m['gaussians_before']} -> {m['gaussians_after']}, PSNR change {m['psnr_change']:+.3f} dB, "
           f"FPS {m['fps_before']:.1f} -> {m['fps_after']:.1f}")
     assert m["removed_fraction"] == pytest.approx(0.5, abs=0.01)
-    assert m["psnr_change"] > -1.0
+    assert m["psnr_change"] > -0.3
     model = load_moe(pruned)
     assert sum(model.num_gaussians) == sum(m["gaussians_after"])
 
