@@ -55,7 +55,7 @@ def handle_errors(func: F) -> F:
 
 def setup_logging(level: str) -> None:
     """Log through the shared stderr console (resolved at write time, so redirected streams keep working)."""
-    handler = RichHandler(console=console, show_time=False, show_path=False, markup=False)
+    handler = RichHandler(console=console, show_time=False, show_path=False, show_level=False, markup=False)
     logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), format="%(message)s",
                         handlers=[handler], force=True)
 
