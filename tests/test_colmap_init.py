@@ -16,7 +16,8 @@ from moegs.data.colmap_init import PointCloud, random_points
 from moegs.data.dataset import Dataset
 from moegs.data.undistort import make_undistorter, pinhole_camera
 
-CALISCOPE = Path("/work/shared/data/caliscope_4cam")
+# The shared data folder sits beside the checkout (as in CI: a fresh clone with shared/ next to it).
+CALISCOPE = Path(__file__).resolve().parents[2] / "shared" / "data" / "caliscope_4cam"
 
 
 def distorted_camera(dist) -> Camera:
