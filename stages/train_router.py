@@ -161,9 +161,10 @@ def evaluate_moe(
     and (with ``official_tau``) the PSNR when evaluated at that temperature instead."""
     region_gates: dict[str, list[np.ndarray]] = {}
     names = dataset.region_names
+    rays = {camera.name: camera.rays() for camera in dataset.test_cameras}
 
     def render(camera, t):
-        out = render_moe(model.experts, model.router, camera, t, tau=model.tau, backend=backend)
+        out = render_moe(model.experts, model.router, camera, t, tau=model.tau, backend=backend, rays=rays[camera.name])
         labels = dataset.labels(camera.name)
         if labels is not None:
             frame = int(round(t * dataset.n_frames))

@@ -63,7 +63,7 @@ def test_static_fit_of_one_frame_reaches_floor(tiny_raw, tmp_path):
     build_dataset(tiny_raw, "n3v", out, frame_stop=1, progress=False)
     dataset = Dataset.load(out)
     cls = get_family("static")
-    config = cls.config_class(iterations=300, densify_from=50, densify_until=250, densify_every=50, max_gaussians=3000)
+    config = cls.config_class(iterations=600, densify_from=50, densify_until=450, densify_every=50, max_gaussians=4000)
     p = dataset.points
     expert = cls.from_points(config, p.xyz, p.rgb, p.time, dataset.n_frames)
     from moegs.evaluation import evaluate_renderer
@@ -76,5 +76,5 @@ def test_static_fit_of_one_frame_reaches_floor(tiny_raw, tmp_path):
     initial = score()
     train_expert(expert, dataset, tmp_path / "work", backend="cpu", progress=False)
     fitted = score()
-    print(f"static fit of frame 0 (training views): {initial:.2f} dB at init -> {fitted:.2f} dB after 300 steps")
-    assert fitted > 24.0 and fitted > initial + 6.0
+    print(f"static fit of frame 0 (training views): {initial:.2f} dB at init -> {fitted:.2f} dB after 600 steps")
+    assert fitted > 23.5 and fitted > initial + 8.0  # measured 25.3 dB from 12.0 dB
