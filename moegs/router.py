@@ -91,6 +91,7 @@ class FrozenExperts:
             g = self.experts[k].gaussians_at(t, camera_center(camera)).detach()
             if self.use_cache:
                 self._cache[key] = g
+            return g  # its colours are already this camera's
         colors = core.colors(self.experts[k].params, self.experts[k].config.sh_degree, camera_center(camera), means=g.means)
         return DeformedGaussians(g.means, g.quats, g.scales, g.opacities, colors.detach())
 

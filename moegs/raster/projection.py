@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from moegs.gaussians import quat_to_rotmat
+
 TILE = 16
 EPS2D = 0.3  # dilation added to the 2D covariance (3DGS low-pass filter)
 ALPHA_MAX = 0.99
@@ -41,19 +43,6 @@ class TileBins:
     gids: Tensor  # [n_isect] int64
     tiles_x: int
     tiles_y: int
-
-
-def quat_to_rotmat(quats: Tensor) -> Tensor:
-    """Rotation matrices [N, 3, 3] from wxyz quaternions (normalised here)."""
-    w, x, y, z = torch.nn.functional.normalize(quats, dim=-1).unbind(-1)
-    return torch.stack(
-        [
-            1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
-            2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
-            2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
-        ],
-        dim=-1,
-    ).reshape(quats.shape[:-1] + (3, 3))
 
 
 def project_gaussians(
