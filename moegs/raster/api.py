@@ -63,8 +63,12 @@ def _renderer(name: str) -> Callable[..., MultiRasterOutput]:
         return functools.partial(render_sets, composite=composite_torch)
     if name == "cpu":
         from moegs.raster.cpu_backend import composite_cpu
+        from moegs.raster.cpu_binning import bin_tiles_cpu
+        from moegs.raster.cpu_projection import project_gaussians_cpu
 
-        return functools.partial(render_sets, composite=composite_cpu)
+        return functools.partial(
+            render_sets, composite=composite_cpu, project=project_gaussians_cpu, binner=bin_tiles_cpu
+        )
     if name == "gsplat":
         from moegs.raster.gsplat_backend import render_gsplat
 

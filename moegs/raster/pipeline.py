@@ -11,12 +11,16 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
-from moegs.raster.projection import bin_tiles, project_gaussians
+from moegs.raster.projection import Projected, TileBins, bin_tiles, project_gaussians
 from moegs.raster.structs import GaussianSet, MultiRasterOutput
 
 # (means2d, conics, opacities, features, set_ids, n_sets, bins, width, height, contrib_weight)
 #   -> (acc [K, H, W, D], final transmittance [K, H, W], contrib [N] or None)
 Compositor = Callable[..., tuple[Tensor, Tensor, Tensor | None]]
+# (means, quats, scales, viewmat, K, width, height, near, far) -> Projected
+Projector = Callable[..., Projected]
+# (means2d, radii, depths, width, height) -> TileBins
+Binner = Callable[..., TileBins]
 
 
 def render_sets(
@@ -31,13 +35,14 @@ def render_sets(
     composite: Compositor,
     contrib_weight: Tensor | None,
     retain_means2d_grad: bool,
+    project: Projector = project_gaussians,
+    binner: Binner = bin_tiles,
 ) -> MultiRasterOutput:
     """All sets are binned together (one depth order, one pass over tiles); each set keeps its own
-    transmittance inside the compositor. backgrounds is [K, C]."""
+    transmittance inside the compositor. backgrounds is [K, C]. A backend may swap in its own
+    projection and binning; they must give the same values (the `cpu` backend's are tested so)."""
     n_sets = len(sets)
-    projected = [
-        project_gaussians(s.means, s.quats, s.scales, viewmat, K, width, height, near, far) for s in sets
-    ]
+    projected = [project(s.means, s.quats, s.scales, viewmat, K, width, height, near, far) for s in sets]
     for p in projected:
         if retain_means2d_grad and p.means2d.requires_grad:
             p.means2d.retain_grad()
@@ -48,7 +53,7 @@ def render_sets(
     depths = torch.cat([p.depths for p in projected])
     radii = torch.cat([p.radii for p in projected])
     features = torch.cat([torch.cat([s.features, p.depths[:, None]], dim=1) for s, p in zip(sets, projected)])
-    bins = bin_tiles(means2d, radii, depths, width, height)
+    bins = binner(means2d, radii, depths, width, height)
 
     acc, trans, contrib = composite(
         means2d,

@@ -1,0 +1,24 @@
+"""Thread control shared by the `cpu` backend's numba kernels."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import numba
+
+
+@contextmanager
+def threads_for(work: int, min_parallel: int, chunksize: int = 0) -> Iterator[None]:
+    """All numba threads when `work` reaches `min_parallel`, else one thread: waking the pool
+    costs ~50 us per kernel launch, which on small inputs (or a loaded machine) exceeds the work
+    itself; each kernel measures its own crossover. chunksize 1 schedules prange iterations one
+    at a time (for a few costly, uneven iterations such as tiles); the default 0 splits the range
+    statically, as cheap per-item loops need (one at a time costs ~0.1 us per iteration)."""
+    previous = numba.get_num_threads()
+    numba.set_num_threads(previous if work >= min_parallel else 1)
+    try:
+        with numba.parallel_chunksize(chunksize):
+            yield
+    finally:
+        numba.set_num_threads(previous)
