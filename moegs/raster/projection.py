@@ -1,8 +1,9 @@
-"""EWA projection and 16x16 tile binning in plain torch, shared by the `torch` and `cpu` backends.
+"""EWA projection and 16x16 tile binning in plain torch: the reference, used by the `torch` backend.
 
 Projection is differentiable (autograd carries the compositor's gradients on means2d/conics/depth
-back to means, quats and scales); binning is index bookkeeping without gradients. Both backends
-use the very same bins, so their per-tile orders agree exactly.
+back to means, quats and scales); binning is index bookkeeping without gradients. The `cpu`
+backend has numba twins (`cpu_projection`, `cpu_binning`) tested to give the same values and the
+very same tile lists, so both backends composite every tile in the same order.
 """
 
 from __future__ import annotations
