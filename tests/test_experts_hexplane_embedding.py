@@ -311,3 +311,15 @@ def test_rendered_image_backpropagates_into_fields(family: str) -> None:
     grads = [p.grad for p in e.fields.parameters()]
     assert all(gr is not None and torch.isfinite(gr).all() for gr in grads)
     assert sum(float(gr.abs().sum()) for gr in grads if gr is not None) > 0
+
+
+def test_embedding_smoothness_gradient_is_bitwise_reproducible() -> None:
+    """The kNN smoothness term's gradient is the same on every run (8k Gaussians, the default 20
+    neighbours: large enough that a scatter-add over threads would sum in timing order)."""
+    expert = _embedding(8000, gaussian_dim=32, knn=20)
+    z = expert.params["embedding"]
+    with torch.no_grad():
+        z.copy_(torch.randn(z.shape, generator=torch.Generator().manual_seed(0)))  # initialised to 0: no gradient
+    grads = [torch.autograd.grad(expert.regularisation(0.5), z)[0] for _ in range(4)]
+    assert float(grads[0].abs().max()) > 0.0
+    assert all(torch.equal(g, grads[0]) for g in grads[1:])

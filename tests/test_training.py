@@ -54,7 +54,8 @@ def test_resume_matches_uninterrupted_run(dataset, tmp_path, family):
     assert result.steps == STEPS - 20
     assert resumed.num_gaussians == straight.num_gaussians
     for key, value in straight.params.items():
-        torch.testing.assert_close(resumed.params[key], value, rtol=1e-5, atol=1e-6, msg=key)
+        assert torch.equal(resumed.params[key], value), key  # training is bitwise reproducible on CPU
+
 
 
 def test_static_fit_of_one_frame_reaches_floor(tiny_raw, tmp_path):

@@ -46,7 +46,7 @@ def build_dataset(
     min_points: int = 100,
     n_random_points: int = 100_000,
     test_cameras: list[str] | None = None,
-    num_threads: int = 2,
+    num_threads: int = 1,
     progress: bool = True,
 ) -> dict:
     """Write the dataset payload for frames ``[frame_start, frame_stop)`` of ``src`` into ``out_dir``.

@@ -97,7 +97,7 @@ def colmap_points(
     times: Sequence[float],
     *,
     max_features: int = 8000,
-    num_threads: int = 2,
+    num_threads: int = 1,
     min_points: int = 100,
     two_view_tracks: bool = True,
 ) -> tuple[PointCloud, dict[str, float]]:
@@ -106,6 +106,12 @@ def colmap_points(
     Cameras must be pinhole (undistorted) at the size of the images passed. Returns the points
     (time ``times[k]`` for those of frame set k) and stats (points, reprojection error mean and
     median in px, seconds). Fewer than ``min_points`` points raises :class:`InputError`.
+
+    ``num_threads`` defaults to 1 so that the same input gives the same points, as content-addressed
+    artifacts promise: with more, SIFT extraction stores the images in the order the threads finish
+    (other image ids, other match order) and the seeded RANSAC streams interleave differently, so
+    repeated runs differ (demo scene, 2 threads: 6,844-6,850 points run to run; 1 thread: 6,849
+    every time, 9.6 s instead of 7.9 s).
 
     ``two_view_tracks`` keeps points seen by only two cameras (COLMAP drops them by default). Rigs
     with few, widely spaced cameras (caliscope_4cam: 1 point without them) have almost nothing else;
@@ -151,7 +157,7 @@ def _triangulate_frame(pycolmap, cameras: dict[str, Camera], images: dict[str, n
                                  f"camera {cam.width}x{cam.height}")
             iio.imwrite(image_dir / f"{name}.png", image)
 
-        pycolmap.set_random_seed(0)  # RANSAC in matching/triangulation: same input, same points
+        pycolmap.set_random_seed(0)  # RANSAC in matching/triangulation: same input, same points (one thread)
         reader = pycolmap.ImageReaderOptions()
         reader.camera_model = "PINHOLE"
         extraction = pycolmap.FeatureExtractionOptions()

@@ -208,7 +208,10 @@ class EmbeddingExpert(Expert):
         if idx.numel() == 0:
             return torch.zeros(())
         z = self.params["embedding"]
-        dist = torch.linalg.vector_norm(z[:, None, :] - z[idx], dim=-1)  # zero-safe gradient at z_i == z_j
+        # index_select, not z[idx]: the backward of advanced indexing (index_put_ with accumulate)
+        # sums in a thread-dependent order on CPU, so two identical runs would drift apart
+        neighbours = torch.index_select(z, 0, idx.reshape(-1)).reshape(*idx.shape, z.shape[1])
+        dist = torch.linalg.vector_norm(z[:, None, :] - neighbours, dim=-1)  # zero-safe gradient at z_i == z_j
         return c.lambda_embedding_smooth * (sqrt_w * dist).mean()
 
 
