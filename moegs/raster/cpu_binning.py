@@ -76,13 +76,15 @@ def _bin(means2d, radii_f, order, tiles_x, tiles_y, tile):
 
 
 def bin_tiles_cpu(means2d: Tensor, radii: Tensor, depths: Tensor, width: int, height: int) -> TileBins:
-    """Drop-in for ``bin_tiles``: identical offsets and gids (computed on the CPU, returned on the
-    device of means2d)."""
+    """Drop-in for ``bin_tiles``: identical offsets and gids for float32 and float64 means
+    (other dtypes are binned in float32, the compositor's compute dtype); computed on the CPU,
+    returned on the device of means2d."""
     tiles_x, tiles_y = math.ceil(width / TILE), math.ceil(height / TILE)
-    m = means2d.detach().cpu().contiguous().numpy()  # [N, 2]
+    dtype = torch.float64 if means2d.dtype == torch.float64 else torch.float32
+    m = means2d.detach().to(device="cpu", dtype=dtype).contiguous().numpy()  # [N, 2]
     r = radii.cpu().numpy()
     visible = np.nonzero(r > 0)[0]
-    order = _front_to_back(depths.detach().cpu().contiguous().numpy(), visible)
+    order = _front_to_back(depths.detach().to(device="cpu", dtype=dtype).contiguous().numpy(), visible)
     offsets, gids = _bin(m, r.astype(m.dtype), order, tiles_x, tiles_y, m.dtype.type(TILE))
     device = means2d.device
     return TileBins(
