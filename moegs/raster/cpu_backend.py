@@ -423,7 +423,8 @@ def _backward_kernel(
 
 @njit(cache=True)
 def _sum_per_gaussian(gids, per_entry, n):
-    """[n, C] sums of the per-entry rows by Gaussian (one pass; torch's index_add_ takes ~10x longer)."""
+    """[n, C] sums of the per-entry rows by Gaussian, in entry order (deterministic; torch's index_add_
+    took ~0.5 ms of the 20k-Gaussian backward)."""
     out = np.zeros((n, per_entry.shape[1]), per_entry.dtype)
     for e in range(gids.shape[0]):
         for c in range(per_entry.shape[1]):
