@@ -199,9 +199,25 @@ def _tile_centres(x0, y0, dtype):
 
 
 @njit(cache=True, inline="always")
-def _half_spans(col_lo, col_hi, row_lo, row_hi, x0, y0):
-    """The tile halves an entry's pixel box touches, as slot ranges: (first half, last half,
-    p0 within a half, p1 within a half); half h covers slots h * 128 + [p0, p1)."""
+def _tile_box(t, tiles_x, width, height):
+    """Tile t's first column and row, its width in the image (partial at the right edge) and the
+    row past its last one in the image."""
+    x0 = (t % tiles_x) * TILE
+    y0 = (t // tiles_x) * TILE
+    return x0, y0, min(x0 + TILE, width) - x0, min(y0 + TILE, height)
+
+
+@njit(cache=True, inline="always")
+def _entry_spans(g, half, j, x0, y0, m, y_end):
+    """The tile halves entry j's ellipse touches, as slot ranges: (first half, last half, p0 and
+    p1 within a half); half h covers slots h * 128 + [p0, p1). Last < first when the entry draws
+    nothing here: opacity below 1/255 (power bound > 0) or an ellipse that misses the tile."""
+    if g[j, 6] > 0.0:
+        return 0, -1, 0, 0
+    col_lo, col_hi = _pixel_range(float(g[j, 0]), half[j, 0], x0, x0 + m)
+    row_lo, row_hi = _pixel_range(float(g[j, 1]), half[j, 1], y0, y_end)
+    if col_hi <= col_lo or row_hi <= row_lo:
+        return 0, -1, 0, 0
     return (col_lo - x0) // _HALF, (col_hi - 1 - x0) // _HALF, (row_lo - y0) * _HALF, (row_hi - y0) * _HALF
 
 
@@ -251,10 +267,7 @@ def _forward_kernel(
         start = offsets[t]
         n = offsets[t + 1] - start
         g, half, f, s = _gather_tile(gids, start, n, means2d, conics, opac, feats, set_ids, ellipses)
-        x0 = (t % tiles_x) * TILE
-        y0 = (t // tiles_x) * TILE
-        m = min(x0 + TILE, width) - x0
-        y_end = min(y0 + TILE, height)
+        x0, y0, m, y_end = _tile_box(t, tiles_x, width, height)
         xs, ys = _tile_centres(x0, y0, feats.dtype)
         # per-pixel state in `_slot` order; pixels outside the image start saturated, so they
         # are never composited nor counted
@@ -269,15 +282,10 @@ def _forward_kernel(
         w = np.empty(TILE * TILE, feats.dtype)
         alive = n_sets * m * (y_end - y0)  # (set, pixel) pairs not yet saturated
         for j in range(n):
-            bound = g[j, 6]
-            if bound > zero:  # opacity below 1/255: never composited
+            h0, h1, q0, q1 = _entry_spans(g, half, j, x0, y0, m, y_end)
+            if h1 < h0:
                 continue
-            k = s[j]
-            col_lo, col_hi = _pixel_range(float(g[j, 0]), half[j, 0], x0, x0 + m)
-            row_lo, row_hi = _pixel_range(float(g[j, 1]), half[j, 1], y0, y_end)
-            if col_hi <= col_lo or row_hi <= row_lo:  # the ellipse misses this tile
-                continue
-            h0, h1, q0, q1 = _half_spans(col_lo, col_hi, row_lo, row_hi, x0, y0)
+            k, bound = s[j], g[j, 6]
             contrib = zero
             for hf in range(h0, h1 + 1):
                 p0, p1 = hf * TILE * _HALF + q0, hf * TILE * _HALF + q1
@@ -361,10 +369,7 @@ def _backward_kernel(
         start = offsets[t]
         n = offsets[t + 1] - start
         g, half, f, s = _gather_tile(gids, start, n, means2d, conics, opac, feats, set_ids, ellipses)
-        x0 = (t % tiles_x) * TILE
-        y0 = (t // tiles_x) * TILE
-        m = min(x0 + TILE, width) - x0
-        y_end = min(y0 + TILE, height)
+        x0, y0, m, y_end = _tile_box(t, tiles_x, width, height)
         xs, ys = _tile_centres(x0, y0, feats.dtype)
         # tile-local copies in `_slot` order; rest = sum_{j>i} w_j (f_j . dL/dacc) + T_final dL/dT_final;
         # pixels outside the image keep last = 0, so no entry is ever used there
@@ -387,15 +392,10 @@ def _backward_kernel(
         fg = np.empty(TILE * TILE, feats.dtype)
         w = np.empty(TILE * TILE, feats.dtype)
         for j in range(j_end - 1, -1, -1):
-            bound = g[j, 6]
-            if bound > zero:
+            h0, h1, q0, q1 = _entry_spans(g, half, j, x0, y0, m, y_end)
+            if h1 < h0:
                 continue
-            k = s[j]
-            col_lo, col_hi = _pixel_range(float(g[j, 0]), half[j, 0], x0, x0 + m)
-            row_lo, row_hi = _pixel_range(float(g[j, 1]), half[j, 1], y0, y_end)
-            if col_hi <= col_lo or row_hi <= row_lo:  # the ellipse misses this tile
-                continue
-            h0, h1, q0, q1 = _half_spans(col_lo, col_hi, row_lo, row_hi, x0, y0)
+            k, bound = s[j], g[j, 6]
             out = out_grad[start + j]  # preset to 0; the halves add up
             for hf in range(h0, h1 + 1):
                 p0, p1 = hf * TILE * _HALF + q0, hf * TILE * _HALF + q1
