@@ -34,7 +34,7 @@ import torch
 from numba import njit, prange
 from torch import Tensor
 
-from moegs.raster.cpu_threads import threads_for
+from moegs.raster.cpu_common import as_numpy, compute_dtype, threads_for
 from moegs.raster.projection import ALPHA_MAX, ALPHA_MIN, T_MIN, TILE, TileBins
 
 # Below this many tile-list entries (~ a 64x48 image of a few hundred Gaussians) one thread is faster.
@@ -432,11 +432,6 @@ def _sum_per_gaussian(gids, per_entry, n):
     return out
 
 
-def _np(x: Tensor, dtype: torch.dtype) -> np.ndarray:
-    """A contiguous CPU array of x in dtype, sharing memory when x already is one."""
-    return x.detach().to(device="cpu", dtype=dtype).contiguous().numpy()
-
-
 def _like(a: np.ndarray, ref: Tensor) -> Tensor:
     return torch.from_numpy(a).to(device=ref.device, dtype=ref.dtype)
 
@@ -455,10 +450,10 @@ class _CompositeCPU(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, means2d, conics, opacities, features, set_ids, n_sets, bins, width, height, contrib_weight):
-        dtype = torch.float64 if features.dtype == torch.float64 else torch.float32
+        dtype = compute_dtype(features)
         arrays = (
-            _np(means2d, dtype), _np(conics, dtype), _np(opacities, dtype), _np(features, dtype),
-            _np(set_ids, torch.int64), _np(bins.offsets, torch.int64), _np(bins.gids, torch.int64),
+            as_numpy(means2d, dtype), as_numpy(conics, dtype), as_numpy(opacities, dtype), as_numpy(features, dtype),
+            as_numpy(set_ids, torch.int64), as_numpy(bins.offsets, torch.int64), as_numpy(bins.gids, torch.int64),
         )
         order = _tile_order(arrays[5])
         consts = _consts(arrays[3].dtype)
@@ -469,7 +464,7 @@ class _CompositeCPU(torch.autograd.Function):
         n_isect = arrays[6].shape[0]
         want_contrib = contrib_weight is not None
         contrib_isect = np.zeros(n_isect if want_contrib else 0, consts.dtype)
-        weight = _np(contrib_weight, dtype) if want_contrib else np.zeros((1, 1, 1), consts.dtype)
+        weight = as_numpy(contrib_weight, dtype) if want_contrib else np.zeros((1, 1, 1), consts.dtype)
         with threads_for(arrays[2].shape[0], _PARALLEL_MIN_GAUSSIANS):
             ellipses = _ellipses(arrays[1], arrays[2])
         with threads_for(n_isect, _PARALLEL_MIN_ISECT, chunksize=1):
@@ -494,8 +489,8 @@ class _CompositeCPU(torch.autograd.Function):
         width, height, tiles_x, n_sets = ctx.geometry
         n, d = feats_np.shape
         dtype = torch.from_numpy(feats_np[:0]).dtype
-        g_acc = _np(grad_acc, dtype) if grad_acc is not None else np.zeros((n_sets, height, width, d), feats_np.dtype)
-        g_trans = _np(grad_trans, dtype) if grad_trans is not None else np.zeros((n_sets, height, width), feats_np.dtype)
+        g_acc = as_numpy(grad_acc, dtype) if grad_acc is not None else np.zeros((n_sets, height, width, d), feats_np.dtype)
+        g_trans = as_numpy(grad_trans, dtype) if grad_trans is not None else np.zeros((n_sets, height, width), feats_np.dtype)
         per_entry = np.zeros((gids_np.shape[0], 6 + d), feats_np.dtype)
         with threads_for(gids_np.shape[0], _PARALLEL_MIN_ISECT, chunksize=1):
             _backward_kernel(

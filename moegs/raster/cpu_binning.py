@@ -16,6 +16,7 @@ import torch
 from numba import njit
 from torch import Tensor
 
+from moegs.raster.cpu_common import as_numpy, compute_dtype
 from moegs.raster.projection import TILE, TileBins
 
 
@@ -80,11 +81,11 @@ def bin_tiles_cpu(means2d: Tensor, radii: Tensor, depths: Tensor, width: int, he
     (other dtypes are binned in float32, the compositor's compute dtype); computed on the CPU,
     returned on the device of means2d."""
     tiles_x, tiles_y = math.ceil(width / TILE), math.ceil(height / TILE)
-    dtype = torch.float64 if means2d.dtype == torch.float64 else torch.float32
-    m = means2d.detach().to(device="cpu", dtype=dtype).contiguous().numpy()  # [N, 2]
+    dtype = compute_dtype(means2d)
+    m = as_numpy(means2d, dtype)  # [N, 2]
     r = radii.cpu().numpy()
     visible = np.nonzero(r > 0)[0]
-    order = _front_to_back(depths.detach().to(device="cpu", dtype=dtype).contiguous().numpy(), visible)
+    order = _front_to_back(as_numpy(depths, dtype), visible)
     offsets, gids = _bin(m, r.astype(m.dtype), order, tiles_x, tiles_y, m.dtype.type(TILE))
     device = means2d.device
     return TileBins(

@@ -34,7 +34,7 @@ import torch
 from numba import njit, prange
 from torch import Tensor
 
-from moegs.raster.cpu_threads import threads_for
+from moegs.raster.cpu_common import as_numpy, compute_dtype, threads_for
 from moegs.raster.projection import _FRUSTUM_SLACK, EPS2D, Projected, project_gaussians
 
 # Below this many Gaussians one thread is faster: forward + backward take ~10 ns per Gaussian, while
@@ -323,11 +323,6 @@ def _backward_kernel(
         _scatter(o, 7, out_scales, 3, start, m)
 
 
-def _np(x: Tensor, dtype: torch.dtype) -> np.ndarray:
-    """A contiguous array of x in dtype, sharing memory when x already is one."""
-    return x.detach().to(dtype).contiguous().numpy()
-
-
 def _constants(
     viewmat: Tensor, K: Tensor, width: int, height: int, near: float, far: float, dtype: torch.dtype
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -364,7 +359,7 @@ class _ProjectCPU(torch.autograd.Function):
         radii = torch.empty(n, dtype=torch.int32)
         with threads_for(n, _PARALLEL_MIN_GAUSSIANS):
             _forward_kernel(
-                _np(means, dtype), _np(quats, dtype), _np(scales, dtype), cam, consts,
+                as_numpy(means, dtype), as_numpy(quats, dtype), as_numpy(scales, dtype), cam, consts,
                 means2d.numpy(), conics.numpy(), depths.numpy(), radii.numpy(),
             )  # fmt: skip
         ctx.save_for_backward(means, quats, scales)
@@ -379,13 +374,13 @@ class _ProjectCPU(torch.autograd.Function):
         dtype = ctx.dtype
         n = means.shape[0]
         upstream = [
-            np.zeros(shape, ctx.consts.dtype) if g is None else _np(g, dtype)
+            np.zeros(shape, ctx.consts.dtype) if g is None else as_numpy(g, dtype)
             for g, shape in ((grad_means2d, (n, 2)), (grad_conics, (n, 3)), (grad_depths, (n,)))
         ]
         grads = [torch.empty((n, k), dtype=dtype) for k in (3, 4, 3)]
         with threads_for(n, _PARALLEL_MIN_GAUSSIANS):
             _backward_kernel(
-                _np(means, dtype), _np(quats, dtype), _np(scales, dtype), *upstream, ctx.cam, ctx.consts,
+                as_numpy(means, dtype), as_numpy(quats, dtype), as_numpy(scales, dtype), *upstream, ctx.cam, ctx.consts,
                 *(g.numpy() for g in grads),
             )  # fmt: skip
         needed = zip(grads, (means, quats, scales), ctx.needs_input_grad)
@@ -412,7 +407,7 @@ def project_gaussians_cpu(
     tensors = (means, quats, scales, viewmat, K)
     if viewmat.requires_grad or K.requires_grad or any(t.device.type != "cpu" for t in tensors):
         return project_gaussians(means, quats, scales, viewmat, K, width, height, near, far)
-    dtype = torch.float64 if means.dtype == torch.float64 else torch.float32
+    dtype = compute_dtype(means)
     cam, consts = _constants(viewmat, K, width, height, near, far, dtype)
     means2d, conics, depths, radii = _ProjectCPU.apply(means, quats, scales, cam, consts, dtype)
     return Projected(means2d=means2d, conics=conics, depths=depths, radii=radii)

@@ -1,4 +1,5 @@
-"""Thread control shared by the `cpu` backend's numba kernels."""
+"""What the `cpu` backend's numba parts (projection, binning, compositing) share: the compute
+dtype, tensor -> array conversion and thread control."""
 
 from __future__ import annotations
 
@@ -6,6 +7,20 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import numba
+import numpy as np
+import torch
+from torch import Tensor
+
+
+def compute_dtype(x: Tensor) -> torch.dtype:
+    """float64 for float64 input (gradcheck), float32 for anything else: numba compiles one
+    specialisation per dtype and has no float16."""
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def as_numpy(x: Tensor, dtype: torch.dtype) -> np.ndarray:
+    """A contiguous CPU array of x in dtype, sharing memory when x already is one."""
+    return x.detach().to(device="cpu", dtype=dtype).contiguous().numpy()
 
 
 @contextmanager
