@@ -12,9 +12,12 @@ import pytest
 
 from moegs.cameras import Camera, distort_normalized
 from moegs.data.build import build_dataset
-from moegs.data.colmap_init import PointCloud, random_points
+from moegs.data.colmap_init import PointCloud
 from moegs.data.dataset import Dataset
+from moegs.data.init_points import frustum_points
+from moegs.data.preprocess_config import PreprocessConfig
 from moegs.data.undistort import make_undistorter, pinhole_camera
+from moegs.errors import InputError
 
 # The shared data folder sits beside the checkout (as in CI: a fresh clone with shared/ next to it).
 CALISCOPE = Path(__file__).resolve().parents[2] / "shared" / "data" / "caliscope_4cam"
@@ -57,16 +60,19 @@ def test_undistort_matches_forward_model(dist) -> None:
     np.testing.assert_allclose(same.K, cam.K)
 
 
-def test_random_points_in_frustum() -> None:
+def test_random_points_in_the_shared_frusta() -> None:
     K = np.array([[50.0, 0, 32], [0, 50.0, 24], [0, 0, 1]])
-    cams = [Camera(f"c{i}", 64, 48, K, np.eye(3), np.array([-0.5 * i, 0, 0]), near=2.0, far=5.0) for i in range(2)]
-    pts = random_points(cams, 500, seed=1)
+    cams = [Camera(f"c{i}", 64, 48, K, np.eye(3), np.array([-1.5 * i, 0, 0]), near=2.0, far=5.0) for i in range(2)]
+    pts = frustum_points(cams, 500, seed=1)
     assert len(pts) == 500 and pts.rgb.dtype == np.uint8
-    inside = np.zeros(500, dtype=bool)
+    seen_by = np.zeros(500, dtype=int)
     for cam in cams:
         uv, depth = cam.project(pts.xyz)
-        inside |= (depth >= 2.0 - 1e-4) & (depth <= 5.0 + 1e-4) & np.all((uv >= 0) & (uv <= [64, 48]), axis=1)
-    assert inside.all()
+        seen_by += (depth >= 2.0 - 1e-4) & (depth <= 5.0 + 1e-4) & np.all((uv >= 0) & (uv <= [64, 48]), axis=1)
+    assert (seen_by == 2).all()  # in both frusta, not just one
+    apart = [Camera(f"a{i}", 64, 48, K, np.eye(3), np.array([-100.0 * i, 0, 0]), near=2.0, far=5.0) for i in range(2)]
+    with pytest.raises(InputError, match="share almost no volume"):
+        frustum_points(apart, 500)
 
 
 def test_point_cloud_ply_round_trip(tmp_path) -> None:
@@ -81,8 +87,8 @@ def test_point_cloud_ply_round_trip(tmp_path) -> None:
 @pytest.mark.skipif(not CALISCOPE.is_dir(), reason="caliscope_4cam capture not available")
 def test_caliscope_multiview_end_to_end(tmp_path) -> None:
     started = time.perf_counter()
-    result = build_dataset(CALISCOPE, "multiview", tmp_path / "ds", frame_stop=3, max_width=640, colmap_frames=3,
-                           progress=False)
+    result = build_dataset(CALISCOPE, tmp_path / "ds", PreprocessConfig(format="multiview", frame_stop=3, max_width=640,
+                                                                    colmap_frames=3, init="colmap"), progress=False)
     seconds = time.perf_counter() - started
     m = result["metrics"]
     print(f"caliscope: {seconds:.1f} s, {m['points']} points, reprojection error "
@@ -108,7 +114,7 @@ def test_colmap_points_are_reproducible(tiny_raw, tmp_path) -> None:
     for name in ("a", "b"):
         out = tmp_path / name
         out.mkdir()
-        build_dataset(tiny_raw, "n3v", out, frame_stop=2, colmap_frames=2, progress=False)
+        build_dataset(tiny_raw, out, PreprocessConfig(frame_stop=2, colmap_frames=2, init="colmap"), progress=False)
         points.append(Dataset.load(out).points)
     assert len(points[0].xyz) >= 100
     np.testing.assert_array_equal(points[0].xyz, points[1].xyz)

@@ -12,6 +12,7 @@ import torch
 
 from moegs.cameras import Camera, cameras_to_llff
 from moegs.data.build import build_dataset
+from moegs.data.preprocess_config import PreprocessConfig
 from moegs.data.dataset import Dataset
 from moegs.data.video import write_video
 from moegs.errors import InputError
@@ -43,8 +44,8 @@ def test_build_and_load(tmp_path) -> None:
     cams = make_raw(tmp_path / "raw")
     out = tmp_path / "ds"
     out.mkdir()
-    result = build_dataset(tmp_path / "raw", "n3v", out, frame_start=1, frame_stop=4, downscale=2.0, init="random",
-                           n_random_points=300, test_cameras=["cam02"], progress=False)
+    result = build_dataset(tmp_path / "raw", out, PreprocessConfig(frame_start=1, frame_stop=4, downscale=2.0, init="random",
+                           init_points=300, test_cameras=["cam02"]), progress=False)
     m, compat = result["metrics"], result["compat"]
     assert (m["n_cameras"], m["n_frames"], m["width"], m["height"], m["points"]) == (3, 3, 32, 24, 300)
     assert m["reproj_error_mean"] is None
@@ -76,27 +77,28 @@ def test_build_and_load(tmp_path) -> None:
 
     again = tmp_path / "ds2"
     again.mkdir()
-    same = build_dataset(tmp_path / "raw", "n3v", again, frame_start=1, frame_stop=4, downscale=2.0, init="random",
-                         n_random_points=300, test_cameras=["cam02"], progress=False)
+    same = build_dataset(tmp_path / "raw", again, PreprocessConfig(frame_start=1, frame_stop=4, downscale=2.0, init="random",
+                         init_points=300, test_cameras=["cam02"]), progress=False)
     assert same["compat"]["cameras_hash"] == compat["cameras_hash"]
 
 
 def test_build_input_errors(tmp_path) -> None:
     make_raw(tmp_path / "raw")
     with pytest.raises(InputError, match=r"test camera\(s\) \['cam09'\]"):
-        build_dataset(tmp_path / "raw", "n3v", tmp_path / "o1", test_cameras=["cam09"], init="random", progress=False)
+        build_dataset(tmp_path / "raw", tmp_path / "o1", PreprocessConfig(test_cameras=["cam09"], init="random"),
+                      progress=False)
     with pytest.raises(InputError, match=r"frame range \[2, 9\) outside the 5 frames"):
-        build_dataset(tmp_path / "raw", "n3v", tmp_path / "o2", frame_start=2, frame_stop=9, init="random",
+        build_dataset(tmp_path / "raw", tmp_path / "o2", PreprocessConfig(frame_start=2, frame_stop=9, init="random"),
                       progress=False)
     with pytest.raises(InputError, match="unknown init"):
-        build_dataset(tmp_path / "raw", "n3v", tmp_path / "o3", init="dense", progress=False)
+        build_dataset(tmp_path / "raw", tmp_path / "o3", PreprocessConfig(init="dense"), progress=False)
 
 
 def test_colmap_too_few_points(tmp_path) -> None:
     make_raw(tmp_path / "raw", flat=True)
     (tmp_path / "out").mkdir()
-    with pytest.raises(InputError, match="use --init random"):
-        build_dataset(tmp_path / "raw", "n3v", tmp_path / "out", frame_stop=1, progress=False)
+    with pytest.raises(InputError, match="COLMAP triangulated 0 points"):
+        build_dataset(tmp_path / "raw", tmp_path / "out", PreprocessConfig(frame_stop=1, init="colmap"), progress=False)
 
 
 def test_load_errors(tmp_path) -> None:

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from moegs.data.build import build_dataset
+from moegs.data.preprocess_config import PreprocessConfig
 from moegs.data.dataset import Dataset
 from moegs.experts import get_family
 from moegs.train import train_expert
@@ -16,7 +17,7 @@ STEPS = 40
 @pytest.fixture(scope="module")
 def dataset(tiny_raw, tmp_path_factory):
     out = tmp_path_factory.mktemp("ds")
-    build_dataset(tiny_raw, "n3v", out, frame_stop=4, progress=False)
+    build_dataset(tiny_raw, out, PreprocessConfig(frame_stop=4, colmap_frames=1), progress=False)
     return Dataset.load(out)
 
 
@@ -61,7 +62,7 @@ def test_resume_matches_uninterrupted_run(dataset, tmp_path, family):
 def test_static_fit_of_one_frame_reaches_floor(tiny_raw, tmp_path):
     """3DGS on frame 0 alone, from its COLMAP points: the rasteriser, densification and losses learn together."""
     out = tmp_path / "one_frame"
-    build_dataset(tiny_raw, "n3v", out, frame_stop=1, progress=False)
+    build_dataset(tiny_raw, out, PreprocessConfig(frame_stop=1), progress=False)
     dataset = Dataset.load(out)
     cls = get_family("static")
     config = cls.config_class(iterations=600, densify_from=50, densify_until=450, densify_every=50, max_gaussians=4000)

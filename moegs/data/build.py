@@ -20,78 +20,55 @@ from PIL import Image
 
 from moegs.cameras import Camera, cameras_to_json
 from moegs.data.capture import SizeMismatch, open_capture
-from moegs.data.colmap_init import PointCloud, colmap_points, point_stats, random_points
+from moegs.data.colmap_init import PointCloud
 from moegs.data.dataset import (CAMERAS_FILE, POINTS_FILE, PREVIEW_FILE, REGIONS_FILE, frame_path, label_path,
                                 scene_extent, write_times)
+from moegs.data.init_points import initial_points, record_stats, spread_indices
+from moegs.data.preprocess_config import PreprocessConfig
 from moegs.data.preview import write_preview
 from moegs.data.undistort import Undistorter, make_undistorter
 from moegs.errors import InputError
 from moegs.progress import progress_bar
 
 
-def build_dataset(
-    src: Path,
-    fmt: str,
-    out_dir: Path,
-    *,
-    frame_start: int = 0,
-    frame_stop: int | None = None,
-    downscale: float = 1.0,
-    max_width: int | None = None,
-    truncate: bool = False,
-    size_mismatch: SizeMismatch = None,
-    init: str = "colmap",
-    colmap_frames: int = 1,
-    colmap_max_features: int = 8000,
-    min_points: int = 100,
-    n_random_points: int = 100_000,
-    test_cameras: list[str] | None = None,
-    num_threads: int = 1,
-    progress: bool = True,
-) -> dict:
-    """Write the dataset payload for frames ``[frame_start, frame_stop)`` of ``src`` into ``out_dir``.
+def build_dataset(src: Path, out_dir: Path, config: PreprocessConfig, *, num_threads: int = 1,
+                  progress: bool = True) -> dict:
+    """Write the dataset payload for ``config``'s frames of ``src`` into ``out_dir``.
 
-    ``downscale`` divides the image size (2 = half resolution, N3V's usual setting); ``max_width``
-    additionally caps each camera's width. ``colmap_frames`` frames, evenly spread over the range,
-    are triangulated (``init="colmap"``); ``init="random"`` samples points in the frustums instead.
-    Returns ``{"metrics": {...}, "compat": {...}}`` for the manifest.
+    ``config`` is validated here (the one place its bounds live). Initial points come from
+    :func:`moegs.data.init_points.initial_points` (``config.init``; ``auto`` picks COLMAP, carving
+    or the shared frusta and the manifest records which and why). Returns ``{"metrics": {...},
+    "compat": {...}, "init": {...}}`` for the manifest.
     """
     started = _time.perf_counter()
     out_dir = Path(out_dir)
-    if init not in ("colmap", "random"):
-        raise InputError(f"unknown init {init!r}; expected 'colmap' or 'random'")
-    if not downscale >= 1.0:
-        raise InputError(f"downscale must be >= 1 (2 = half resolution), got {downscale}")
-    if max_width is not None and max_width < 8:
-        raise InputError(f"max_width must be at least 8 pixels, got {max_width}")
-    if colmap_frames < 1:
-        raise InputError(f"colmap_frames must be >= 1, got {colmap_frames}")
-    capture = open_capture(src, fmt, truncate=truncate, size_mismatch=size_mismatch)
+    config.validate()
+    fmt, frame_start = config.format, config.frame_start
+    size_mismatch = None if config.size_mismatch == "refuse" else config.size_mismatch
+    capture = open_capture(src, fmt, truncate=config.truncate, size_mismatch=size_mismatch)
     names = [cam.name for cam in capture.cameras]
-    test = list(test_cameras) if test_cameras is not None else capture.test_cameras
+    test = list(config.test_cameras) if config.test_cameras is not None else capture.test_cameras
     unknown = [n for n in test if n not in names]
     if unknown:
         raise InputError(f"{src}: test camera(s) {unknown} not among the cameras {names}")
     if len(test) >= len(names):
         raise InputError(f"{src}: every camera is a test camera ({test}); at least one must train")
 
-    stop = capture.n_frames if frame_stop is None else frame_stop
+    stop = capture.n_frames if config.frame_stop is None else config.frame_stop
     if not 0 <= frame_start < stop <= capture.n_frames:
         raise InputError(f"{src}: frame range [{frame_start}, {stop}) outside the {capture.n_frames} frames available")
     out_dir.mkdir(parents=True, exist_ok=True)
     n_frames = stop - frame_start
-    colmap_idx = sorted(set(np.linspace(0, n_frames - 1, min(colmap_frames, n_frames)).round().astype(int).tolist()))
 
     out_cameras: list[Camera] = []
-    kept: dict[int, dict[str, np.ndarray]] = {i: {} for i in colmap_idx}
     first_frames: dict[str, np.ndarray] = {}
     with progress_bar("preprocess: frames", len(names) * n_frames, enabled=progress) as bar:
         for cam in capture.cameras:
             undistorter = make_undistorter(cam) if cam.has_distortion else None
             pinhole = undistorter.camera if undistorter else cam
-            factor = 1.0 / downscale
-            if max_width is not None:
-                factor = min(factor, max_width / pinhole.width)
+            factor = 1.0 / config.downscale
+            if config.max_width is not None:
+                factor = min(factor, config.max_width / pinhole.width)
             target = pinhole.scaled(factor) if factor != 1.0 else pinhole
             out_cameras.append(target)
             for i, frame in enumerate(capture.iter_frames(cam.name, frame_start, stop)):
@@ -99,27 +76,21 @@ def build_dataset(
                 path = frame_path(out_dir, cam.name, i)
                 path.parent.mkdir(parents=True, exist_ok=True)
                 iio.imwrite(path, image)
-                if i in kept:
-                    kept[i][cam.name] = image
                 if i == 0:
                     first_frames[cam.name] = image
                 bar.advance()
             _write_labels(capture.labels(cam.name, frame_start, stop), undistorter, target, out_dir)
 
     train = [c for c in out_cameras if c.name not in test]
-    if init == "colmap":
-        frames = [{c.name: kept[i][c.name] for c in train} for i in colmap_idx]
-        with progress_bar("preprocess: COLMAP", 1, enabled=progress) as bar:
-            points, _ = colmap_points(train, frames, [i / n_frames for i in colmap_idx],
-                                      max_features=colmap_max_features, num_threads=num_threads,
-                                      min_points=min_points)
-            bar.advance()
-        if fmt != "n3v":
-            _bounds_from_points(out_cameras, points)
-    else:
-        if fmt != "n3v":
-            _bounds_from_rig(out_cameras)
-        points = random_points(train, n_random_points)
+    if fmt != "n3v":
+        _bounds_from_rig(out_cameras)  # a first guess for carving and random points; refined below
+    with progress_bar("preprocess: COLMAP", len(spread_indices(n_frames, config.colmap_frames)),
+                      enabled=progress and config.init in ("auto", "colmap")) as bar:
+        points, init = initial_points(config, train, n_frames,
+                                      lambda name, i: iio.imread(frame_path(out_dir, name, i)),
+                                      num_threads=num_threads, on_colmap_frame=bar.advance)
+    if fmt != "n3v" and init.method != "random":
+        _bounds_from_points(out_cameras, points)
 
     cameras_json = cameras_to_json(out_cameras, test, capture.fps, out_dir / CAMERAS_FILE)
     write_times(out_dir, n_frames, capture.frame_ids[frame_start:stop], capture.fps)
@@ -128,7 +99,6 @@ def build_dataset(
     points.save_ply(out_dir / POINTS_FILE)
     write_preview(out_dir / PREVIEW_FILE, out_cameras, first_frames, test, points)
 
-    stats = point_stats(points)
     camera_bytes = json.dumps(cameras_json["cameras"], sort_keys=True).encode()
     return {
         "metrics": {
@@ -136,9 +106,7 @@ def build_dataset(
             "n_frames": n_frames,
             "width": out_cameras[0].width,
             "height": out_cameras[0].height,
-            "points": stats["points"],
-            "reproj_error_mean": stats["reproj_error_mean"] if init == "colmap" else None,
-            "reproj_error_median": stats["reproj_error_median"] if init == "colmap" else None,
+            **record_stats(points, init),
             "seconds": _time.perf_counter() - started,
         },
         "compat": {
@@ -147,6 +115,7 @@ def build_dataset(
             "time_normalisation": "i/T",
             "cameras_hash": hashlib.sha256(camera_bytes).hexdigest(),
         },
+        "init": init.to_json(),
     }
 
 
@@ -179,7 +148,7 @@ def _bounds_from_points(cameras: list[Camera], points: PointCloud) -> None:
 
 
 def _bounds_from_rig(cameras: list[Camera]) -> None:
-    """Without points, guess near/far from the rig size (random init only): [0.1, 10] x the rig radius."""
+    """Without points, guess near/far from the rig size: [0.1, 10] x the rig radius."""
     radius = max(scene_extent(cameras) / 1.1, 1e-3)
     for cam in cameras:
         cam.near, cam.far = 0.1 * radius, 10.0 * radius

@@ -1,4 +1,4 @@
-"""Initial point clouds: COLMAP triangulation with the known cameras held fixed, or random points.
+"""Initial point clouds: COLMAP triangulation with the known cameras held fixed.
 
 Per frame (STG style when several frames are used): the frames of the chosen cameras go into a
 temporary folder, pycolmap 4.2.1 extracts SIFT features (CPU) with our pinhole intrinsics written
@@ -9,9 +9,10 @@ with the normalised time of its frame.
 
 from __future__ import annotations
 
+import logging
 import tempfile
 import time as _time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +22,8 @@ from plyfile import PlyData, PlyElement
 
 from moegs.cameras import Camera
 from moegs.errors import InputError, MissingDependencyError
+
+log = logging.getLogger("moegs")
 
 
 @dataclass
@@ -98,14 +101,15 @@ def colmap_points(
     *,
     max_features: int = 8000,
     num_threads: int = 1,
-    min_points: int = 100,
     two_view_tracks: bool = True,
-) -> tuple[PointCloud, dict[str, float]]:
+    progress: Callable[[], None] | None = None,
+) -> tuple[PointCloud, dict]:
     """Triangulate each frame set ``frames[k]`` ({camera name: uint8 [H, W, 3]}) with ``cameras`` fixed.
 
     Cameras must be pinhole (undistorted) at the size of the images passed. Returns the points
     (time ``times[k]`` for those of frame set k) and stats (points, reprojection error mean and
-    median in px, seconds). Fewer than ``min_points`` points raises :class:`InputError`.
+    median in px, seconds, and ``pair_inliers``: geometrically verified matches per camera pair,
+    summed over the frame sets). Too few points is the caller's call (see ``init_points``).
 
     ``num_threads`` defaults to 1 so that the same input gives the same points, as content-addressed
     artifacts promise: with more, SIFT extraction stores the images in the order the threads finish
@@ -113,7 +117,7 @@ def colmap_points(
     repeated runs differ (demo scene, 2 threads: 6,844-6,850 points run to run; 1 thread: 6,849
     every time, 9.6 s instead of 7.9 s).
 
-    ``two_view_tracks`` keeps points seen by only two cameras (COLMAP drops them by default). Rigs
+    ``progress`` is called once per frame set. ``two_view_tracks`` keeps points seen by only two cameras (COLMAP drops them by default). Rigs
     with few, widely spaced cameras (caliscope_4cam: 1 point without them) have almost nothing else;
     the 4 px reprojection filter still applies to them.
     """
@@ -121,27 +125,32 @@ def colmap_points(
         import pycolmap
     except ImportError:
         raise MissingDependencyError("pycolmap is not installed: pip install pycolmap==4.2.1 "
-                                     "(or use --init random)") from None
+                                     "(or use --init carve or --init random)") from None
     if len(frames) != len(times):
         raise ValueError("one time per frame set")
     started = _time.perf_counter()
     by_name = {cam.name: cam for cam in cameras}
     clouds = []
+    pair_inliers: dict[str, int] = {}
     pycolmap.logging.minloglevel = 2  # warnings and errors only: COLMAP's INFO lines would drown the progress bar
-    for images, t in zip(frames, times):
-        clouds.append(_triangulate_frame(pycolmap, by_name, images, float(t), max_features, num_threads,
-                                         two_view_tracks))
+    for k, (images, t) in enumerate(zip(frames, times)):
+        cloud, pairs = _triangulate_frame(pycolmap, by_name, images, float(t), max_features, num_threads,
+                                          two_view_tracks)
+        log.debug("COLMAP frame set %d/%d (t=%.3f): %d points; verified matches per pair: %s",
+                  k + 1, len(frames), t, len(cloud), ", ".join(f"{p} {n}" for p, n in sorted(pairs.items())) or "none")
+        for pair, n in pairs.items():
+            pair_inliers[pair] = pair_inliers.get(pair, 0) + n
+        clouds.append(cloud)
+        if progress is not None:
+            progress()
     points = PointCloud.concat(clouds)
-    stats = {**point_stats(points), "seconds": _time.perf_counter() - started}
-    if len(points) < min_points:
-        raise InputError(f"COLMAP triangulated only {len(points)} points from {len(frames)} frame(s) of "
-                         f"{len(cameras)} cameras (need {min_points}); the views may share too little texture; "
-                         "use --init random to start from random points instead")
+    stats = {**point_stats(points), "seconds": _time.perf_counter() - started, "pair_inliers": pair_inliers}
     return points, stats
 
 
 def _triangulate_frame(pycolmap, cameras: dict[str, Camera], images: dict[str, np.ndarray], t: float,
-                       max_features: int, num_threads: int, two_view_tracks: bool) -> PointCloud:
+                       max_features: int, num_threads: int, two_view_tracks: bool
+                       ) -> tuple[PointCloud, dict[str, int]]:
     if len(images) < 2:
         raise InputError(f"COLMAP initialisation needs at least 2 cameras, got {len(images)}")
     with tempfile.TemporaryDirectory(prefix="moegs_colmap_") as tmp:
@@ -188,8 +197,14 @@ def _triangulate_frame(pycolmap, cameras: dict[str, Camera], images: dict[str, n
         try:
             db_cameras = {c.camera_id: c for c in db.read_all_cameras()}
             db_images = db.read_all_images()
+            pair_ids, inliers = db.read_two_view_geometry_num_inliers()
         finally:
             db.close()
+        stems = {image.image_id: Path(image.name).stem for image in db_images}
+        pairs = {}
+        for pair_id, n in zip(pair_ids, inliers):
+            a, b = pycolmap.pair_id_to_image_pair(pair_id)
+            pairs["-".join(sorted((stems[a], stems[b])))] = int(n)
         rec = pycolmap.Reconstruction()
         for db_cam in db_cameras.values():
             rec.add_camera_with_trivial_rig(db_cam)
@@ -206,34 +221,8 @@ def _triangulate_frame(pycolmap, cameras: dict[str, Camera], images: dict[str, n
 
         pts = list(tri.points3D.values())
         if not pts:
-            return PointCloud(np.zeros((0, 3)), np.zeros((0, 3)), [], [], [])
+            return PointCloud(np.zeros((0, 3)), np.zeros((0, 3)), [], [], []), pairs
         return PointCloud(
             np.array([p.xyz for p in pts]), np.array([p.color for p in pts]),
             np.array([p.error for p in pts]), np.array([p.track.length() for p in pts]), np.full(len(pts), t),
-        )
-
-
-def random_points(cameras: Sequence[Camera], n: int, near: float | None = None, far: float | None = None,
-                  seed: int = 0) -> PointCloud:
-    """``n`` points spread over the camera frustums (uniform pixel, uniform depth in [near, far]).
-
-    Used only when asked (``--init random``). ``near``/``far`` default to each camera's own bounds.
-    Colours are mid-grey with noise; time is 0, error 0 and track length 0 (not observed).
-    """
-    if n <= 0:
-        raise InputError(f"random initialisation needs a positive point count, got {n}")
-    rng = np.random.default_rng(seed)
-    which = rng.integers(0, len(cameras), size=n)
-    xyz = np.empty((n, 3))
-    for k, cam in enumerate(cameras):
-        sel = np.flatnonzero(which == k)
-        lo, hi = (cam.near if near is None else near), (cam.far if far is None else far)
-        if not 0 < lo < hi:
-            raise InputError(f"camera {cam.name}: random initialisation needs 0 < near < far, got {lo}, {hi}")
-        uv = rng.uniform([0, 0], [cam.width, cam.height], size=(len(sel), 2))
-        depth = rng.uniform(lo, hi, size=len(sel))
-        Kinv = np.linalg.inv(cam.K)
-        x_cam = np.concatenate([uv @ Kinv[:2, :2].T + Kinv[:2, 2], np.ones((len(sel), 1))], axis=1) * depth[:, None]
-        xyz[sel] = (x_cam - cam.t) @ cam.R  # R^T (x_cam - t)
-    rgb = np.clip(128 + rng.normal(0, 30, size=(n, 3)), 0, 255)
-    return PointCloud(xyz, rgb, np.zeros(n), np.zeros(n), np.zeros(n))
+        ), pairs

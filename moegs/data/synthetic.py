@@ -106,6 +106,65 @@ def build_scene(rng: np.random.Generator) -> Scene:
     )  # fmt: skip
 
 
+# Surround rig: cameras on a circle around SURROUND_CENTRE (angles about the vertical axis, 0 = looking
+# along +z), 55-65 degrees apart, inside a closed textured room; cam00 is held out.
+SURROUND_ANGLES_DEG = (0.0, 55.0, 115.0, 180.0, 240.0, 300.0)
+SURROUND_CENTRE = (0.0, 0.1, 4.0)
+SURROUND_RADIUS = 3.2
+SURROUND_HEIGHT = -0.7
+RIGS: tuple[str, ...] = ("forward", "surround")
+
+
+def build_surround_scene(rng: np.random.Generator) -> Scene:
+    """The same five regions gathered around :data:`SURROUND_CENTRE` in a closed room, for a surround rig."""
+    two_pi = 2.0 * np.pi
+    top, height = -4.0, 4.0 + FLOOR_Y
+    walls = (
+        Rect(name="wall_back", region=0, texture="rich", texel=0.03,
+             origin=(-5.0, top, 9.0), u_axis=(1.0, 0.0, 0.0), v_axis=(0.0, 1.0, 0.0), size=(10.0, height)),
+        Rect(name="wall_front", region=0, texture="rich", texel=0.03,
+             origin=(-5.0, top, -1.0), u_axis=(1.0, 0.0, 0.0), v_axis=(0.0, 1.0, 0.0), size=(10.0, height)),
+        Rect(name="wall_left", region=0, texture="rich", texel=0.03,
+             origin=(-5.0, top, -1.0), u_axis=(0.0, 0.0, 1.0), v_axis=(0.0, 1.0, 0.0), size=(10.0, height)),
+        Rect(name="wall_right", region=0, texture="rich", texel=0.03,
+             origin=(5.0, top, -1.0), u_axis=(0.0, 0.0, 1.0), v_axis=(0.0, 1.0, 0.0), size=(10.0, height)),
+        Rect(name="floor", region=0, texture="rich", texel=0.03,
+             origin=(-5.0, FLOOR_Y, -1.0), u_axis=(1.0, 0.0, 0.0), v_axis=(0.0, 0.0, 1.0), size=(10.0, 10.0)),
+    )
+    movers = (
+        Rect(name="colour_panel", region=4, texture="grey", texel=0.012,
+             origin=(-1.6, -1.4, 4.9), u_axis=(1.0, 0.0, 0.0), v_axis=(0.0, 1.0, 0.0), size=(1.0, 0.7),
+             tint=Tint(hue_cycles=1.0, pulse_cycles=2.0, phase=float(rng.uniform()), saturation=0.15)),
+        Box(name="rigid_box", region=1, texture="faces", texel=0.01,
+            half_size=(0.3, 0.25, 0.3), centre=(-0.6, 0.5, 3.4), amplitude=(0.3, 0.1, 0.25),
+            frequency=(1.0, 2.0, 1.0), phase=tuple(float(x) for x in rng.uniform(0.0, two_pi, 3)),
+            axis=tuple(float(x) for x in np.array([0.3, 1.0, 0.2]) + rng.uniform(-0.15, 0.15, 3)),
+            angle0=float(rng.uniform(0.0, two_pi)), spin=1.5 * np.pi),
+        Sphere(name="fast_ball", region=2, texture="checker", texel=0.004,
+               radius=0.18, floor_y=FLOOR_Y, x0=0.6, x_amplitude=0.4, x_cycles=1.0, z0=3.6, z_amplitude=0.3,
+               height=0.85, bounces=3.0, bounce_phase=float(rng.uniform(0.1, 0.5)),
+               axis=(0.2, 0.3, 1.0), spin=6.0 * np.pi),
+        HeightField(name="flag", region=3, texture="flag", texel=0.01,
+                    x0=0.0, y0=-1.2, width=1.1, height=0.9, z0=4.7,
+                    waves=(Wave(amplitude=0.08, kx=two_pi, ky=0.0, omega=two_pi * 1.5,
+                                phase=float(rng.uniform(0.0, two_pi))),
+                           Wave(amplitude=0.03, kx=1.5, ky=two_pi / 1.5, omega=two_pi,
+                                phase=float(rng.uniform(0.0, two_pi))))),
+    )
+    return Scene(primitives=walls + movers, light=(-0.3, -0.7, -0.65), ambient=0.5, diffuse=0.6, sky=(0.6, 0.7, 0.8))  # fmt: skip
+
+
+def make_surround_rig(preset: SynthPreset) -> list[RigCamera]:
+    """Cameras at :data:`SURROUND_ANGLES_DEG` around the scene, all looking at its centre (``n_cams`` ignored)."""
+    focal = 0.5 * preset.width / np.tan(np.radians(0.5 * HFOV_DEG))
+    target = np.asarray(SURROUND_CENTRE)
+    cams = []
+    for i, angle in enumerate(np.radians(SURROUND_ANGLES_DEG)):
+        centre = np.array([-np.sin(angle) * SURROUND_RADIUS, SURROUND_HEIGHT, target[2] - np.cos(angle) * SURROUND_RADIUS])
+        cams.append(look_at(f"cam{i:02d}", centre, target, preset.width, preset.height, focal))
+    return cams
+
+
 def make_rig(preset: SynthPreset) -> list[RigCamera]:
     """``cam00`` at the origin, the others evenly on a forward-curved ellipse around it, all
     looking at :data:`RIG_TARGET`; horizontal field of view :data:`HFOV_DEG`."""
@@ -126,8 +185,12 @@ def llff_row(cam: RigCamera, near: float, far: float) -> np.ndarray:
     return np.concatenate([pose.ravel(), [near, far]])
 
 
-def generate(out_dir: Path, preset: str = "demo", seed: int = 0, progress: bool = True) -> dict[str, Any]:
+def generate(out_dir: Path, preset: str = "demo", seed: int = 0, progress: bool = True,
+             rig: str = "forward") -> dict[str, Any]:
     """Render the scene and write a raw N3V folder at ``out_dir`` (missing or empty).
+
+    ``rig="forward"`` is the N3V-like rig; ``"surround"`` puts :data:`SURROUND_ANGLES_DEG` cameras
+    around a closed room (the preset gives image size and clip length).
 
     Everything is written to ``<out_dir>.partial`` first and renamed at the end, so an interrupted
     run never leaves a folder that looks complete. Returns a summary with ``cams``, ``size``
@@ -135,6 +198,8 @@ def generate(out_dir: Path, preset: str = "demo", seed: int = 0, progress: bool 
     """
     if preset not in PRESETS:
         raise InputError(f"unknown synthetic preset {preset!r} (choose from {', '.join(PRESETS)})")
+    if rig not in RIGS:
+        raise InputError(f"unknown synthetic rig {rig!r} (choose from {', '.join(RIGS)})")
     spec = PRESETS[preset]
     out_dir = Path(out_dir)
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
@@ -142,17 +207,17 @@ def generate(out_dir: Path, preset: str = "demo", seed: int = 0, progress: bool 
     start = time.perf_counter()
 
     layout_seq, texture_seq = np.random.SeedSequence(seed).spawn(2)
-    scene = build_scene(np.random.default_rng(layout_seq))
+    scene = (build_scene if rig == "forward" else build_surround_scene)(np.random.default_rng(layout_seq))
     texture_rngs = [np.random.default_rng(s) for s in texture_seq.spawn(len(scene.primitives))]
     textures = {p.name: make_texture(p, rng) for p, rng in zip(scene.primitives, texture_rngs)}
-    cams = make_rig(spec)
+    cams = make_rig(spec) if rig == "forward" else make_surround_rig(spec)
 
     partial = out_dir.with_name(out_dir.name + ".partial")
     if partial.exists():
         shutil.rmtree(partial)
     (partial / "labels").mkdir(parents=True)
     rows, bounds = [], []
-    with progress_bar(f"synthetic scene ({preset})", total=spec.n_cams * spec.n_frames, enabled=progress) as bar:
+    with progress_bar(f"synthetic scene ({preset}, {rig})", total=len(cams) * spec.n_frames, enabled=progress) as bar:
         for cam in cams:
             result = render_camera(scene, textures, cam, spec.n_frames, bar.advance)
             write_video(partial / f"{cam.name}.mp4", result.frames, fps=FPS, quality=VIDEO_QUALITY)
@@ -166,6 +231,7 @@ def generate(out_dir: Path, preset: str = "demo", seed: int = 0, progress: bool 
         "generator": "moegs.data.synthetic",
         "version": 1,
         "preset": {"name": preset, **asdict(spec)},
+        "rig": rig,
         "seed": seed,
         "fps": FPS,
         "n_frames": spec.n_frames,
@@ -184,8 +250,9 @@ def generate(out_dir: Path, preset: str = "demo", seed: int = 0, progress: bool 
     return {
         "out_dir": str(out_dir),
         "preset": preset,
+        "rig": rig,
         "seed": seed,
-        "cams": spec.n_cams,
+        "cams": len(cams),
         "size": [spec.width, spec.height],
         "frames": spec.n_frames,
         "test_camera": TEST_CAMERA,

@@ -1,0 +1,248 @@
+"""Initial points by space carving with the known cameras, for rigs where feature matching fails.
+
+Sparse and surround rigs (4-8 cameras 50-140 degrees apart) give SIFT too little overlap to
+triangulate, but static calibrated cameras still say a lot about the scene:
+
+- each camera's **background** is the per-pixel temporal median of frames spread over the clip;
+- the moving **foreground** of a frame is where it differs from that background; a voxel whose
+  projection is foreground in every camera that sees it belongs to the visual hull at that frame,
+  and its surface voxels become points stamped with the frame's normalised time;
+- the static **background** surfaces are voxels outside every hull whose (blurred) background
+  colours agree across at least two textured views and that lie in front in those views (a
+  z-buffer over the consistent voxels), i.e. one pass of photo-consistent space carving.
+
+The voxel grid spans the intersection of the training frusta between each camera's near and far.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+from moegs.cameras import Camera
+from moegs.data.colmap_init import PointCloud
+
+log = logging.getLogger("moegs")
+
+
+@dataclass(frozen=True)
+class CarveSettings:
+    """Thresholds of the carving (colours in [0, 1]); the defaults suit 8-bit video of textured scenes."""
+
+    grid: int = 96
+    """Voxels along the longest side of the volume."""
+    foreground_threshold: float = 0.1
+    """Max-channel difference from the background that counts as foreground."""
+    consistency_threshold: float = 0.035
+    """Largest colour standard deviation (at two blur scales) across three or more views for a background voxel."""
+    two_view_threshold: float = 0.015
+    """The same bound for voxels only two textured views agree on (two views are easily fooled)."""
+    texture_threshold: float = 0.02
+    """Smallest background gradient magnitude for a view to vouch for a voxel's colour."""
+    hull_views: int = 3
+    """Cameras that must see a voxel (all of them foreground) for it to join the visual hull (2 on smaller rigs)."""
+
+
+def frustum_samples(cameras: list[Camera], n_per_camera: int, rng: np.random.Generator) -> np.ndarray:
+    """Points [n_cameras * n, 3] uniform in pixel and in inverse depth inside each camera's frustum."""
+    out = []
+    for cam in cameras:
+        uv = rng.uniform([0, 0], [cam.width, cam.height], size=(n_per_camera, 2))
+        inv = rng.uniform(1.0 / cam.far, 1.0 / cam.near, size=n_per_camera)
+        out.append(unproject(cam, uv, 1.0 / inv))
+    return np.concatenate(out)
+
+
+def unproject(cam: Camera, uv: np.ndarray, depth: np.ndarray) -> np.ndarray:
+    """World points [N, 3] at camera depth ``depth`` [N] behind pixels ``uv`` [N, 2] of a pinhole camera."""
+    Kinv = np.linalg.inv(cam.K)
+    x_cam = np.concatenate([uv @ Kinv[:2, :2].T + Kinv[:2, 2], np.ones((len(uv), 1))], axis=1) * depth[:, None]
+    return (x_cam - cam.t) @ cam.R  # R^T (x_cam - t)
+
+
+def views_seeing(cameras: list[Camera], xyz: np.ndarray) -> np.ndarray:
+    """How many cameras see each point [N, 3] inside their image and between their near and far."""
+    count = np.zeros(len(xyz), dtype=np.int32)
+    for cam in cameras:
+        uv, depth = cam.project(xyz)
+        count += _inside(cam, uv, depth)
+    return count
+
+
+def shared_volume(cameras: list[Camera], min_views: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray] | None:
+    """Box (lo, hi) holding 98% of the frustum samples seen by ``min_views`` cameras, or None if none are."""
+    samples = frustum_samples(cameras, 20_000, rng)
+    shared = samples[views_seeing(cameras, samples) >= min_views]
+    if len(shared) < 50:
+        return None
+    return np.percentile(shared, 1, axis=0), np.percentile(shared, 99, axis=0)
+
+
+def carve_points(
+    cameras: list[Camera],
+    frames: dict[str, np.ndarray],
+    times: np.ndarray,
+    carve_index: list[int],
+    settings: CarveSettings = CarveSettings(),
+    seed: int = 0,
+) -> tuple[PointCloud, dict]:
+    """Foreground points at the frames ``carve_index`` and static background points.
+
+    ``frames[name]`` is uint8 [S, h, w, 3]: S frames spread over the clip at the size of camera
+    ``name`` in ``cameras`` (a small size is enough; the grid is coarser than the pixels).
+    ``times[s]`` is frame s's normalised time. Returns the points and stats for the manifest.
+    """
+    rng = np.random.default_rng(seed)
+    stats: dict = {"method": "carve", "grid": settings.grid}
+    box = shared_volume(cameras, 2, rng)
+    if box is None:
+        stats.update(points=0, foreground_points=0, background_points=0, voxel_size=None)
+        return _empty(), stats
+    centres, shape, voxel = _grid(*box, settings.grid)
+    stats["voxel_size"] = voxel
+    # Per camera: pixel index of every voxel (-1 outside), and its depth.
+    pixels, depths = {}, {}
+    seen = np.zeros(len(centres), dtype=np.int32)
+    for cam in cameras:
+        uv, depth = cam.project(centres)
+        ok = _inside(cam, uv, depth)
+        idx = np.full(len(centres), -1, dtype=np.int64)
+        idx[ok] = np.floor(uv[ok, 1]).astype(np.int64) * cam.width + np.floor(uv[ok, 0]).astype(np.int64)
+        pixels[cam.name], depths[cam.name] = idx, depth
+        seen += ok
+    covered = seen >= max(2, min(settings.hull_views, len(cameras)))
+
+    images = {name: stack.astype(np.float32) / 255.0 for name, stack in frames.items()}
+    backgrounds = {name: np.median(stack, axis=0) for name, stack in images.items()}
+
+    fg_clouds, any_hull = [], np.zeros(len(centres), dtype=bool)
+    fg_fraction = {}
+    for s in carve_index:
+        votes = np.zeros(len(centres), dtype=np.int32)
+        for cam in cameras:
+            mask = _foreground_mask(images[cam.name][s], backgrounds[cam.name], settings.foreground_threshold)
+            fg_fraction.setdefault(cam.name, []).append(float(mask.mean()))
+            votes += _gather(mask.reshape(-1), pixels[cam.name], False)
+        hull = covered & (votes == seen)
+        any_hull |= hull
+        surface = hull & ~_interior(hull.reshape(shape)).reshape(-1)
+        if surface.any():
+            colours = _median_colour(cameras, {n: images[n][s] for n in images}, pixels, surface)
+            fg_clouds.append(_cloud(centres[surface], colours, np.full(int(surface.sum()), times[s])))
+    stats["foreground_fraction"] = {name: float(np.mean(v)) for name, v in fg_fraction.items()}
+
+    background = _background_voxels(cameras, backgrounds, pixels, depths, (seen >= 2) & ~any_hull, voxel, settings)
+    bg_colours = _median_colour(cameras, backgrounds, pixels, background)
+    bg_times = rng.choice(np.asarray(times)[carve_index], size=int(background.sum()))
+    clouds = fg_clouds + [_cloud(centres[background], bg_colours, bg_times)]
+    points = PointCloud.concat(clouds)
+    n_fg = sum(len(c) for c in fg_clouds)
+    stats.update(points=len(points), foreground_points=n_fg, background_points=len(points) - n_fg)
+    log.debug("carving: %d foreground + %d background points, voxel %.3g, foreground fractions %s",
+              n_fg, len(points) - n_fg, voxel, stats["foreground_fraction"])
+    return points, stats
+
+
+def _inside(cam: Camera, uv: np.ndarray, depth: np.ndarray) -> np.ndarray:
+    return ((depth >= cam.near) & (depth <= cam.far) & (uv[:, 0] >= 0) & (uv[:, 0] < cam.width)
+            & (uv[:, 1] >= 0) & (uv[:, 1] < cam.height))
+
+
+def _grid(lo: np.ndarray, hi: np.ndarray, n: int) -> tuple[np.ndarray, tuple[int, int, int], float]:
+    """Voxel centres [V, 3] (C order over x, y, z), the grid shape and the voxel edge."""
+    voxel = float((hi - lo).max() / n)
+    counts = np.maximum(np.ceil((hi - lo) / voxel).astype(int), 1)
+    axes = [lo[i] + voxel * (np.arange(counts[i]) + 0.5) for i in range(3)]
+    grid = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, 3)
+    return grid, (int(counts[0]), int(counts[1]), int(counts[2])), voxel
+
+
+def _gather(values: np.ndarray, index: np.ndarray, fill) -> np.ndarray:
+    out = np.full(len(index), fill, dtype=values.dtype)
+    ok = index >= 0
+    out[ok] = values[index[ok]]
+    return out
+
+
+def _foreground_mask(image: np.ndarray, background: np.ndarray, threshold: float) -> np.ndarray:
+    """Pixels that differ from the background (opened against noise, then grown by a pixel)."""
+    diff = np.abs(ndimage.gaussian_filter(image - background, sigma=(0.7, 0.7, 0))).max(axis=-1)
+    mask = ndimage.binary_opening(diff > threshold)
+    return ndimage.binary_dilation(mask)
+
+
+def _interior(occupied: np.ndarray) -> np.ndarray:
+    """Occupied voxels whose six neighbours are all occupied."""
+    return ndimage.binary_erosion(occupied, border_value=0)
+
+
+def _median_colour(cameras: list[Camera], images: dict[str, np.ndarray], pixels: dict[str, np.ndarray],
+                   select: np.ndarray) -> np.ndarray:
+    """Median over the cameras that see each selected voxel of its pixel colour (uint8 [M, 3])."""
+    samples = np.full((len(cameras), int(select.sum()), 3), np.nan, dtype=np.float32)
+    for k, cam in enumerate(cameras):
+        idx = pixels[cam.name][select]
+        ok = idx >= 0
+        samples[k, ok] = images[cam.name].reshape(-1, 3)[idx[ok]]
+    with np.errstate(all="ignore"):
+        colour = np.nanmedian(samples, axis=0) if len(cameras) else np.zeros((0, 3))
+    return np.clip(np.nan_to_num(colour, nan=0.5) * 255.0, 0, 255).round().astype(np.uint8)
+
+
+def _background_voxels(cameras: list[Camera], backgrounds: dict[str, np.ndarray], pixels: dict[str, np.ndarray],
+                       depths: dict[str, np.ndarray], candidates: np.ndarray, voxel: float,
+                       settings: CarveSettings) -> np.ndarray:
+    """Candidates whose colour agrees across textured views, in front in as many views as agree.
+
+    Colours are compared at two blur scales (fine detail, and the context around it), since one
+    pixel's colour matches many wrong depths along an epipolar line.
+    """
+    std = np.zeros(len(candidates), np.float32)
+    for sigma in (1.0, 3.0):
+        spread, views, textured = _colour_spread(cameras, backgrounds, pixels, candidates, sigma,
+                                                 settings.texture_threshold)
+        std = np.maximum(std, spread)
+    agree = np.where(textured >= 3, std < settings.consistency_threshold, std < settings.two_view_threshold)
+    consistent = candidates & (views >= 2) & (textured >= 2) & agree
+    front = np.zeros(len(candidates), np.int32)
+    for cam in cameras:
+        idx, depth = pixels[cam.name], depths[cam.name]
+        ok = consistent & (idx >= 0)
+        zbuf = np.full(cam.width * cam.height, np.inf)
+        np.minimum.at(zbuf, idx[ok], depth[ok])
+        front[ok] += depth[ok] <= zbuf[idx[ok]] + 1.5 * voxel
+    return consistent & (front >= np.minimum(textured, 3))
+
+
+def _colour_spread(cameras: list[Camera], backgrounds: dict[str, np.ndarray], pixels: dict[str, np.ndarray],
+                   candidates: np.ndarray, sigma: float, texture_threshold: float
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per voxel: largest channel std of the blurred colours across views, views seeing it, textured views."""
+    n = len(candidates)
+    total, total_sq = np.zeros((n, 3), np.float32), np.zeros((n, 3), np.float32)
+    views, textured = np.zeros(n, np.int32), np.zeros(n, np.int32)
+    for cam in cameras:
+        blurred = ndimage.gaussian_filter(backgrounds[cam.name], sigma=(sigma, sigma, 0))
+        grad = np.hypot(*np.gradient(ndimage.gaussian_filter(backgrounds[cam.name].mean(axis=-1), 1.0)))
+        idx = pixels[cam.name]
+        ok = candidates & (idx >= 0)
+        colour = blurred.reshape(-1, 3)[idx[ok]]
+        total[ok] += colour
+        total_sq[ok] += colour**2
+        views[ok] += 1
+        textured[ok] += grad.reshape(-1)[idx[ok]] > texture_threshold
+    count = np.maximum(views, 1)[:, None]
+    mean = total / count
+    return np.sqrt(np.maximum(total_sq / count - mean**2, 0)).max(axis=1), views, textured
+
+
+def _cloud(xyz: np.ndarray, rgb: np.ndarray, time: np.ndarray) -> PointCloud:
+    n = len(xyz)
+    return PointCloud(xyz, rgb, np.zeros(n), np.zeros(n), time)
+
+
+def _empty() -> PointCloud:
+    return PointCloud(np.zeros((0, 3)), np.zeros((0, 3)), [], [], [])

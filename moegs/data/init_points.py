@@ -1,0 +1,205 @@
+"""Choosing the initial points of a dataset: COLMAP, then space carving, then the shared frusta.
+
+``auto`` (the default) tries, in order, what gives the best points on the rig at hand:
+
+1. COLMAP triangulation with the known poses, on frames spread over the clip (forward-facing
+   rigs with textured, overlapping views: N3V, Technicolor);
+2. space carving (:mod:`moegs.data.carving`): sparse and surround rigs, where SIFT finds too few
+   matches between views 50-140 degrees apart;
+3. points sampled in the intersection of the training frusta, ``init_points`` of them, with a
+   warning: the experts then start from nothing the cameras agree on.
+
+Every try is recorded (points, reprojection error, matches per camera pair, why it was rejected)
+so the dataset manifest says which init was used and why.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+from PIL import Image
+
+from moegs.cameras import Camera
+from moegs.data.carving import CarveSettings, carve_points, frustum_samples, views_seeing
+from moegs.data.colmap_init import PointCloud, colmap_points, point_stats
+from moegs.data.preprocess_config import PreprocessConfig
+from moegs.errors import InputError, MoegsError
+
+log = logging.getLogger("moegs")
+
+CARVE_WIDTH = 256
+"""Carving works on frames resized to at most this width (the voxel grid is coarser anyway)."""
+BACKGROUND_FRAMES = 24
+"""Frames per camera whose per-pixel median is the background."""
+
+FrameReader = Callable[[str, int], np.ndarray]
+"""(camera name, frame index) -> uint8 [H, W, 3] at the camera's size."""
+
+
+@dataclass
+class InitRecord:
+    """Which init produced the points, why, and what every method tried gave (for the manifest)."""
+
+    method: str = ""
+    reason: str = ""
+    tried: dict[str, dict] = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return {"method": self.method, "reason": self.reason, "tried": self.tried}
+
+
+def spread_indices(n_frames: int, count: int) -> list[int]:
+    """``count`` frame indices spread evenly over ``[0, n_frames)``, first and last included."""
+    return sorted(set(np.linspace(0, n_frames - 1, min(count, n_frames)).round().astype(int).tolist()))
+
+
+def initial_points(
+    config: PreprocessConfig,
+    cameras: list[Camera],
+    n_frames: int,
+    read_frame: FrameReader,
+    *,
+    num_threads: int = 1,
+    on_colmap_frame: Callable[[], None] | None = None,
+) -> tuple[PointCloud, InitRecord]:
+    """Initial points for the training ``cameras`` per ``config.init``; time of a point = its frame's ``i / n_frames``.
+
+    Raises :class:`InputError` naming every count when the requested method (or, for ``auto``,
+    every method) fails.
+    """
+    record = InitRecord()
+    order = ["colmap", "carve", "random"] if config.init == "auto" else [config.init]
+    for method in order:
+        try:
+            points = _run(method, config, cameras, n_frames, read_frame, num_threads, on_colmap_frame, record)
+        except MoegsError as exc:
+            if config.init != "auto":
+                raise
+            record.tried[method] = {"error": str(exc)}
+            continue
+        if len(points) >= config.min_points:
+            record.method = method
+            record.reason = _reason(method, config, record)
+            if method == "random" and config.init == "auto":
+                log.warning("initial points: %s", record.reason)
+            else:
+                log.info("initial points: %d from %s (%s)", len(points), method, record.reason)
+            return points, record
+        if config.init != "auto":
+            raise InputError(f"init {method}: {_failure(method, record.tried[method], config.min_points)}")
+        log.info("init %s: %s", method, _failure(method, record.tried[method], config.min_points))
+    raise InputError("no initial points: " + "; ".join(
+        f"{m}: {_failure(m, record.tried[m], config.min_points)}" for m in record.tried))
+
+
+def _run(method: str, config: PreprocessConfig, cameras: list[Camera], n_frames: int, read_frame: FrameReader,
+         num_threads: int, on_colmap_frame: Callable[[], None] | None, record: InitRecord) -> PointCloud:
+    if method == "colmap":
+        index = spread_indices(n_frames, config.colmap_frames)
+        frames = [{c.name: read_frame(c.name, i) for c in cameras} for i in index]
+        points, stats = colmap_points(cameras, frames, [i / n_frames for i in index],
+                                      max_features=config.colmap_max_features, num_threads=num_threads,
+                                      progress=on_colmap_frame)
+        record.tried["colmap"] = {**stats, "frames": index}
+        return points
+    if method == "carve":
+        points, stats = _carve(config, cameras, n_frames, read_frame)
+        record.tried["carve"] = stats
+        return points
+    points = frustum_points(cameras, config.init_points)
+    record.tried["random"] = {"points": len(points)}
+    return points
+
+
+def _carve(config: PreprocessConfig, cameras: list[Camera], n_frames: int,
+           read_frame: FrameReader) -> tuple[PointCloud, dict]:
+    """Carve on frames resized to :data:`CARVE_WIDTH`; at most ``init_points`` points are kept."""
+    small = [cam.scaled(min(1.0, CARVE_WIDTH / cam.width)) for cam in cameras]
+    index = spread_indices(n_frames, BACKGROUND_FRAMES)
+    frames = {}
+    for cam, target in zip(cameras, small):
+        frames[cam.name] = np.stack([_resized(read_frame(cam.name, i), target) for i in index])
+    carve_at = sorted({min(range(len(index)), key=lambda k: abs(index[k] - i))
+                       for i in spread_indices(n_frames, config.carve_frames)})
+    points, stats = carve_points(small, frames, np.asarray(index) / n_frames, carve_at, CarveSettings())
+    stats["frames"] = [index[k] for k in carve_at]
+    if len(points) > config.init_points:
+        keep = np.sort(np.random.default_rng(0).choice(len(points), config.init_points, replace=False))
+        points = PointCloud(points.xyz[keep], points.rgb[keep], points.error[keep], points.track_len[keep],
+                            points.time[keep])
+        stats["kept"] = config.init_points
+    return points, stats
+
+
+def _resized(image: np.ndarray, target: Camera) -> np.ndarray:
+    if image.shape[:2] == (target.height, target.width):
+        return image
+    return np.asarray(Image.fromarray(image).resize((target.width, target.height), Image.Resampling.BOX))
+
+
+def frustum_points(cameras: list[Camera], n: int, seed: int = 0) -> PointCloud:
+    """``n`` points in the intersection of the cameras' frusta (seen by two or more between near and far).
+
+    Colours are mid-grey with noise; time is 0.5, error 0 and track length 0 (not observed).
+    Raises :class:`InputError` if no two cameras share any volume.
+    """
+    if n <= 0:
+        raise InputError(f"random initialisation needs a positive point count, got {n}")
+    for cam in cameras:
+        if not 0 < cam.near < cam.far:
+            raise InputError(f"camera {cam.name}: random initialisation needs 0 < near < far, got {cam.near}, {cam.far}")
+    rng = np.random.default_rng(seed)
+    need = min(2, len(cameras))
+    found, total = [], 0
+    for _ in range(20):
+        batch = frustum_samples(cameras, max(2 * n // len(cameras), 1000), rng)
+        batch = batch[views_seeing(cameras, batch) >= need]
+        found.append(batch)
+        total += len(batch)
+        if total >= n:
+            break
+    xyz = np.concatenate(found)
+    if len(xyz) < n:
+        raise InputError(f"random initialisation: the {len(cameras)} training cameras share almost no volume "
+                         f"between their near and far ({len(xyz)} of the points drawn are seen by {need} cameras)")
+    xyz = xyz[rng.permutation(len(xyz))[:n]]
+    rgb = np.clip(128 + rng.normal(0, 30, size=(n, 3)), 0, 255)
+    return PointCloud(xyz, rgb, np.zeros(n), np.zeros(n), np.full(n, 0.5))
+
+
+def _failure(method: str, stats: dict, min_points: int) -> str:
+    if "error" in stats:
+        return stats["error"]
+    if method == "random":
+        return f"{stats['points']} points (need {min_points})"
+    if method == "colmap":
+        pairs = stats.get("pair_inliers", {})
+        best = max(pairs.values(), default=0)
+        return (f"COLMAP triangulated {stats['points']} points on {len(stats['frames'])} frame(s) (need {min_points}); "
+                f"best camera pair had {best} verified matches")
+    return (f"carving found {stats.get('foreground_points', 0)} foreground and {stats.get('background_points', 0)} "
+            f"background points (need {min_points})")
+
+
+def _reason(method: str, config: PreprocessConfig, record: InitRecord) -> str:
+    if config.init != "auto":
+        return f"init {method} asked for"
+    failed = [f"{m}: {_failure(m, record.tried[m], config.min_points)}" for m in record.tried if m != method]
+    if method == "colmap":
+        return "COLMAP triangulated enough points"
+    prefix = "; ".join(failed)
+    if method == "carve":
+        return f"{prefix}; carving found enough points"
+    return f"{prefix}; falling back to {config.init_points} points in the shared frusta"
+
+
+def record_stats(points: PointCloud, record: InitRecord) -> dict:
+    """Manifest metrics of the chosen init: count, reprojection error (COLMAP only), method."""
+    stats = point_stats(points)
+    colmap = record.method == "colmap"
+    return {"points": stats["points"], "init": record.method,
+            "reproj_error_mean": stats["reproj_error_mean"] if colmap else None,
+            "reproj_error_median": stats["reproj_error_median"] if colmap else None}
