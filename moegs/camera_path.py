@@ -1,11 +1,19 @@
-"""Smooth novel camera paths through a rig: a spiral around it, or an interpolation between its cameras."""
+"""Smooth novel camera paths through a rig: a spiral around it, an interpolation between its cameras,
+or an orbit through the cameras of a rig that surrounds the scene; and the default path for a rig's shape."""
 
 from __future__ import annotations
+
+from typing import Literal
 
 import numpy as np
 
 from moegs.cameras import Camera
 from moegs.errors import InputError
+
+RigShape = Literal["forward", "surround"]
+PATHS: tuple[str, ...] = ("auto", "spiral", "interp", "orbit")
+FORWARD_HALF_ANGLE_DEG = 45.0
+"""A rig whose optical axes all lie within this angle of their mean direction faces forward."""
 
 
 def focus_point(cameras: list[Camera]) -> np.ndarray:
@@ -88,3 +96,53 @@ def _slerp_rotation(Ra: np.ndarray, Rb: np.ndarray, u: float) -> np.ndarray:
     K = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
     step = np.eye(3) + np.sin(u * angle) * K + (1 - np.cos(u * angle)) * K @ K
     return Ra @ step
+
+
+def rig_shape(cameras: list[Camera]) -> RigShape:
+    """``forward`` when every optical axis is within :data:`FORWARD_HALF_ANGLE_DEG` of the mean axis
+    (N3V, Technicolor: a spiral in front stays among the views), else ``surround`` (views from
+    around the scene, where the path must go around it too)."""
+    if not cameras:
+        raise InputError("rig shape: no cameras")
+    axes = np.stack([c.R[2] for c in cameras])
+    mean = axes.mean(axis=0)
+    if np.linalg.norm(mean) < 1e-6:
+        return "surround"
+    cosines = axes @ (mean / np.linalg.norm(mean))
+    return "forward" if cosines.min() >= np.cos(np.radians(FORWARD_HALF_ANGLE_DEG)) else "surround"
+
+
+def orbit_path(cameras: list[Camera], n_views: int) -> list[Camera]:
+    """A closed loop through the cameras in order of their azimuth around the focus point (surround rigs)."""
+    if len(cameras) < 2:
+        raise InputError("camera path 'orbit' needs at least 2 cameras")
+    target = focus_point(cameras)
+    up = -np.mean([c.R[1] for c in cameras], axis=0)
+    up /= max(np.linalg.norm(up), 1e-12)
+    ref = cameras[0].center - target
+    ref -= (ref @ up) * up
+    if np.linalg.norm(ref) < 1e-9:
+        ref = np.cross(up, [1.0, 0.0, 0.0]) if abs(up[0]) < 0.9 else np.cross(up, [0.0, 1.0, 0.0])
+    ref /= np.linalg.norm(ref)
+    side = np.cross(up, ref)
+
+    def azimuth(cam: Camera) -> float:
+        offset = cam.center - target
+        return float(np.arctan2(offset @ side, offset @ ref) % (2 * np.pi))
+
+    ring = sorted(cameras, key=azimuth)
+    loop = interpolated_path(ring + [ring[0]], n_views + 1)[:n_views]  # the last view would repeat the first
+    return [Camera(f"orbit_{i:04d}", v.width, v.height, v.K, v.R, v.t, None, v.near, v.far) for i, v in enumerate(loop)]
+
+
+def default_path(cameras: list[Camera], n_views: int) -> list[Camera]:
+    """The novel path that suits the rig: a spiral for forward-facing rigs, an orbit for surround rigs."""
+    return spiral_path(cameras, n_views) if rig_shape(cameras) == "forward" else orbit_path(cameras, n_views)
+
+
+def make_path(kind: str, cameras: list[Camera], n_views: int) -> list[Camera]:
+    """The path named ``kind`` (one of :data:`PATHS`; ``auto`` = :func:`default_path`)."""
+    makers = {"auto": default_path, "spiral": spiral_path, "interp": interpolated_path, "orbit": orbit_path}
+    if kind not in makers:
+        raise InputError(f"unknown camera path {kind!r} (choose from {', '.join(PATHS)})")
+    return makers[kind](cameras, n_views)

@@ -88,19 +88,19 @@ def carve_points(
     carve_index: list[int],
     settings: CarveSettings = CarveSettings(),
     seed: int = 0,
-) -> tuple[PointCloud, dict]:
-    """Foreground points at the frames ``carve_index`` and static background points.
+) -> tuple[PointCloud, PointCloud, dict]:
+    """Foreground points at the frames ``carve_index``, and static background points.
 
     ``frames[name]`` is uint8 [S, h, w, 3]: S frames spread over the clip at the size of camera
     ``name`` in ``cameras`` (a small size is enough; the grid is coarser than the pixels).
-    ``times[s]`` is frame s's normalised time. Returns the points and stats for the manifest.
+    ``times[s]`` is frame s's normalised time. Returns (foreground, background, stats for the manifest).
     """
     rng = np.random.default_rng(seed)
     stats: dict = {"method": "carve", "grid": settings.grid}
     box = shared_volume(cameras, 2, rng)
     if box is None:
         stats.update(points=0, foreground_points=0, background_points=0, voxel_size=None)
-        return _empty(), stats
+        return _empty(), _empty(), stats
     centres, shape, voxel = _grid(*box, settings.grid)
     stats["voxel_size"] = voxel
     # Per camera: pixel index of every voxel (-1 outside), and its depth.
@@ -137,13 +137,12 @@ def carve_points(
     background = _background_voxels(cameras, backgrounds, pixels, depths, (seen >= 2) & ~any_hull, voxel, settings)
     bg_colours = _median_colour(cameras, backgrounds, pixels, background)
     bg_times = rng.choice(np.asarray(times)[carve_index], size=int(background.sum()))
-    clouds = fg_clouds + [_cloud(centres[background], bg_colours, bg_times)]
-    points = PointCloud.concat(clouds)
-    n_fg = sum(len(c) for c in fg_clouds)
-    stats.update(points=len(points), foreground_points=n_fg, background_points=len(points) - n_fg)
+    foreground = PointCloud.concat(fg_clouds) if fg_clouds else _empty()
+    static = _cloud(centres[background], bg_colours, bg_times)
+    stats.update(points=len(foreground) + len(static), foreground_points=len(foreground), background_points=len(static))
     log.debug("carving: %d foreground + %d background points, voxel %.3g, foreground fractions %s",
-              n_fg, len(points) - n_fg, voxel, stats["foreground_fraction"])
-    return points, stats
+              len(foreground), len(static), voxel, stats["foreground_fraction"])
+    return foreground, static, stats
 
 
 def _inside(cam: Camera, uv: np.ndarray, depth: np.ndarray) -> np.ndarray:

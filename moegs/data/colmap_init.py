@@ -86,10 +86,10 @@ class PointCloud:
                    column("error", 0.0), column("track_len", 0), column("time", 0.0))
 
 
-def point_stats(points: PointCloud) -> dict[str, float]:
+def point_stats(points: PointCloud) -> dict[str, float | None]:
     """Count and reprojection error summary as recorded in the dataset manifest."""
     if len(points) == 0:
-        return {"points": 0, "reproj_error_mean": float("nan"), "reproj_error_median": float("nan")}
+        return {"points": 0, "reproj_error_mean": None, "reproj_error_median": None}
     return {"points": len(points), "reproj_error_mean": float(points.error.mean()),
             "reproj_error_median": float(np.median(points.error))}
 

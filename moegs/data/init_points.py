@@ -9,6 +9,11 @@
 3. points sampled in the intersection of the training frusta, ``init_points`` of them, with a
    warning: the experts then start from nothing the cameras agree on.
 
+On a surround rig (:func:`moegs.camera_path.rig_shape`) COLMAP's points, when there are enough,
+sit almost all on the static background (views far apart match only there), so ``auto`` adds the
+carved foreground at its frames' times (method ``colmap+carve``). On forward-facing rigs the
+visual hull of a frame is a long cone along the viewing direction, so it is not used there.
+
 Every try is recorded (points, reprojection error, matches per camera pair, why it was rejected)
 so the dataset manifest says which init was used and why.
 """
@@ -22,9 +27,10 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image
 
+from moegs.camera_path import rig_shape
 from moegs.cameras import Camera
-from moegs.data.carving import CarveSettings, carve_points, frustum_samples, views_seeing
-from moegs.data.colmap_init import PointCloud, colmap_points, point_stats
+from moegs.data.carving import carve_points, frustum_samples, views_seeing
+from moegs.data.colmap_init import PointCloud, colmap_points
 from moegs.data.preprocess_config import PreprocessConfig
 from moegs.errors import InputError, MoegsError
 
@@ -81,6 +87,8 @@ def initial_points(
             record.tried[method] = {"error": str(exc)}
             continue
         if len(points) >= config.min_points:
+            if method == "colmap" and config.init == "auto" and rig_shape(cameras) == "surround":
+                points, method = _with_carved_foreground(points, config, cameras, n_frames, read_frame, record)
             record.method = method
             record.reason = _reason(method, config, record)
             if method == "random" and config.init == "auto":
@@ -106,17 +114,28 @@ def _run(method: str, config: PreprocessConfig, cameras: list[Camera], n_frames:
         record.tried["colmap"] = {**stats, "frames": index}
         return points
     if method == "carve":
-        points, stats = _carve(config, cameras, n_frames, read_frame)
+        foreground, background, stats = _carve(config, cameras, n_frames, read_frame)
         record.tried["carve"] = stats
-        return points
+        return _capped(PointCloud.concat([foreground, background]), config.init_points, stats)
     points = frustum_points(cameras, config.init_points)
     record.tried["random"] = {"points": len(points)}
     return points
 
 
+def _with_carved_foreground(points: PointCloud, config: PreprocessConfig, cameras: list[Camera], n_frames: int,
+                            read_frame: FrameReader, record: InitRecord) -> tuple[PointCloud, str]:
+    """COLMAP's points plus the carved foreground (surround rigs); COLMAP's alone if carving finds none."""
+    foreground, _, stats = _carve(config, cameras, n_frames, read_frame)
+    record.tried["carve"] = stats
+    if len(foreground) == 0:
+        return points, "colmap"
+    foreground = _capped(foreground, config.init_points, stats)
+    return PointCloud.concat([points, foreground]), "colmap+carve"
+
+
 def _carve(config: PreprocessConfig, cameras: list[Camera], n_frames: int,
-           read_frame: FrameReader) -> tuple[PointCloud, dict]:
-    """Carve on frames resized to :data:`CARVE_WIDTH`; at most ``init_points`` points are kept."""
+           read_frame: FrameReader) -> tuple[PointCloud, PointCloud, dict]:
+    """Carve on frames resized to :data:`CARVE_WIDTH`: (foreground, background, stats)."""
     small = [cam.scaled(min(1.0, CARVE_WIDTH / cam.width)) for cam in cameras]
     index = spread_indices(n_frames, BACKGROUND_FRAMES)
     frames = {}
@@ -124,14 +143,18 @@ def _carve(config: PreprocessConfig, cameras: list[Camera], n_frames: int,
         frames[cam.name] = np.stack([_resized(read_frame(cam.name, i), target) for i in index])
     carve_at = sorted({min(range(len(index)), key=lambda k: abs(index[k] - i))
                        for i in spread_indices(n_frames, config.carve_frames)})
-    points, stats = carve_points(small, frames, np.asarray(index) / n_frames, carve_at, CarveSettings())
+    foreground, background, stats = carve_points(small, frames, np.asarray(index) / n_frames, carve_at)
     stats["frames"] = [index[k] for k in carve_at]
-    if len(points) > config.init_points:
-        keep = np.sort(np.random.default_rng(0).choice(len(points), config.init_points, replace=False))
-        points = PointCloud(points.xyz[keep], points.rgb[keep], points.error[keep], points.track_len[keep],
-                            points.time[keep])
-        stats["kept"] = config.init_points
-    return points, stats
+    return foreground, background, stats
+
+
+def _capped(points: PointCloud, cap: int, stats: dict) -> PointCloud:
+    """A seeded random subset of ``cap`` points when there are more (recorded as ``kept``)."""
+    if len(points) <= cap:
+        return points
+    keep = np.sort(np.random.default_rng(0).choice(len(points), cap, replace=False))
+    stats["kept"] = cap
+    return PointCloud(points.xyz[keep], points.rgb[keep], points.error[keep], points.track_len[keep], points.time[keep])
 
 
 def _resized(image: np.ndarray, target: Camera) -> np.ndarray:
@@ -190,6 +213,8 @@ def _reason(method: str, config: PreprocessConfig, record: InitRecord) -> str:
     failed = [f"{m}: {_failure(m, record.tried[m], config.min_points)}" for m in record.tried if m != method]
     if method == "colmap":
         return "COLMAP triangulated enough points"
+    if method == "colmap+carve":
+        return "COLMAP triangulated enough points; surround rig: carved foreground added at its frames' times"
     prefix = "; ".join(failed)
     if method == "carve":
         return f"{prefix}; carving found enough points"
@@ -197,9 +222,8 @@ def _reason(method: str, config: PreprocessConfig, record: InitRecord) -> str:
 
 
 def record_stats(points: PointCloud, record: InitRecord) -> dict:
-    """Manifest metrics of the chosen init: count, reprojection error (COLMAP only), method."""
-    stats = point_stats(points)
-    colmap = record.method == "colmap"
-    return {"points": stats["points"], "init": record.method,
-            "reproj_error_mean": stats["reproj_error_mean"] if colmap else None,
-            "reproj_error_median": stats["reproj_error_median"] if colmap else None}
+    """Manifest metrics of the chosen init: count, method, and COLMAP's reprojection error when it took part."""
+    colmap = record.tried.get("colmap", {}) if record.method.startswith("colmap") else {}
+    return {"points": len(points), "init": record.method,
+            "reproj_error_mean": colmap.get("reproj_error_mean"),
+            "reproj_error_median": colmap.get("reproj_error_median")}
