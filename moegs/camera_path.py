@@ -113,7 +113,12 @@ def rig_shape(cameras: list[Camera]) -> RigShape:
 
 
 def orbit_path(cameras: list[Camera], n_views: int) -> list[Camera]:
-    """A closed loop through the cameras in order of their azimuth around the focus point (surround rigs)."""
+    """A closed loop through the cameras in azimuth order around the focus point (surround rigs).
+
+    Between two cameras the centre moves along the arc (azimuth, distance from the rig's vertical
+    axis and height interpolated linearly), so the path goes around the scene instead of cutting
+    through it; rotations are slerped and intrinsics interpolated.
+    """
     if len(cameras) < 2:
         raise InputError("camera path 'orbit' needs at least 2 cameras")
     target = focus_point(cameras)
@@ -122,17 +127,31 @@ def orbit_path(cameras: list[Camera], n_views: int) -> list[Camera]:
     ref = cameras[0].center - target
     ref -= (ref @ up) * up
     if np.linalg.norm(ref) < 1e-9:
-        ref = np.cross(up, [1.0, 0.0, 0.0]) if abs(up[0]) < 0.9 else np.cross(up, [0.0, 1.0, 0.0])
+        raise InputError("camera path 'orbit': the first camera sits on the rig's vertical axis")
     ref /= np.linalg.norm(ref)
     side = np.cross(up, ref)
 
-    def azimuth(cam: Camera) -> float:
+    def cylindrical(cam: Camera) -> np.ndarray:
         offset = cam.center - target
-        return float(np.arctan2(offset @ side, offset @ ref) % (2 * np.pi))
+        return np.array([np.arctan2(offset @ side, offset @ ref) % (2 * np.pi),
+                         np.hypot(offset @ side, offset @ ref), offset @ up])
 
-    ring = sorted(cameras, key=azimuth)
-    loop = interpolated_path(ring + [ring[0]], n_views + 1)[:n_views]  # the last view would repeat the first
-    return [Camera(f"orbit_{i:04d}", v.width, v.height, v.K, v.R, v.t, None, v.near, v.far) for i, v in enumerate(loop)]
+    ring = sorted(cameras, key=lambda c: cylindrical(c)[0])
+    coords = [cylindrical(c) for c in ring]
+    coords.append(coords[0] + [2 * np.pi, 0.0, 0.0])
+    ring.append(ring[0])
+    views = []
+    for i in range(n_views):
+        s = (len(ring) - 1) * i / n_views
+        j = min(int(np.floor(s)), len(ring) - 2)
+        u = s - j
+        azimuth, radius, height = (1 - u) * coords[j] + u * coords[j + 1]
+        center = target + radius * (np.cos(azimuth) * ref + np.sin(azimuth) * side) + height * up
+        a, b = ring[j], ring[j + 1]
+        R = _slerp_rotation(a.R, b.R, u)
+        views.append(Camera(f"orbit_{i:04d}", a.width, a.height, (1 - u) * a.K + u * b.K, R, -R @ center,
+                            None, min(a.near, b.near), max(a.far, b.far)))
+    return views
 
 
 def default_path(cameras: list[Camera], n_views: int) -> list[Camera]:

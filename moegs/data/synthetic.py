@@ -14,6 +14,10 @@ through the same reader as real data:
 Each region moves differently so different dynamic experts win different places: a static
 textured room, a rigid box on a smooth trajectory, a small fast bouncing ball, a waving flag
 (non-rigid) and a static panel whose colour changes. Frame ``i`` is time ``t = i / n_frames``.
+
+``rig="surround"`` instead gathers the same regions in a closed textured room and puts six
+cameras around them, 55-65 degrees apart (like most labs' 4-8 camera rigs): COLMAP matches
+little between such views, which is what space carving (:mod:`moegs.data.carving`) is for.
 """
 
 from __future__ import annotations
