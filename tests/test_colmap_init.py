@@ -117,5 +117,6 @@ def test_colmap_points_are_reproducible(tiny_raw, tmp_path) -> None:
         build_dataset(tiny_raw, out, PreprocessConfig(frame_stop=2, colmap_frames=2, init="colmap"), progress=False)
         points.append(Dataset.load(out).points)
     assert len(points[0].xyz) >= 100
+    assert set(np.unique(points[0].time).tolist()) == {0.0, 0.5}  # each point carries its own frame's time
     np.testing.assert_array_equal(points[0].xyz, points[1].xyz)
     np.testing.assert_array_equal(points[0].rgb, points[1].rgb)
