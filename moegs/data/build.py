@@ -1,9 +1,10 @@
 """``build_dataset``: raw capture -> dataset payload (the work behind ``moegs preprocess``).
 
 Order per camera: decode -> undistort (if the calibration has distortion) -> resize -> PNG. The
-cameras written are the pinhole, resized ones the frames are in. Initial points are triangulated
-on the written frames of the training cameras (the held-out view stays unseen), so colours and
-intrinsics match what the experts train on. The caller owns ``out_dir`` (an empty folder; it
+cameras written are the pinhole, resized ones the frames are in. Initial points (COLMAP, carving
+or the shared frusta, see :mod:`moegs.data.init_points`) are made from the written frames of the
+training cameras (the held-out view stays unseen), so colours and intrinsics match what the
+experts train on. The caller owns ``out_dir`` (an empty folder; it
 renames it and writes the manifest).
 """
 
