@@ -19,7 +19,6 @@ from torch import Tensor
 from moegs.cameras import Camera
 from moegs.context import RenderContext
 from moegs.data.dataset import Dataset
-from moegs.densify import DensifyConfig
 from moegs.experts.base import Expert
 from moegs.losses import photometric
 from moegs.progress import progress_bar
@@ -86,13 +85,7 @@ def train_expert(
     steps = cfg.iterations if steps is None else steps
     extent = dataset.scene_extent
     views = TrainViews(dataset, dataset.train_cameras)
-    densify = DensifyConfig(
-        grad_threshold=cfg.densify_grad_threshold,
-        start=cfg.densify_from,
-        stop=cfg.densify_until,
-        every=cfg.densify_every,
-        opacity_reset_every=cfg.opacity_reset_every,
-    )
+    densify = cfg.densify
     optimizers, fields_opt = make_optimizers(expert, extent)
     state = densify.init_state(expert.num_gaussians, ctx.device)
     generator = torch.Generator().manual_seed(cfg.seed)
@@ -125,7 +118,7 @@ def train_expert(
                 loss = loss + teacher.beta * photometric(out.image, target, lambda_dssim=cfg.lambda_dssim, weight=weight)
             loss.backward()
             loss_value = float(loss.detach())
-            densifying = step < cfg.densify_until
+            densifying = step < densify.stop
             if densifying and out.means2d.grad is not None:
                 densify.accumulate(state, out.means2d.grad, out.radii, camera.width, camera.height)
             for opt in optimizers.values():
@@ -134,13 +127,10 @@ def train_expert(
             if fields_opt is not None:
                 fields_opt.step()
                 fields_opt.zero_grad(set_to_none=True)
-            if densifying and expert.num_gaussians < cfg.max_gaussians:
+            if densifying:
                 stats = densify.densify_step(expert.params, optimizers, state, step + 1, extent, generator=generator)
                 if stats["n_after"] != stats["n_before"]:
                     expert.after_densify()
-            elif densifying:
-                for value in state.values():
-                    value.zero_()
             if (local_step + 1) % checkpoint_every == 0 and local_step + 1 < steps:
                 _save_checkpoint(ckpt_path, local_step + 1, expert, optimizers, fields_opt, state, generator)
             bar.advance()
