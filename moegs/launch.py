@@ -75,13 +75,11 @@ class ExecutorConfig:
 class Output:
     """An argv placeholder: the artifact paths written by the steps of earlier groups.
 
-    ``sep=None`` puts one argv item per artifact; ``sep=","`` joins them into one item. ``pick``
-    keeps only the first ``n`` artifacts of each step (distill writes the distilled expert first).
+    ``sep=None`` puts one argv item per artifact; ``sep=","`` joins them into one item.
     """
 
     groups: tuple[str, ...]
     sep: str | None = None
-    pick: int | None = None
 
 
 @dataclass(frozen=True)
@@ -237,8 +235,7 @@ def resolve_argv(argv: Sequence[str | Output], store: JobStore, run: str, groups
         paths = []
         for group in item.groups:
             for step in groups[group]:
-                found = store.outputs(run, step)
-                paths += found if item.pick is None else found[: item.pick]
+                paths += store.outputs(run, step)
         out += paths if item.sep is None else [item.sep.join(paths)]
     return out
 
@@ -252,11 +249,15 @@ def execute_step(runner: Runner, store: JobStore, run: str, step: Step, groups: 
                       pid=os.getpid(), started_at=_now(), error=None)
     outcome = runner(argv)
     if outcome.exit_code != 0:
-        error = outcome.error or f"exit code {outcome.exit_code}"
-        store.write_state(run, step.name, state="failed", exit_code=outcome.exit_code, error=error)
-        raise JobFailed(f"{step.name} failed (exit {outcome.exit_code}): {error}")
+        store.write_state(run, step.name, state="failed", exit_code=outcome.exit_code, error=outcome.error)
+        raise JobFailed(f"{step.name} failed {failure(outcome.exit_code, outcome.error)}")
     store.write_state(run, step.name, state="done", exit_code=0, artifacts=outcome.artifacts)
     return outcome.artifacts
+
+
+def failure(exit_code: int | None, error: str | None) -> str:
+    """How a failed step is described everywhere: ``(exit 4) error: backend 'gsplat' needs ...``."""
+    return f"(exit {exit_code}) {error or 'no error message; see the job log'}"
 
 
 def _submitit() -> Any:
@@ -270,7 +271,10 @@ def _submitit() -> Any:
 def make_executor(cfg: ExecutorConfig, folder: Path) -> Any:
     """A submitit executor with the config's resources; logs go to ``folder`` (``%j`` = job id)."""
     submitit = _submitit()
-    executor = submitit.AutoExecutor(folder=folder / "%j", cluster=cfg.cluster, slurm_max_num_timeout=cfg.max_requeues)
+    try:
+        executor = submitit.AutoExecutor(folder=folder / "%j", cluster=cfg.cluster, slurm_max_num_timeout=cfg.max_requeues)
+    except RuntimeError as exc:  # submitit's way of saying there is no srun here
+        raise MissingDependencyError(f"executor {cfg.cluster}: {exc}") from None
     params: dict[str, Any] = {"timeout_min": cfg.timeout_min, "gpus_per_node": cfg.gpus_per_node}
     if cfg.mem_gb is not None:
         params["mem_gb"] = cfg.mem_gb
@@ -292,7 +296,8 @@ def afterok(job_ids: Sequence[str]) -> str | None:
 
 @dataclass
 class Submission:
-    """What :func:`submit` did: the run id and, per step, its job id; ``failed`` maps step -> error (local runs)."""
+    """What :func:`submit` did: the run id, per step its job id, ``failed``: step -> :func:`failure` text
+    (runs that wait: none, debug, local), and the groups skipped because an input failed."""
 
     run: str
     job_ids: dict[str, str]
@@ -323,7 +328,7 @@ def submit(groups: Sequence[Group], cfg: ExecutorConfig, workspace: Path, runner
         if blocked:
             done.skipped.append(group.name)
             for step in group.steps:
-                store.write_state(run, step.name, state="skipped", error=f"needs {', '.join(blocked)}, which failed")
+                store.write_state(run, step.name, state="skipped", error=f"an input failed or was skipped: {', '.join(blocked)}")
             continue
         if cfg.cluster == "none":
             ids = [f"inproc-{os.getpid()}-{step.name}" for step in group.steps]
@@ -331,8 +336,9 @@ def submit(groups: Sequence[Group], cfg: ExecutorConfig, workspace: Path, runner
             for step in group.steps:
                 try:
                     execute_step(runner, store, run, step, names)
-                except JobFailed as exc:
-                    done.failed[step.name] = str(exc)
+                except JobFailed:
+                    state = store.read_state(run, step.name)
+                    done.failed[step.name] = failure(state.get("exit_code"), state.get("error"))
         else:
             dependency = afterok([j.job_id for a in group.after for j in jobs[a]]) if cfg.cluster == "slurm" else None
             jobs[group.name] = _submit_group(make_executor(cfg, store.logs_dir(run)), group, dependency,
@@ -368,7 +374,7 @@ def _wait(jobs: list[Any], steps: tuple[str, ...], done: Submission, store: JobS
         exc = job.exception()  # waits; unlike result(), never enters the debug executor's post-mortem debugger
         if exc is not None:
             state = store.read_state(run, step)
-            done.failed[step] = f"{step} failed: {state.get('error') or str(exc).strip().splitlines()[-1]}"
+            done.failed[step] = failure(state.get("exit_code"), state.get("error") or str(exc).strip().splitlines()[-1])
 
 
 def _check_order(groups: Sequence[Group]) -> None:

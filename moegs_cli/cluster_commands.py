@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import json
-import shutil
 import sys
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
@@ -80,6 +79,7 @@ def run_command_line(argv: list[str]) -> CommandOutcome:
     from moegs_cli.app import app
 
     out, err = _Tee(sys.stdout), _Tee(sys.stderr)
+    width, console.width = console.width, 1000  # one message per line, so the error line is read back whole
     with redirect_stdout(out), redirect_stderr(err):
         try:
             code = app(args=argv, prog_name="moegs", standalone_mode=False)
@@ -89,6 +89,8 @@ def run_command_line(argv: list[str]) -> CommandOutcome:
             code = exc.exit_code
         except typer.Abort:
             code = 1
+        finally:
+            console.width = width
     artifacts = [line.strip() for line in out.copy.getvalue().splitlines()
                  if line.strip() and (Path(line.strip()) / "manifest.json").is_file()]
     lines = [line.strip() for line in err.copy.getvalue().splitlines() if line.strip()]
@@ -156,8 +158,8 @@ def report_submission(done: Submission, cfg: ExecutorConfig, workspace: Path) ->
         where = ", ".join(st.get("artifacts", [])) or st.get("state", "pending")
         if step not in done.failed:
             console.print(f"{step}: job {job_id} -> {where}", highlight=False)
-    for step, error in done.failed.items():
-        console.print(f"[red]failed[/red] {error}", highlight=False)
+    for step, detail in done.failed.items():
+        console.print(f"[red]failed[/red] {step} {detail}", highlight=False)
     for group in done.skipped:
         console.print(f"[yellow]skipped[/yellow] {group}: an input failed", highlight=False)
     console.print(f"run {done.run} ({cfg.cluster}); see: moegs -w {workspace} jobs --run {done.run}", highlight=False)
@@ -300,13 +302,12 @@ def _short_path(path: str, workspace: Path) -> str:
 
 
 def _scheduler_state(row: dict) -> str:
-    """SLURM's own view of a job (PENDING, RUNNING, PREEMPTED, ...), or '' when sacct cannot be asked."""
-    if row["state"] in ("done", "failed", "skipped") or shutil.which("sacct") is None:
+    """SLURM's own view of an unfinished job (PENDING, RUNNING, PREEMPTED, ...); '' when sacct cannot tell."""
+    if row["state"] in ("done", "failed", "skipped"):
         return ""
     try:
         import submitit
-
-        return submitit.SlurmJob(folder=Path(row["logs"]) / "%j", job_id=row["job_id"]).state
-    except (ImportError, OSError, MoegsError, RuntimeError):
+    except ImportError:
         return ""
-
+    state = submitit.SlurmJob(folder=Path(row["logs"]) / "%j", job_id=row["job_id"]).state
+    return "" if state == "UNKNOWN" else state
