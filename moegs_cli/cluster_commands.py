@@ -79,7 +79,6 @@ def run_command_line(argv: list[str]) -> CommandOutcome:
     from moegs_cli.app import app
 
     out, err = _Tee(sys.stdout), _Tee(sys.stderr)
-    width, console.width = console.width, 1000  # one message per line, so the error line is read back whole
     with redirect_stdout(out), redirect_stderr(err):
         try:
             code = app(args=argv, prog_name="moegs", standalone_mode=False)
@@ -89,14 +88,18 @@ def run_command_line(argv: list[str]) -> CommandOutcome:
             code = exc.exit_code
         except typer.Abort:
             code = 1
-        finally:
-            console.width = width
     artifacts = [line.strip() for line in out.copy.getvalue().splitlines()
                  if line.strip() and (Path(line.strip()) / "manifest.json").is_file()]
-    lines = [line.strip() for line in err.copy.getvalue().splitlines() if line.strip()]
-    errors = [line for line in lines if line.startswith(("error:", "failed ", "Error:", "interrupted"))]
-    error = (errors or lines or [None])[-1] if code else None
-    return CommandOutcome(code, artifacts, error)
+    return CommandOutcome(code, artifacts, _last_message(err.copy.getvalue()) if code else None)
+
+
+def _last_message(stderr: str) -> str | None:
+    """The command's last error message, its lines joined again (the console wraps long messages)."""
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    starts = [i for i, line in enumerate(lines) if line.startswith(("error:", "failed ", "Error:", "interrupted"))]
+    if not lines:
+        return None
+    return " ".join(lines[starts[-1]:]) if starts else lines[-1]
 
 
 def _section_sets(overrides: list[str] | None, section: str) -> list[str]:

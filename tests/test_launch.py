@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import shutil
+import signal
 import time
 from pathlib import Path
 
@@ -246,7 +249,7 @@ def test_preempted_local_job_is_requeued_and_resumes_from_its_checkpoint(tmp_pat
     continues from its last checkpoint, and ends with the same weights as an uninterrupted run."""
     workspace = _workspace_with(small_dataset, tmp_path / "ws").resolve()
     dataset = str(next((workspace / "tiny" / "dataset").iterdir()))
-    sets = ["--set", "static.iterations=400", "--set", "checkpoint_every=10"]
+    sets = ["--set", "static.iterations=150", "--set", "checkpoint_every=10"]
     step = Step("expert:static", ("-w", str(workspace), "train-experts", "--dataset", dataset, "--experts", "static",
                                   "--executor", "none", *sets), resumable=True)
     store = JobStore(workspace)
@@ -258,14 +261,15 @@ def test_preempted_local_job_is_requeued_and_resumes_from_its_checkpoint(tmp_pat
     deadline = time.time() + 300
     while checkpoint is None and time.time() < deadline and job.state == "RUNNING":
         checkpoint = next(workspace.glob("tiny/expert/*.partial/checkpoints/last.pt"), None)
-        time.sleep(0.2)
+        time.sleep(0.1)
     assert checkpoint is not None, job.stderr()
-    job._interrupt()
+    os.kill(store.read_state("r1", "expert:static")["pid"], signal.SIGUSR2)  # what SLURM sends before preempting
     (artifact,) = job.result()
     state = store.read_state("r1", "expert:static")
     assert state["state"] == "done" and state["attempts"] == 2 and state["argv"][-1] == "--resume"
     log = job.stderr() + (job.stdout() or "")
-    assert "preempted" in log and "resumed at step" in log
+    resumed_at = int(re.search(r"static: resumed at step (\d+)", log).group(1))
+    assert "this job is preempted" in log and 0 < resumed_at < 150
     uninterrupted = run_command_line(["-w", str(tmp_path / "plain"), "train-experts", "--dataset", dataset,
                                       "--experts", "static", *sets])
     assert uninterrupted.exit_code == 0
