@@ -153,6 +153,26 @@ def pipeline_groups(*, workspace: Path, config: Path, source: Path | None, datas
     return groups
 
 
+def check_stage_sections(config: Path, overrides: list[str] | None, experts: str | None) -> list[str]:
+    """Resolve every stage section now, so a bad key fails here and not in a job hours later; the families to train."""
+    from stages import bench, distill, preprocess, prune, render, train_experts, train_router
+
+    classes = {"preprocess": preprocess.PreprocessConfig, "train_experts": train_experts.TrainExpertsConfig,
+               "train_router": train_router.TrainRouterConfig, "prune": prune.PruneConfig,
+               "distill": distill.DistillConfig, "render": render.RenderConfig, "bench": bench.BenchConfig}
+    for section, cls in classes.items():
+        explicit = {"families": experts} if section == "train_experts" else None
+        try:
+            cfg = resolve_config(cls, config, section, _section_sets(overrides, section), explicit=explicit)
+        except InputError as exc:
+            raise InputError(f"{config}: section {section}: {exc}") from None
+        if section == "train_experts":
+            families = list(cfg.families)
+            for family in families:
+                train_experts.family_config(cfg, family)
+    return families
+
+
 def report_submission(done: Submission, cfg: ExecutorConfig, workspace: Path) -> None:
     """Per step: its job id and, when finished here, its artifact; failures in red. Exit 1 if any step failed."""
     store = JobStore(workspace)
@@ -224,8 +244,6 @@ def run(
     expert job resumes from its checkpoint. Follow the jobs with: moegs jobs
     Example: moegs run examples/n3v.yaml --source data/n3v/coffee_martini --executor slurm --partition gpu
     """
-    from stages.train_experts import TrainExpertsConfig
-
     if (source is None) == (dataset is None):
         raise InputError("moegs run: give exactly one of --source (a capture to preprocess) or --dataset (an artifact)")
     if not Path(config).is_file():
@@ -238,10 +256,11 @@ def run(
     config = Path(config).resolve()
     cfg = executor_config(config, overrides, cluster=executor, timeout_min=timeout_min, partition=partition,
                           account=account, mem_gb=mem_gb, cpus=cpus)
-    families = resolve_config(TrainExpertsConfig, config, "train_experts", _section_sets(overrides, "train_experts"),
-                              explicit={"families": experts}).families
+    families = check_stage_sections(config, overrides, experts)
     if not families:
         raise InputError(f"{config}: no expert families (train_experts.families or --experts)")
+    if student is not None and student not in families:
+        raise InputError(f"--student {student}: not one of the families this run trains ({', '.join(families)})")
     if source is not None and not Path(source).exists():
         raise InputError(f"{source}: capture folder not found")
     if dataset is not None:

@@ -234,6 +234,10 @@ def test_bad_run_arguments_are_exit_2(tmp_path):
     assert both.exit_code == 2 and "--source" in both.output
     section = invoke("-w", str(tmp_path), "run", str(config), "--source", str(tmp_path), "--set", "train_expert.x=1")
     assert section.exit_code == 2 and "train_expert" in section.output
+    bad_key = invoke("-w", str(tmp_path), "run", str(config), "--source", str(tmp_path), "--set", "distill.stepz=3")
+    assert bad_key.exit_code == 2 and "distill" in bad_key.output and "stepz" in bad_key.output
+    student = invoke("-w", str(tmp_path), "run", str(config), "--source", str(tmp_path), "--student", "hexplane")
+    assert student.exit_code == 2 and "hexplane" in student.output
     config.write_text(TINY + "executor: {cluster: kubernetes}\n")
     unknown = invoke("-w", str(tmp_path), "run", str(config), "--source", str(tmp_path))
     assert unknown.exit_code == 2 and "kubernetes" in unknown.output
@@ -296,3 +300,14 @@ def test_jobs_index_is_rewritten_whole(tmp_path):
     assert [(r["run"], r["state"]) for r in rows] == [(first.run, "done"), (second.run, "failed")]
     assert second.failed == {"one": "(exit 2) error: no"}
     assert all(line.endswith("}") for line in (tmp_path / "_jobs" / "index.jsonl").read_text().splitlines())
+
+
+def test_help_and_empty_listing(tmp_path):
+    for command in ("run", "jobs"):
+        result = invoke(command, "--help")
+        assert result.exit_code == 0 and "Usage" in result.output
+    assert "--executor" in invoke("train-experts", "--help").output
+    empty = invoke("-w", str(tmp_path), "jobs")
+    assert empty.exit_code == 0 and "no jobs" in empty.output
+    unknown = invoke("-w", str(tmp_path), "jobs", "--run", "nope")
+    assert unknown.exit_code == 2 and "nope" in unknown.output
