@@ -242,12 +242,21 @@ def resolve_argv(argv: Sequence[str | Output], store: JobStore, run: str, groups
 
 def execute_step(runner: Runner, store: JobStore, run: str, step: Step, groups: dict[str, tuple[str, ...]],
                  *, resume: bool = False) -> list[str]:
-    """Run one step's command line, recording its state; raise :class:`JobFailed` naming the step if it fails."""
-    argv = resolve_argv(step.argv, store, run, groups) + (["--resume"] if resume and step.resumable else [])
+    """Run one step's command line, recording its state; raise :class:`JobFailed` naming the step if it fails.
+
+    A crash (any exception) is recorded as failed too; ``SystemExit`` from submitit's requeue passes
+    through with the state its checkpoint wrote ("requeued").
+    """
     attempts = store.read_state(run, step.name).get("attempts", 0) + 1
-    store.write_state(run, step.name, state="running", argv=argv, attempts=attempts, host=socket.gethostname(),
-                      pid=os.getpid(), started_at=_now(), error=None)
-    outcome = runner(argv)
+    store.write_state(run, step.name, state="running", attempts=attempts, host=socket.gethostname(), pid=os.getpid(),
+                      started_at=_now(), error=None)
+    try:
+        argv = resolve_argv(step.argv, store, run, groups) + (["--resume"] if resume and step.resumable else [])
+        store.write_state(run, step.name, argv=argv)
+        outcome = runner(argv)
+    except Exception as exc:
+        store.write_state(run, step.name, state="failed", exit_code=None, error=f"{type(exc).__name__}: {exc}")
+        raise
     if outcome.exit_code != 0:
         store.write_state(run, step.name, state="failed", exit_code=outcome.exit_code, error=outcome.error)
         raise JobFailed(f"{step.name} failed {failure(outcome.exit_code, outcome.error)}")
@@ -336,7 +345,7 @@ def submit(groups: Sequence[Group], cfg: ExecutorConfig, workspace: Path, runner
             for step in group.steps:
                 try:
                     execute_step(runner, store, run, step, names)
-                except JobFailed:
+                except MoegsError:  # JobFailed, or an input that never finished
                     state = store.read_state(run, step.name)
                     done.failed[step.name] = failure(state.get("exit_code"), state.get("error"))
         else:
