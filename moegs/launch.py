@@ -251,7 +251,8 @@ def execute_step(runner: Runner, store: JobStore, run: str, step: Step, groups: 
     store.write_state(run, step.name, state="running", attempts=attempts, host=socket.gethostname(), pid=os.getpid(),
                       started_at=_now(), error=None)
     try:
-        argv = resolve_argv(step.argv, store, run, groups) + (["--resume"] if resume and step.resumable else [])
+        argv = resolve_argv(step.argv, store, run, groups)
+        argv += ["--resume"] if resume and step.resumable and "--resume" not in argv else []
         store.write_state(run, step.name, argv=argv)
         outcome = runner(argv)
     except Exception as exc:

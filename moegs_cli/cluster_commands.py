@@ -19,10 +19,10 @@ from rich.table import Table
 from typer._click.exceptions import ClickException  # typer 0.29 bundles click; usage errors are raised as these
 
 from moegs.config import resolve_config
-from moegs.errors import InputError, MoegsError
+from moegs.errors import InputError
 from moegs.launch import EXECUTORS, CommandOutcome, ExecutorConfig, Group, JobStore, Output, Step, Submission, submit
 from moegs.progress import console
-from moegs_cli.common import ConfigOpt, ForceOpt, SetOpt, handle_errors, state
+from moegs_cli.common import ForceOpt, handle_errors, state
 
 
 def register(app: typer.Typer) -> None:

@@ -253,7 +253,7 @@ def test_preempted_local_job_is_requeued_and_resumes_from_its_checkpoint(tmp_pat
     continues from its last checkpoint, and ends with the same weights as an uninterrupted run."""
     workspace = _workspace_with(small_dataset, tmp_path / "ws").resolve()
     dataset = str(next((workspace / "tiny" / "dataset").iterdir()))
-    sets = ["--set", "static.iterations=150", "--set", "checkpoint_every=10"]
+    sets = ["--set", "static.iterations=80", "--set", "checkpoint_every=5"]
     step = Step("expert:static", ("-w", str(workspace), "train-experts", "--dataset", dataset, "--experts", "static",
                                   "--executor", "none", *sets), resumable=True)
     store = JobStore(workspace)
@@ -273,7 +273,7 @@ def test_preempted_local_job_is_requeued_and_resumes_from_its_checkpoint(tmp_pat
     assert state["state"] == "done" and state["attempts"] == 2 and state["argv"][-1] == "--resume"
     log = job.stderr() + (job.stdout() or "")
     resumed_at = int(re.search(r"static: resumed at step (\d+)", log).group(1))
-    assert "this job is preempted" in log and 0 < resumed_at < 150
+    assert "this job is preempted" in log and 0 < resumed_at < 80
     uninterrupted = run_command_line(["-w", str(tmp_path / "plain"), "train-experts", "--dataset", dataset,
                                       "--experts", "static", *sets])
     assert uninterrupted.exit_code == 0
