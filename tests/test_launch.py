@@ -28,8 +28,8 @@ TINY = """
 train_experts:
   families: [static, polynomial]
   checkpoint_every: 100000
-  static: {iterations: 4, max_gaussians: 3000}
-  polynomial: {iterations: 4, max_gaussians: 3000}
+  static: {iterations: 4}
+  polynomial: {iterations: 4}
 train_router: {iterations: 2, log_every: 1}
 prune: {keep_fraction: 0.5, finetune_steps: 0}
 distill: {steps: 1}
