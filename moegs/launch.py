@@ -282,7 +282,8 @@ def make_executor(cfg: ExecutorConfig, folder: Path) -> Any:
     """A submitit executor with the config's resources; logs go to ``folder`` (``%j`` = job id)."""
     submitit = _submitit()
     try:
-        executor = submitit.AutoExecutor(folder=folder / "%j", cluster=cfg.cluster, slurm_max_num_timeout=cfg.max_requeues)
+        executor = submitit.AutoExecutor(folder=folder / "%j", cluster=cfg.cluster, slurm_max_num_timeout=cfg.max_requeues,
+                                         local_max_num_timeout=cfg.max_requeues)
     except RuntimeError as exc:  # submitit's way of saying there is no srun here
         raise MissingDependencyError(f"executor {cfg.cluster}: {exc}") from None
     params: dict[str, Any] = {"timeout_min": cfg.timeout_min, "gpus_per_node": cfg.gpus_per_node}
