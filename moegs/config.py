@@ -25,7 +25,7 @@ from moegs.errors import InputError
 
 T = TypeVar("T")
 
-SECTIONS = ("preprocess", "train_experts", "train_router", "prune", "distill", "render", "bench", "demo")
+SECTIONS = ("preprocess", "train_experts", "train_router", "prune", "distill", "render", "bench", "demo", "executor")
 """Every top-level section a config file may hold (a stage that reads a new one adds it here)."""
 
 

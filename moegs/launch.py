@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, Iterator, Literal
 
 from moegs.artifacts import _alive
+from moegs.config import bounded, check_config
 
 try:  # the cluster extra; without it only the in-process executor works (make_executor says how to install)
     from submitit.helpers import Checkpointable
@@ -52,23 +53,26 @@ class ExecutorConfig:
     cluster: Literal["none", "local", "slurm", "debug"] = "none"
     """none: in this process, one step after the other; local: submitit subprocesses; debug: submitit
     in this process; slurm: sbatch (experts as one job array, later stages as afterok dependents)."""
-    timeout_min: int = 240
+    timeout_min: int = bounded(240, ge=1)
     """Wall-clock limit per job; a job that reaches it is requeued and resumes from its checkpoint."""
     partition: str | None = None
     account: str | None = None
     qos: str | None = None
-    mem_gb: int | None = None
+    mem_gb: int | None = bounded(None, gt=0)
     """Memory per job (default: the scheduler's)."""
-    cpus_per_task: int | None = None
-    gpus_per_node: int = 1
-    array_parallelism: int | None = None
+    cpus_per_task: int | None = bounded(None, ge=1)
+    gpus_per_node: int = bounded(1, ge=0)
+    array_parallelism: int | None = bounded(None, ge=1)
     """At most this many jobs of one array run at once (default: all)."""
-    max_requeues: int = 3
+    max_requeues: int = bounded(3, ge=0)
     """How many timeouts a job may resume from (preemptions do not count)."""
     setup: list[str] = field(default_factory=list)
     """Shell lines run before each job (e.g. "module load cuda", "source .venv/bin/activate")."""
     additional: dict[str, Any] = field(default_factory=dict)
     """Any other sbatch flag, e.g. {constraint: a100, mail-type: END}."""
+
+    def __post_init__(self) -> None:
+        check_config(self)
 
 
 @dataclass(frozen=True)

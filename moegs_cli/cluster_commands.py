@@ -193,7 +193,7 @@ def report_submission(done: Submission, cfg: ExecutorConfig, workspace: Path) ->
 
 def train_experts_on_executor(workspace: Path, dataset: str, families: list[str], *, config: Path | None,
                               overrides: list[str] | None, force: bool, resume: bool, backend: str | None,
-                              cfg: ExecutorConfig) -> None:
+                              cfg: ExecutorConfig, device: str | None = None) -> None:
     """``train-experts --executor local|slurm|debug``: one job per family (a SLURM array), reported like in process.
 
     ``overrides`` are the command's own ``--set`` items (keys of the train_experts section).
@@ -202,7 +202,8 @@ def train_experts_on_executor(workspace: Path, dataset: str, families: list[str]
 
     workspace = Path(workspace).resolve()
     dataset_path = str(load_artifact(dataset, workspace, expected_kind="dataset").path)
-    extra = (["--backend", backend] if backend else []) + (["--resume"] if resume else [])
+    extra = (["--device", device] if device else []) + (["--backend", backend] if backend else [])
+    extra += ["--resume"] if resume else []
     steps = expert_steps(workspace, dataset_path, families, _absolute(config), overrides or [], force, extra)
     done = submit([Group("experts", steps)], cfg, workspace, run_command_line, label="experts")
     report_submission(done, cfg, workspace)

@@ -74,7 +74,7 @@ def train_experts(
                                  account=account, mem_gb=mem_gb, cpus=cpus)
     if ex.cluster != "none":
         return cluster.train_experts_on_executor(state(ctx).workspace, dataset, cfg.families, config=config, overrides=overrides,
-                                                 force=force, resume=resume, backend=backend, cfg=ex)
+                                                 force=force, resume=resume, backend=backend, cfg=ex, device=device)
     outcomes = train_experts_stage.run(cfg, dataset, state(ctx).workspace, force=force, resume=resume)
     failed = [o for o in outcomes if o.error is not None]
     for outcome in outcomes:
