@@ -564,25 +564,36 @@ class ArtifactWriter:
                 _VERIFIED[str(new) + key[len(str(old)):]] = _VERIFIED.pop(key)
 
     def _finish_interrupted_commit(self) -> None:
-        """Move a ``.partial`` whose manifest was written (and whose files match it) into place."""
-        if (self.final_dir / MANIFEST).is_file() or not (self.partial_dir / MANIFEST).is_file():
-            return
         if self.lock_path.exists() and not build_lock.lock_is_stale(self.lock_path):
             return  # its builder is alive and about to do it
-        try:
-            manifest = _read_manifest(self.partial_dir)
-            if manifest["id"] != self.id:
-                return
-            Artifact(self.partial_dir, manifest).verify()
-        except MoegsError:
-            return
-        try:
-            if self.final_dir.exists():
-                shutil.rmtree(self.final_dir)  # a final folder without a manifest is nobody's artifact
-            os.replace(self.partial_dir, self.final_dir)
-        except OSError:
-            return
-        log.info("finished the interrupted commit of %s", self.final_dir)
+        finish_interrupted_commit(self.partial_dir)
+
+
+def finish_interrupted_commit(partial_dir: Path) -> bool:
+    """Move a ``.partial`` whose manifest was written (and whose files match it) into place; True if it did.
+
+    Only a crash between the commit's two renames leaves such a folder; the caller makes sure no
+    live builder owns it.
+    """
+    partial_dir = Path(partial_dir)
+    final_dir = partial_dir.with_name(partial_dir.name[: -len(".partial")])
+    if (final_dir / MANIFEST).is_file() or not (partial_dir / MANIFEST).is_file():
+        return False
+    try:
+        manifest = _read_manifest(partial_dir)
+        if not manifest["id"].startswith(final_dir.name):
+            return False
+        Artifact(partial_dir, manifest).verify()
+    except MoegsError:
+        return False
+    try:
+        if final_dir.exists():
+            shutil.rmtree(final_dir)  # a final folder without a manifest is nobody's artifact
+        os.replace(partial_dir, final_dir)
+    except OSError:
+        return False
+    log.info("finished the interrupted commit of %s", final_dir)
+    return True
 
 
 def _write_text_durably(path: Path, text: str) -> None:
