@@ -484,8 +484,10 @@ class ArtifactWriter:
             else:
                 self.release()
             raise
-        self._move_into_place()
-        self.release()
+        try:
+            self._move_into_place()  # cut short, it leaves a .partial with a manifest that exists() finishes
+        finally:
+            self.release()
         return Artifact(path=self.final_dir.resolve(), manifest=manifest)
 
     def storage_failure(self, exc: BaseException) -> StorageError | None:
@@ -564,7 +566,7 @@ class ArtifactWriter:
                 _VERIFIED[str(new) + key[len(str(old)):]] = _VERIFIED.pop(key)
 
     def _finish_interrupted_commit(self) -> None:
-        if self.lock_path.exists() and not build_lock.lock_is_stale(self.lock_path):
+        if build_lock.held_by_another(self.lock_path):
             return  # its builder is alive and about to do it
         finish_interrupted_commit(self.partial_dir)
 

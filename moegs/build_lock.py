@@ -97,6 +97,12 @@ def lock_is_stale(path: Path) -> bool:
     return owner is None or not is_held(owner)
 
 
+def held_by_another(path: Path) -> bool:
+    """A lock file exists and a live process other than this one wrote it."""
+    owner = read_owner(path) if Path(path).exists() else None
+    return owner is not None and owner.pid != os.getpid() and is_held(owner)
+
+
 def acquire(path: Path, what: Path) -> None:
     """Create ``path`` exclusively for this process, replacing a stale lock; refuse a held one naming ``what``."""
     path.parent.mkdir(parents=True, exist_ok=True)
