@@ -58,7 +58,7 @@ def handle_errors(func: F) -> F:
         except KeyboardInterrupt:
             hint = ("unfinished work stays in .partial; rerun with --resume to continue from its last checkpoint"
                     if resumable else "nothing unfinished was committed; rerun to start it again")
-            console.print(f"[red]interrupted[/red]: {hint}", highlight=False)
+            console.print(f"[red]interrupted[/red]: {hint}", highlight=False, soft_wrap=True)
             raise typer.Exit(code=130) from None
         except Exception as exc:
             reason = exhausted_reason(exc)
@@ -95,7 +95,7 @@ def describe_os_error(exc: OSError) -> str:
 def _fail(message: str, code: int) -> None:
     if os.environ.get("MOEGS_DEBUG"):
         console.print(traceback.format_exc(), markup=False, highlight=False)
-    console.print(f"[red]error:[/red] {escape(message)}", highlight=False)
+    console.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code=code) from None
 
 

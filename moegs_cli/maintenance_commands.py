@@ -32,12 +32,12 @@ def gc(
     report = collect_garbage(workspace, dry_run=dry_run, include_resumable=include_resumable, verify=not quick)
     verb = "would remove" if dry_run else "removed"
     for path, size in report.removed:
-        console.print(f"{verb} {path} ({size / 1e6:.1f} MB)", highlight=False, markup=False)
+        console.print(f"{verb} {path} ({size / 1e6:.1f} MB)", highlight=False, markup=False, soft_wrap=True)
     for path in report.finished:
-        console.print(f"finished the interrupted commit of {path}", highlight=False, markup=False)
+        console.print(f"finished the interrupted commit of {path}", highlight=False, markup=False, soft_wrap=True)
     for path, why in report.kept:
-        console.print(f"kept {path}: {why}", highlight=False, markup=False)
+        console.print(f"kept {path}: {why}", highlight=False, markup=False, soft_wrap=True)
     for path, why in report.damaged:
-        console.print(f"damaged {path}: {why}", style="red", highlight=False, markup=False)
+        console.print(f"damaged {path}: {why}", style="red", highlight=False, markup=False, soft_wrap=True)
     console.print(f"{verb} {len(report.removed)} entries ({report.freed_bytes / 1e6:.1f} MB) in {workspace}; "
-                  f"{len(report.damaged)} damaged artifact(s)", highlight=False, markup=False)
+                  f"{len(report.damaged)} damaged artifact(s)", highlight=False, markup=False, soft_wrap=True)
