@@ -84,7 +84,9 @@ def ls(
         console.print(f"no artifacts in {workspace}")
         return
     table = Table(title=f"artifacts in {workspace}")
-    for column in ("scene", "kind", "id", "created", "metrics", "status"):
+    for column in ("scene", "kind", "id", "created"):
+        table.add_column(column, no_wrap=True)
+    for column in ("metrics", "status"):
         table.add_column(column, overflow="fold")
     for created, scene, kind, short_id, metrics, status in sorted(rows, key=lambda r: (r[0] == "", r[0])):
         table.add_row(escape(scene), kind, escape(short_id), created[:19], metrics,

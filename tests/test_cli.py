@@ -189,19 +189,28 @@ def demo_copy(tmp_path, tiny_demo, demo_workspace):
     import shutil
 
     copy = tmp_path / "ws"
-    shutil.copytree(demo_workspace, copy, ignore=shutil.ignore_patterns("*.mp4", "raw*"))
+    shutil.copytree(demo_workspace, copy)
     return copy
 
 
-def _only(workspace, pattern):
-    (found,) = sorted(workspace.glob(pattern))
-    return found
+def _only(workspace, pattern, stage=None):
+    found = [p for p in sorted(workspace.glob(pattern))
+             if stage is None or json.loads((p.parent / "manifest.json").read_text())["created_by"]["stage"] == stage]
+    assert len(found) == 1, found
+    return found[0]
 
 
 def test_tampered_expert_is_exit_3_and_force_keeps_the_good_moe(demo_copy):
-    moe = _only(demo_copy, "*/moe/*/router.safetensors").parent
+    from stages.demo import preset_config
+
+    moe = _only(demo_copy, "*/moe/*/router.safetensors", stage="train-router").parent
     expert = json.loads((moe / "manifest.json").read_text())["inputs"]
     expert_dir = (moe / next(e["path"] for e in expert if e["kind"] == "expert")).resolve()
+    experts = [str((moe / e["path"]).resolve()) for e in expert if e["kind"] == "expert"]
+    router_args = ["-w", str(demo_copy), "train-router", "-c", str(preset_config("tiny")),
+                   *sum((["-e", e] for e in experts), [])]
+    same = invoke(*router_args)
+    assert same.exit_code == 0 and "up to date" in same.output and same.stdout.strip() == str(moe)  # the same id
     weights = expert_dir / "expert.safetensors"
     data = bytearray(weights.read_bytes())
     data[len(data) // 2] ^= 0x01
@@ -209,18 +218,17 @@ def test_tampered_expert_is_exit_3_and_force_keeps_the_good_moe(demo_copy):
     before = (moe / "manifest.json").read_bytes()
     rendered = invoke("-w", str(demo_copy), "render", "-m", str(expert_dir), "--frame-stop", "1")
     assert rendered.exit_code == 3 and "expert.safetensors" in _one_error_line(rendered.output)
-    experts = [str((moe / e["path"]).resolve()) for e in expert if e["kind"] == "expert"]
-    forced = invoke("-w", str(demo_copy), "train-router", *sum((["-e", e] for e in experts), []), "--force")
+    forced = invoke(*router_args, "--force")
     assert forced.exit_code == 3 and "expert.safetensors" in _one_error_line(forced.output)
     assert (moe / "manifest.json").read_bytes() == before and (moe / "router.safetensors").is_file()
 
 
 def test_missing_payload_and_edited_kind_are_exit_3(demo_copy):
-    moe = _only(demo_copy, "*/moe/*/router.safetensors").parent
+    moe = _only(demo_copy, "*/moe/*/router.safetensors", stage="train-router").parent
     (moe / "router.safetensors").unlink()
     missing = invoke("-w", str(demo_copy), "render", "-m", str(moe), "--frame-stop", "1")
     assert missing.exit_code == 3 and "router.safetensors: missing" in _one_error_line(missing.output)
-    expert_manifest = next(demo_copy.glob("*/expert/*/manifest.json"))
+    expert_manifest = sorted(demo_copy.glob("*/expert/*/manifest.json"))[0]
     manifest = json.loads(expert_manifest.read_text())
     manifest["kind"] = "moe"
     expert_manifest.write_text(json.dumps(manifest))
