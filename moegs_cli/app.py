@@ -63,7 +63,7 @@ def ls(
 ) -> None:
     """List the artifacts of the workspace: kind, id, scene, creation time, key metrics; damaged ones are marked."""
     workspace = state(ctx).workspace
-    rows = []
+    rows, damage = [], []
     for entry in scan_workspace(workspace):
         if entry.state == COMPLETE and entry.artifact is not None:
             artifact = entry.artifact
@@ -72,26 +72,30 @@ def ls(
                 try:
                     artifact.verify()
                 except MoegsError as exc:
-                    status = "DAMAGED: " + str(exc).split(": ", 1)[-1]
+                    status = "DAMAGED"
+                    damage.append(str(exc))
             scalars = [(k, v) for k, v in artifact.metrics.items() if isinstance(v, (int, float))][:4]
             metrics = ", ".join(f"{k}={_short(v)}" for k, v in scalars)
             rows.append((artifact.manifest.get("created_at", ""), artifact.scene, artifact.kind, artifact.short_id,
                          metrics, status))
         elif entry.state == DAMAGED:
-            rows.append(("", entry.path.parent.parent.name, entry.path.parent.name, entry.path.name, "",
-                         "DAMAGED: " + entry.reason))
+            rows.append(("", entry.path.parent.parent.name, entry.path.parent.name, entry.path.name, "", "DAMAGED"))
+            damage.append(f"{entry.path}: {entry.reason}")
     if not rows:
         console.print(f"no artifacts in {workspace}")
         return
     table = Table(title=f"artifacts in {workspace}")
-    for column in ("scene", "kind", "id", "created"):
+    for column in ("scene", "kind", "id", "created") + (("status",) if damage else ()):
         table.add_column(column, no_wrap=True)
-    for column in ("metrics", "status"):
-        table.add_column(column, overflow="fold")
+    table.add_column("metrics", overflow="fold")
     for created, scene, kind, short_id, metrics, status in sorted(rows, key=lambda r: (r[0] == "", r[0])):
-        table.add_row(escape(scene), kind, escape(short_id), created[:19], metrics,
-                      f"[red]{escape(status)}[/red]" if status != "ok" else status)
+        cells = [escape(scene), kind, escape(short_id), created[:19]]
+        if damage:
+            cells.append("[red]DAMAGED[/red]" if status != "ok" else status)
+        table.add_row(*cells, metrics)
     console.print(table)
+    for line in damage:
+        console.print(f"[red]damaged[/red] {escape(line)}", highlight=False, soft_wrap=True)
 
 
 @app.command("info")
