@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from moegs import __version__, build_lock
+from moegs import __version__, build_lock, interrupts
 from moegs.errors import DamagedArtifactError, IncompatibleArtifactError, InputError, MoegsError, StorageError
 from moegs.payload_checks import unreadable_reason
 from moegs.storage import exhausted_reason, tree_size
@@ -468,6 +468,9 @@ class ArtifactWriter:
         A payload file that is not readable as its format is refused (nothing is committed). If
         this fails for lack of room, the ``.partial`` goes too (see :meth:`storage_failure`).
         """
+        if interrupts.received():  # Ctrl-C that a library swallowed may have cut the payload short
+            self.release()
+            raise KeyboardInterrupt
         try:
             files = self._checked_payload()
             shutil.rmtree(self.partial_dir / CHECKPOINTS, ignore_errors=True)

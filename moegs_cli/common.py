@@ -18,6 +18,7 @@ import typer
 from rich.logging import RichHandler
 from rich.markup import escape
 
+from moegs import interrupts
 from moegs.errors import MoegsError
 from moegs.progress import console
 from moegs.storage import exhausted_reason
@@ -49,18 +50,24 @@ def handle_errors(func: F) -> F:
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        interrupts.install()
         try:
-            return func(*args, **kwargs)
+            result = func(*args, **kwargs)
+            interrupts.check()  # a library that swallowed Ctrl-C must not turn it into success
+            return result
+        except KeyboardInterrupt:
+            _interrupted(resumable)
         except MoegsError as exc:
+            if interrupts.received():
+                _interrupted(resumable)  # e.g. ffmpeg killed by the same Ctrl-C reads as a corrupt video
             _fail(str(exc), exc.exit_code)
         except OSError as exc:
+            if interrupts.received():
+                _interrupted(resumable)
             _fail(describe_os_error(exc), 2 if exc.errno in INPUT_ERRNOS else 1)
-        except KeyboardInterrupt:
-            hint = ("unfinished work stays in .partial; rerun with --resume to continue from its last checkpoint"
-                    if resumable else "nothing unfinished was committed; rerun to start it again")
-            console.print(f"[red]interrupted[/red]: {hint}", highlight=False, soft_wrap=True)
-            raise typer.Exit(code=130) from None
         except Exception as exc:
+            if interrupts.received():
+                _interrupted(resumable)  # e.g. an extension import cut short by Ctrl-C
             reason = exhausted_reason(exc)
             if reason is None:
                 raise
@@ -90,6 +97,13 @@ def describe_os_error(exc: OSError) -> str:
     paths = [p for p in (exc.filename, exc.filename2) if p is not None]
     where = " -> ".join(str(os.fsdecode(p)) for p in paths) if paths else "(no path)"
     return f"{where}: {what}"
+
+
+def _interrupted(resumable: bool) -> None:
+    hint = ("unfinished work stays in .partial; rerun with --resume to continue from its last checkpoint"
+            if resumable else "nothing unfinished was committed; rerun to start it again")
+    console.print(f"[red]interrupted[/red]: {hint}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code=130) from None
 
 
 def _fail(message: str, code: int) -> None:

@@ -282,3 +282,45 @@ def test_gc_removes_dead_leftovers_keeps_resumable_and_lists_damage(tmp_path):
     assert f"damaged {damaged.path}" in out and good.path.is_dir() and damaged.path.is_dir()
     everything = invoke("-w", str(tmp_path), "gc", "--include-resumable")
     assert everything.exit_code == 0 and not resumable.partial_dir.exists()
+
+
+def test_ctrl_c_swallowed_by_a_library_is_still_an_interrupt(tmp_path):
+    import os
+    import signal
+
+    import typer
+
+    from moegs.artifacts import ArtifactWriter, building
+    from moegs.errors import InputError
+    from moegs_cli.common import handle_errors
+
+    probe = typer.Typer()
+
+    def swallowing_library_call() -> None:
+        try:
+            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C lands inside the call ...
+            for _ in range(1000):
+                pass
+        except KeyboardInterrupt:
+            pass  # ... which stops early and returns, as pycolmap's interruptible calls do
+
+    @probe.command("build")
+    @handle_errors
+    def build() -> None:
+        writer = ArtifactWriter(tmp_path, "s", "dataset", stage="test", config={})
+        with building(writer) as directory:
+            swallowing_library_call()
+            (directory / "points.txt").write_text("cut short")
+        writer.commit()
+
+    @probe.command("decode")
+    @handle_errors
+    def decode() -> None:
+        swallowing_library_call()
+        raise InputError("cam00.mp4: video is corrupt (ffmpeg was killed by the same Ctrl-C)")
+
+    built = runner.invoke(probe, ["build"])
+    assert built.exit_code == 130 and "interrupted" in built.output
+    assert not list(tmp_path.rglob("manifest.json"))
+    decoded = runner.invoke(probe, ["decode"])
+    assert decoded.exit_code == 130 and "corrupt" not in decoded.output
