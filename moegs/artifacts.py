@@ -188,6 +188,8 @@ def _read_manifest(directory: Path) -> dict:
         manifest = json.loads(manifest_path.read_bytes().decode("utf-8"))
     except FileNotFoundError:
         raise InputError(f"{directory}: not an artifact (no {MANIFEST}; an unfinished stage leaves only .partial)") from None
+    except IsADirectoryError:
+        raise DamagedArtifactError(f"{manifest_path}: damaged manifest (a folder, not a file)") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise DamagedArtifactError(f"{manifest_path}: damaged manifest (not valid JSON: {exc})") from None
     problem = _manifest_problem(manifest)
@@ -356,6 +358,8 @@ def _classify_artifact_dir(directory: Path, kind: str) -> Entry:
         return Entry(directory, DAMAGED, f"no {MANIFEST}")
     except MoegsError as exc:
         return Entry(directory, DAMAGED, str(exc).split(": ", 1)[-1])
+    except OSError as exc:
+        return Entry(directory, DAMAGED, f"{MANIFEST} cannot be read ({exc.strerror})")
     if not manifest["id"].startswith(directory.name):
         return Entry(directory, DAMAGED, f"folder name does not match the manifest id {manifest['id'][:ID_LENGTH]}")
     return Entry(directory, COMPLETE, artifact=Artifact(path=directory, manifest=manifest))

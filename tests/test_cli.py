@@ -324,3 +324,27 @@ def test_ctrl_c_swallowed_by_a_library_is_still_an_interrupt(tmp_path):
     assert not list(tmp_path.rglob("manifest.json"))
     decoded = runner.invoke(probe, ["decode"])
     assert decoded.exit_code == 130 and "corrupt" not in decoded.output
+
+
+def test_render_under_a_file_size_limit_fails_in_one_line_and_leaves_no_partial(demo_copy):
+    import resource
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    expert = sorted(demo_copy.glob("*/expert/*/expert.safetensors"))[0].parent
+    root = Path(__file__).resolve().parent.parent
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (2_000, resource.RLIM_INFINITY))
+
+    done = subprocess.run(
+        [sys.executable, "-c", "from moegs_cli.app import main; main()", "-w", str(demo_copy), "render", "-m",
+         str(expert), "--frame-stop", "2"],
+        cwd=root, env={**__import__("os").environ, "PYTHONPATH": str(root)}, preexec_fn=limit,
+        capture_output=True, text=True, timeout=600,
+    )
+    assert done.returncode == 1, done.stderr
+    last = _one_error_line(done.stderr)
+    assert "the file-size limit is reached" in last and "removed the unfinished" in last
+    assert not list(demo_copy.glob("*/render/*.partial")) and not list(demo_copy.glob("*/render/*.lock"))
