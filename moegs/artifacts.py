@@ -512,7 +512,7 @@ class ArtifactWriter:
                     "rerun with --resume, or remove it with 'moegs gc --include-resumable'")
         else:
             self.discard()
-            fate = f"removed the unfinished {self.partial_dir}"
+            fate = "removed it" if Path(where) == self.partial_dir else f"removed the unfinished {self.partial_dir}"
         return StorageError(f"{where}: {reason}; {fate}")
 
     def _checked_payload(self) -> dict[str, dict]:

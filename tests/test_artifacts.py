@@ -271,8 +271,9 @@ except MoegsError as exc:
     print(type(exc).__name__, exc)
     sys.exit(exc.exit_code)
 """
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
-                          cwd=os.path.dirname(os.path.dirname(__file__)))
+    done = subprocess.run([sys.executable, "-B", "-c", script], capture_output=True, text=True, timeout=120,
+                          cwd=os.path.dirname(os.path.dirname(__file__)),
+                          env={**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "numba")})
     assert done.returncode == 1, done.stderr
     assert done.stdout.startswith("StorageError") and "the file-size limit is reached" in done.stdout
     assert not list(tmp_path.rglob("*.partial")) and not list(tmp_path.rglob("*.lock"))
