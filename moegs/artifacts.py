@@ -155,12 +155,13 @@ def _signature(st: os.stat_result) -> tuple[int, ...]:
 
 
 def _hash_once(path: Path) -> str:
+    key = os.path.abspath(path)
     signature = _signature(path.stat())
-    cached = _VERIFIED.get(str(path))
+    cached = _VERIFIED.get(key)
     if cached is not None and cached[0] == signature:
         return cached[1]
     digest = sha256_file(path)
-    _VERIFIED[str(path)] = (signature, digest)
+    _VERIFIED[key] = (signature, digest)
     return digest
 
 
@@ -568,9 +569,9 @@ class ArtifactWriter:
         _fsync_dir(self.final_dir.parent)
         for leftover in self.final_dir.parent.glob(f".{self.final_dir.name}.replaced-*"):
             shutil.rmtree(leftover, ignore_errors=True)
-        for old, new in ((self.partial_dir, self.final_dir),):
-            for key in [k for k in _VERIFIED if k.startswith(str(old) + os.sep)]:
-                _VERIFIED[str(new) + key[len(str(old)):]] = _VERIFIED.pop(key)
+        old, new = os.path.abspath(self.partial_dir), os.path.abspath(self.final_dir)
+        for key in [k for k in _VERIFIED if k.startswith(old + os.sep)]:
+            _VERIFIED[new + key[len(old):]] = _VERIFIED.pop(key)  # renamed, not rewritten: no need to hash again
 
     def _finish_interrupted_commit(self) -> None:
         if build_lock.held_by_another(self.lock_path):

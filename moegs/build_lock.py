@@ -8,6 +8,7 @@ Where ``/proc`` is missing (not Linux) it falls back to "the pid is alive".
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import socket
@@ -112,7 +113,7 @@ def acquire(path: Path, what: Path) -> None:
     try:
         for _ in range(3):
             try:
-                os.link(tmp, path)  # atomic and exclusive: the lock never exists without its owner in it
+                _create_exclusively(tmp, path)
                 return
             except FileExistsError:
                 owner = read_owner(path)
@@ -123,6 +124,22 @@ def acquire(path: Path, what: Path) -> None:
     finally:
         tmp.unlink(missing_ok=True)
     raise MoegsError(f"{path}: could not take the build lock")
+
+
+def _create_exclusively(tmp: Path, path: Path) -> None:
+    """Hard-link the filled-in ``tmp`` to ``path`` (atomic: the lock never exists without its owner in it);
+    where the file system has no hard links, create ``path`` with O_EXCL and write it."""
+    try:
+        os.link(tmp, path)
+        return
+    except FileExistsError:
+        raise
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK):
+            raise
+    fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(tmp.read_text())
 
 
 def _pid_alive(pid: int) -> bool:

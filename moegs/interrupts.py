@@ -9,19 +9,29 @@ refuses to finish an artifact built after Ctrl-C.
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import threading
+from collections.abc import Iterator
 from types import FrameType
 
 _received = False
 
 
-def install() -> None:
-    """Record SIGINT and raise KeyboardInterrupt as usual (main thread only; elsewhere a no-op)."""
+@contextlib.contextmanager
+def watching() -> Iterator[None]:
+    """Record SIGINT (still raising KeyboardInterrupt as usual) for the duration; main thread only."""
     global _received
     _received = False
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGINT, _on_sigint)
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, _on_sigint)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        _received = False
 
 
 def received() -> bool:
@@ -29,7 +39,7 @@ def received() -> bool:
 
 
 def check() -> None:
-    """Raise KeyboardInterrupt if Ctrl-C arrived since :func:`install`, whatever happened to the first one."""
+    """Raise KeyboardInterrupt if Ctrl-C arrived while :func:`watching`, whatever happened to the first one."""
     if _received:
         raise KeyboardInterrupt
 

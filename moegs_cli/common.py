@@ -50,28 +50,28 @@ def handle_errors(func: F) -> F:
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        interrupts.install()
-        try:
-            result = func(*args, **kwargs)
-            interrupts.check()  # a library that swallowed Ctrl-C must not turn it into success
-            return result
-        except KeyboardInterrupt:
-            _interrupted(resumable)
-        except MoegsError as exc:
-            if interrupts.received():
-                _interrupted(resumable)  # e.g. ffmpeg killed by the same Ctrl-C reads as a corrupt video
-            _fail(str(exc), exc.exit_code)
-        except OSError as exc:
-            if interrupts.received():
+        with interrupts.watching():
+            try:
+                result = func(*args, **kwargs)
+                interrupts.check()  # a library that swallowed Ctrl-C must not turn it into success
+                return result
+            except KeyboardInterrupt:
                 _interrupted(resumable)
-            _fail(describe_os_error(exc), 2 if exc.errno in INPUT_ERRNOS else 1)
-        except Exception as exc:
-            if interrupts.received():
-                _interrupted(resumable)  # e.g. an extension import cut short by Ctrl-C
-            reason = exhausted_reason(exc)
-            if reason is None:
-                raise
-            _fail(f"{reason} ({_first_line(exc)})", 1)
+            except MoegsError as exc:
+                if interrupts.received():
+                    _interrupted(resumable)  # e.g. ffmpeg killed by the same Ctrl-C reads as a corrupt video
+                _fail(str(exc), exc.exit_code)
+            except OSError as exc:
+                if interrupts.received():
+                    _interrupted(resumable)
+                _fail(describe_os_error(exc), 2 if exc.errno in INPUT_ERRNOS else 1)
+            except Exception as exc:
+                if interrupts.received():
+                    _interrupted(resumable)  # e.g. an extension import cut short by Ctrl-C
+                reason = exhausted_reason(exc)
+                if reason is None:
+                    raise
+                _fail(f"{reason} ({_first_line(exc)})", 1)
 
     return wrapper  # type: ignore[return-value]
 

@@ -324,6 +324,13 @@ def test_ctrl_c_swallowed_by_a_library_is_still_an_interrupt(tmp_path):
     assert not list(tmp_path.rglob("manifest.json"))
     decoded = runner.invoke(probe, ["decode"])
     assert decoded.exit_code == 130 and "corrupt" not in decoded.output
+    from moegs import interrupts
+
+    assert not interrupts.received()  # the record ends with the command: later library calls commit normally
+    writer = ArtifactWriter(tmp_path, "s", "dataset", stage="test", config={"after": True})
+    with building(writer) as directory:
+        (directory / "points.txt").write_text("fine")
+    assert writer.commit().path.is_dir()
 
 
 def test_render_under_a_file_size_limit_fails_in_one_line_and_leaves_no_partial(demo_copy):
