@@ -42,8 +42,9 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def load_checkpoint(path: Path) -> dict[str, Any]:
-    """The payload saved at ``path``; :class:`CheckpointError` if it is truncated, corrupt or not a checkpoint."""
+def load_checkpoint(path: Path, map_location: torch.device | str | None = None) -> dict[str, Any]:
+    """The payload saved at ``path`` (tensors on ``map_location``); :class:`CheckpointError` if it is truncated,
+    corrupt or not a checkpoint."""
     path = Path(path)
     try:
         data = path.read_bytes()
@@ -56,7 +57,7 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     if hashlib.sha256(body).hexdigest() != digest:
         raise CheckpointError(f"{path}: damaged checkpoint ({len(data)} bytes; its content does not match its sha256)")
     try:
-        payload = torch.load(io.BytesIO(body), weights_only=True)
+        payload = torch.load(io.BytesIO(body), weights_only=True, map_location=map_location)
     except Exception as exc:  # torch raises pickle, zip and runtime errors alike for a body it cannot restore
         raise CheckpointError(f"{path}: checkpoint cannot be restored ({type(exc).__name__}: {exc})") from None
     if not isinstance(payload, dict):

@@ -47,3 +47,31 @@ def test_damaged_checkpoint_is_a_checkpoint_error(tmp_path, damage):
     with pytest.raises(CheckpointError, match=str(path)) as err:
         load_checkpoint(path)
     assert isinstance(err.value, MoegsError) and "\n" not in str(err.value)
+
+
+def test_corrupt_checkpoint_on_resume_trains_from_step_0(tiny_raw, tmp_path, caplog):
+    from moegs.context import CPU
+    from moegs.data.build import build_dataset
+    from moegs.data.dataset import Dataset
+    from moegs.experts import get_family
+    from moegs.train import CHECKPOINT, train_expert
+
+    build_dataset(tiny_raw, "n3v", tmp_path / "ds", frame_stop=2, progress=False)
+    dataset = Dataset.load(tmp_path / "ds")
+
+    def expert():
+        cls = get_family("static")
+        p = dataset.points
+        return cls.from_points(cls.config_class(iterations=12), p.xyz, p.rgb, p.time, dataset.n_frames)
+
+    straight = expert()
+    train_expert(straight, dataset, tmp_path / "a", CPU, checkpoint_every=5, progress=False)
+    damaged = tmp_path / "b" / CHECKPOINT
+    damaged.parent.mkdir(parents=True)
+    damaged.write_bytes((tmp_path / "a" / CHECKPOINT).read_bytes()[:-100])  # cut short
+    resumed = expert()
+    with caplog.at_level("WARNING", logger="moegs"):
+        result = train_expert(resumed, dataset, tmp_path / "b", CPU, checkpoint_every=5, progress=False, resume=True)
+    assert result.steps == 12 and "damaged checkpoint" in caplog.text
+    for key, value in straight.params.items():
+        assert torch.equal(resumed.params[key], value), key

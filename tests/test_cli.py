@@ -201,7 +201,7 @@ def _only(workspace, pattern, stage=None):
 
 
 def test_tampered_expert_is_exit_3_and_force_keeps_the_good_moe(demo_copy):
-    from stages.demo import preset_config
+    from moegs_cli.demo import preset_config
 
     moe = _only(demo_copy, "*/moe/*/router.safetensors", stage="train-router").parent
     expert = json.loads((moe / "manifest.json").read_text())["inputs"]
