@@ -17,8 +17,10 @@ import torch
 from torch import Tensor
 
 from moegs.cameras import Camera
+from moegs.checkpoint import load_checkpoint, save_checkpoint
 from moegs.context import RenderContext
 from moegs.data.dataset import Dataset
+from moegs.errors import CheckpointError
 from moegs.experts.base import Expert
 from moegs.losses import photometric
 from moegs.progress import progress_bar
@@ -93,8 +95,13 @@ def train_expert(
     start = 0
     ckpt_path = Path(workdir) / CHECKPOINT
     if resume and ckpt_path.is_file():
-        start, state, optimizers, fields_opt = _restore_checkpoint(ckpt_path, expert, extent, generator)
-        log.info("%s: resumed at step %d", expert.family, start)
+        try:
+            payload = load_checkpoint(ckpt_path, map_location=expert.device)
+        except CheckpointError as exc:
+            log.warning("%s; training %s from step 0", exc, expert.family)
+        else:
+            start, state, optimizers, fields_opt = _restore_checkpoint(payload, expert, extent, generator)
+            log.info("%s: resumed at step %d", expert.family, start)
     background = ctx.tensor(cfg.background)
     began = time.perf_counter()
     loss_value = float("nan")
@@ -159,7 +166,6 @@ def _save_checkpoint(
     state: dict[str, Tensor],
     generator: torch.Generator,
 ) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "step": step,
         "tensors": expert.state_tensors(),
@@ -169,16 +175,13 @@ def _save_checkpoint(
         "generator": generator.get_state(),
         "torch_rng": torch.get_rng_state(),
     }
-    tmp = path.with_suffix(".tmp")
-    torch.save(payload, tmp)
-    tmp.replace(path)
+    save_checkpoint(path, payload)
 
 
 def _restore_checkpoint(
-    path: Path, expert: Expert, extent: float, generator: torch.Generator
+    payload: dict, expert: Expert, extent: float, generator: torch.Generator
 ) -> tuple[int, dict[str, Tensor], dict[str, torch.optim.Optimizer], torch.optim.Optimizer | None]:
     """Put the expert, fresh optimisers (with their saved moments) and the RNGs back as they were at the checkpoint."""
-    payload = torch.load(path, weights_only=True, map_location=expert.device)
     tensors = payload["tensors"]
     expert.params = {
         k[len("params."):]: torch.nn.Parameter(v.clone().to(expert.device)) for k, v in tensors.items() if k.startswith("params.")
