@@ -61,7 +61,7 @@ def preprocess(
     carve_frames: Annotated[int | None, typer.Option(help="Carve moving content on this many frames (default 8).", show_default=False)] = None,
     init_points: Annotated[int | None, typer.Option(help="Points of a random init, and the most carving keeps (default 20000).", show_default=False)] = None,
     truncate: Annotated[bool | None, typer.Option("--truncate", help="Cut videos of different lengths to the shortest instead of refusing.", show_default=False)] = None,
-    size_mismatch: Annotated[str | None, typer.Option(help="When frames differ from the calibrated size: scale or crop (default: refuse).", show_default=False)] = None,
+    size_mismatch: Annotated[str | None, typer.Option(help="When frames differ from the calibrated size: keep (keep the intrinsics, use the frames' size), scale (rescale intrinsics; same aspect ratio only) or crop (centre-crop frames). Default: refuse.", show_default=False)] = None,
     init: Annotated[str | None, typer.Option(help="Initial points: auto (default: COLMAP, else carving, else random in the shared frusta), colmap, carve or random.", show_default=False)] = None,
     test_camera: Annotated[list[str] | None, typer.Option("--test-camera", help="Held-out camera name (repeatable); default per format.", show_default=False)] = None,
     config: ConfigOpt = None,

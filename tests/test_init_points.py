@@ -56,17 +56,21 @@ def test_everything_failing_names_every_count() -> None:
 
 
 @pytest.mark.parametrize("field, value, message", [
-    ("downscale", 0.5, "downscale is a divisor and must be >= 1"),
-    ("max_width", 8, "max_width must be at least 16 pixels"),
-    ("colmap_frames", 0, "colmap_frames must be >= 1"),
+    ("downscale", 0.5, "config key downscale: must be >= 1, got 0.5"),
+    ("max_width", 8, "config key max_width: must be >= 16, got 8"),
+    ("colmap_frames", 0, "config key colmap_frames: must be >= 1, got 0"),
+    ("size_mismatch", "stretch", "unknown size_mismatch 'stretch'"),
     ("init_points", 50, r"init_points \(50\) must be at least min_points \(100\)"),
     ("init", "dense", "unknown init 'dense'"),
     ("frame_stop", 0, r"frame_stop \(0\) must be greater than frame_start \(0\)"),
 ])
 def test_config_bounds_live_in_one_place(field, value, message) -> None:
     with pytest.raises(InputError, match=message):
-        PreprocessConfig(**{field: value}).validate()
-    assert PreprocessConfig().validate().init == "auto"
+        PreprocessConfig(**{field: value})  # refused on creation, however the config is made
+    changed = PreprocessConfig()
+    setattr(changed, field, value)
+    with pytest.raises(InputError, match=message):
+        changed.validate()  # and again where the library takes it (build_dataset)
 
 
 def test_cli_refuses_a_bad_bound_before_reading_anything(tmp_path) -> None:
