@@ -62,7 +62,7 @@ def test_everything_failing_names_every_count() -> None:
     ("size_mismatch", "stretch", "unknown size_mismatch 'stretch'"),
     ("init_points", 50, r"init_points \(50\) must be at least min_points \(100\)"),
     ("init", "dense", "unknown init 'dense'"),
-    ("frame_stop", 0, r"frame_stop \(0\) must be greater than frame_start \(0\)"),
+    ("frame_stop", 0, "config key frame_stop: must be >= 1, got 0"),
 ])
 def test_config_bounds_live_in_one_place(field, value, message) -> None:
     with pytest.raises(InputError, match=message):
@@ -71,6 +71,11 @@ def test_config_bounds_live_in_one_place(field, value, message) -> None:
     setattr(changed, field, value)
     with pytest.raises(InputError, match=message):
         changed.validate()  # and again where the library takes it (build_dataset)
+
+
+def test_cross_field_rule() -> None:
+    with pytest.raises(InputError, match=r"frame_stop \(2\) must be greater than frame_start \(3\)"):
+        PreprocessConfig(frame_start=3, frame_stop=2)
 
 
 def test_cli_refuses_a_bad_bound_before_reading_anything(tmp_path) -> None:
