@@ -144,8 +144,8 @@ def test_surround_end_to_end(surround_raw, tmp_path) -> None:
     assert "verified matches per pair" in result.output  # --log-level debug shows the per-pair counts
 
     cfg = train_experts.TrainExpertsConfig(families=["polynomial"], checkpoint_every=100000, polynomial={
-        "iterations": 300, "init_t_log_scale": 0.5, "max_gaussians": 3000, "densify_from": 50,
-        "densify_until": 250, "densify_every": 50})
+        "iterations": 300, "init_t_log_scale": 0.5,
+        "densify": {"max_gaussians": 3000, "start": 50, "stop": 250, "every": 50}})
     outcome = train_experts.run(cfg, dataset_path, workspace, progress=False)[0]
     assert outcome.error is None, outcome.error
     dataset = Dataset.load(dataset_path)
