@@ -380,7 +380,9 @@ def _backprop_span(v, n, mx, my, a, b, c, o, bound, j, consts, ec):
     w[p] = alpha_p T_p (0 where not composited) and returns the sums of d/d(mx, my, a, b, c, opacity)."""
     half, one, alpha_min, alpha_max = consts[0], consts[1], consts[2], consts[3]
     zero = one - one
-    g_mx, g_my, g_a, g_b, g_c, g_opac = zero, zero, zero, zero, zero, zero
+    # d/d(mx, my, a, b, c) are linear in the moments of d_power over (dx, dy): sum those and apply
+    # the conic afterwards (half the multiplies per pixel, and fewer live registers on AVX2)
+    s_x, s_y, s_xx, s_xy, s_yy, g_opac = zero, zero, zero, zero, zero, zero
     for p in range(n):
         dx = mx - v[_XS + p]
         dy = my - v[_YS + p]
@@ -402,12 +404,13 @@ def _backprop_span(v, n, mx, my, a, b, c, o, bound, j, consts, ec):
         smooth = used & (raw <= alpha_max)  # alpha = o * gauss, not the 0.99 clamp
         d_power = alpha * d_alpha if smooth else zero
         g_opac += gauss * d_alpha if smooth else zero
-        g_mx -= d_power * (a * dx + b * dy)
-        g_my -= d_power * (b * dx + c * dy)
-        g_a -= half * d_power * dx * dx
-        g_b -= d_power * dx * dy
-        g_c -= half * d_power * dy * dy
-    return g_mx, g_my, g_a, g_b, g_c, g_opac
+        dp_x = d_power * dx
+        s_x += dp_x
+        s_y += d_power * dy
+        s_xx += dp_x * dx
+        s_xy += dp_x * dy
+        s_yy += d_power * dy * dy
+    return -(a * s_x + b * s_y), -(b * s_x + c * s_y), -half * s_xx, -s_xy, -half * s_yy, g_opac
 
 
 @njit(parallel=True, cache=True, error_model="numpy", fastmath=_FASTMATH)
