@@ -22,7 +22,7 @@ import torch
 from numba import njit, prange
 from torch import Tensor
 
-_FASTMATH = {"reassoc", "contract", "nsz"}
+from moegs.raster.cpu_common import FASTMATH
 
 
 def gaussian_window(size: int, sigma: float, dtype: np.dtype) -> np.ndarray:
@@ -32,7 +32,7 @@ def gaussian_window(size: int, sigma: float, dtype: np.dtype) -> np.ndarray:
     return (g / g.sum()).numpy().astype(dtype)
 
 
-@njit(cache=True, inline="always", fastmath=_FASTMATH)
+@njit(cache=True, inline="always", fastmath=FASTMATH)
 def _filter_valid(src, g, out, tmp):
     """out[h - k + 1, w - k + 1] = separable valid correlation of src[h, w] with g (k taps)."""
     k = g.shape[0]
@@ -51,7 +51,7 @@ def _filter_valid(src, g, out, tmp):
                 out[r, c] += tmp[r + t, c] * g[t]
 
 
-@njit(cache=True, inline="always", fastmath=_FASTMATH)
+@njit(cache=True, inline="always", fastmath=FASTMATH)
 def _filter_full(src, g, out, tmp):
     """The transpose of `_filter_valid`: out[h + k - 1, w + k - 1] = sum over taps of g[t] src shifted by t."""
     k = g.shape[0]
@@ -79,7 +79,7 @@ def _product(a, b, out):
             out[r, c] = a[r, c] * b[r, c]
 
 
-@njit(parallel=True, cache=True, fastmath=_FASTMATH, error_model="numpy")
+@njit(parallel=True, cache=True, fastmath=FASTMATH, error_model="numpy")
 def _ssim_forward(x, y, g, c1, c2, d_mu, d_xx, d_xy):
     """x, y [P, H, W] planes; fills the per-pixel derivative maps [P, h, w]; returns SSIM summed
     per plane [P] (float64)."""
@@ -116,7 +116,7 @@ def _ssim_forward(x, y, g, c1, c2, d_mu, d_xx, d_xy):
     return sums
 
 
-@njit(parallel=True, cache=True, fastmath=_FASTMATH, error_model="numpy")
+@njit(parallel=True, cache=True, fastmath=FASTMATH, error_model="numpy")
 def _ssim_backward(x, y, g, d_mu, d_xx, d_xy, scale, out):
     """out[P, H, W] = scale * (G^T d_mu + 2 x G^T d_xx + y G^T d_xy)."""
     n_planes, height, width = x.shape
