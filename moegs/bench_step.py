@@ -7,7 +7,7 @@ Each family is built at the demo preset's settings (`stages/presets/demo.yaml`) 
 demo caps experts at 8000), and trained for a few steps past its warm-ups and inside the
 densification window. A step is split as the training loop runs it: deform (`gaussians_at`),
 rasterise forward, loss (L1 + SSIM), backward, optimiser (the per-tensor Adams and the fields' one)
-and densify (gradient statistics every step, plus one clone/split/prune event per `densify_every`
+and densify (gradient statistics every step, plus one clone/split/prune event per `densify.every`
 steps, amortised). Targets are smooth random images: the step's cost does not depend on what
 they show. Prints the numba target CPU (what `NUMBA_CPU_NAME` / `NUMBA_CPU_FEATURES` emulate) and
 the host CPU model next to the figures.
@@ -30,7 +30,6 @@ from moegs.cameras import Camera
 from moegs.data.colmap_init import random_points
 from moegs.data.dataset import scene_extent
 from moegs.data.synthetic import PRESETS, make_rig
-from moegs.densify import DensifyConfig
 from moegs.errors import InputError
 from moegs.experts import family_names, get_family
 from moegs.experts.base import config_from_dict
@@ -125,10 +124,7 @@ def bench_family(
     expert = cls.from_points(cfg, points.xyz, points.rgb, times, preset.n_frames)
     extent = scene_extent(cameras)
     optimizers, fields_opt = make_optimizers(expert, extent)
-    densify = DensifyConfig(
-        grad_threshold=cfg.densify_grad_threshold, start=cfg.densify_from, stop=cfg.densify_until,
-        every=cfg.densify_every, opacity_reset_every=cfg.opacity_reset_every,
-    )
+    densify = cfg.densify
     state = densify.init_state(expert.num_gaussians)
     targets = _targets(cameras, seed)
     background = torch.tensor(cfg.background, dtype=torch.float32)
@@ -142,9 +138,9 @@ def bench_family(
         camera = cameras[cam_index]
         t = float(min(i % preset.n_frames, expert.frame_limit(step) - 1)) / preset.n_frames
         clock = _Clock(cpu_time)
-        g = expert.gaussians_at(t, camera_center(camera), cfg.sh_degree)
+        g = expert.gaussians_at(t, camera_center(camera, "cpu"), cfg.sh_degree)
         clock.lap("deform")
-        out = rasterize(g.means, g.quats, g.scales, g.opacities, g.colors, camera.viewmat_tensor("cpu"),
+        out = rasterize(g.means, g.quats, g.scales, g.opacities, g.features, camera.viewmat_tensor("cpu"),
                         camera.K_tensor("cpu"), camera.width, camera.height, background,
                         near=camera.near, far=camera.far, backend="cpu", retain_means2d_grad=True)
         clock.lap("raster_fwd")
@@ -163,7 +159,7 @@ def bench_family(
         clock.lap("densify")
         # one densification event (clone/split/prune) timed on its own, amortised over its period
         if i == warmup + steps - 1:
-            due = (step // cfg.densify_every + 1) * cfg.densify_every  # the next step it fires at
+            due = (step // densify.every + 1) * densify.every  # the next step it fires at
             t0 = clock.now()
             stats = densify.densify_step(expert.params, optimizers, state, due, extent, generator=generator)
             event_ms.append(1000.0 * (clock.now() - t0))
@@ -172,7 +168,7 @@ def bench_family(
         if i >= warmup:
             records.append(clock.parts)
     parts = {p: statistics.median(r[p] for r in records) for p in PARTS}
-    parts["densify"] += event_ms[0] / max(cfg.densify_every, 1)
+    parts["densify"] += event_ms[0] / max(densify.every, 1)
     result = {"family": family, "gaussians": n_points, "densify_event_ms": round(event_ms[0], 2)}
     result.update({f"{p}_ms": round(v, 2) for p, v in parts.items()})
     result["step_ms"] = round(sum(parts.values()), 2)
