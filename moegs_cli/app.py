@@ -12,7 +12,7 @@ from rich.table import Table
 from moegs import __version__
 from moegs.artifacts import list_artifacts, load_artifact
 from moegs.progress import console
-from moegs_cli import data_commands, output_commands, train_commands
+from moegs_cli import data_commands, output_commands, train_commands, view_commands
 from moegs_cli.common import handle_errors, setup_logging, state
 
 app = typer.Typer(
@@ -50,6 +50,7 @@ def root(
 data_commands.register(app)
 train_commands.register(app)
 output_commands.register(app)
+view_commands.register(app)
 
 
 @app.command("ls")

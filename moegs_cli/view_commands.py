@@ -1,0 +1,94 @@
+"""Commands that show a model outside the pipeline: ``view`` (web viewer) and ``export`` (other viewers' formats)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from moegs.progress import console, progress_bar
+from moegs_cli.common import ForceOpt, handle_errors, state
+from moegs_cli.train_commands import BackendOpt
+
+ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Expert or moe artifact (path, scene/kind/latest or id prefix).")]
+TauOpt = Annotated[float | None, typer.Option(help="Test-time temperature of a MoE (default: as trained).", show_default=False)]
+
+
+def register(app: typer.Typer) -> None:
+    app.command("view")(view)
+    app.command("export")(export)
+
+
+def _load(ctx: typer.Context, model_ref: str, tau: float | None):
+    """The model artifact loaded for rendering, and the dataset it was trained on."""
+    from moegs.artifacts import load_artifact
+    from moegs.data.dataset import Dataset
+    from moegs.errors import InputError
+    from moegs.models import dataset_of, load_model
+
+    artifact = load_artifact(model_ref, state(ctx).workspace)
+    if artifact.kind not in ("expert", "moe"):
+        raise InputError(f"{artifact.path}: expected an expert or a moe artifact, not a {artifact.kind}")
+    return load_model(artifact, tau=tau), Dataset.load(dataset_of(artifact).path)
+
+
+@handle_errors
+def view(
+    ctx: typer.Context,
+    model: ModelOpt,
+    host: Annotated[str, typer.Option(help="Address to bind; 0.0.0.0 exposes the viewer to the network.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port (the next free one is taken if it is busy; 0 = any).")] = 8080,
+    height: Annotated[int, typer.Option(help="Initial render height in pixels (a slider in the page changes it).")] = 360,
+    fps: Annotated[float | None, typer.Option(help="Playback FPS (default: the dataset's, else 10).", show_default=False)] = None,
+    tau: TauOpt = None,
+    backend: BackendOpt = None,
+) -> None:
+    """Serve an interactive web viewer of an expert or a MoE; open the printed address in a browser.
+
+    The page sends its camera, this process renders it with the rasteriser and sends the picture
+    back. Controls: frame slider with play/pause and FPS; mode (blend, each expert, gate map with
+    legend, grid of experts with the ground truth when the view sits on a dataset camera); jump to
+    any training or test camera; render height; a readout of backend and render FPS. Ctrl-C stops.
+
+    Example: moegs view --model synth/moe/latest
+    """
+    from moegs.raster import resolve_backend
+    from moegs.view.server import Viewer, ViewerOptions, serve
+
+    loaded, dataset = _load(ctx, model, tau)
+    options = ViewerOptions(host=host, port=port, height=height, fps=fps, backend=resolve_backend(backend or "auto"))
+    serve(Viewer(loaded, dataset, options), announce=lambda line: console.print(line, highlight=False))
+
+
+@handle_errors
+def export(
+    ctx: typer.Context,
+    model: ModelOpt,
+    fmt: Annotated[str, typer.Option("--format", "-f", help="ply-sequence or splatv.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder (ply-sequence) or file (splatv) to write.")],
+    tau: TauOpt = None,
+    backend: BackendOpt = None,
+    force: ForceOpt = False,
+) -> None:
+    """Export a model for other viewers.
+
+    ply-sequence: one standard 3DGS PLY per frame (frame_00000.ply, ...; SuperSplat plays the
+    folder as a sequence). A MoE exports all its experts' Gaussians in every frame, each expert's
+    opacities multiplied by its mean gate at that frame (the router weight averaged over the test
+    cameras' pixels): a static viewer has no router, so this approximates the blend.
+    splatv: the splaTV browser format; it holds STG-style polynomial motion, so only a polynomial
+    expert exports (colour reduced to its view-independent part); other models are refused with
+    the reason.
+
+    Example: moegs export --model synth/expert/latest --format ply-sequence --out seq/
+    """
+    from moegs.export import export_model
+    from moegs.raster import resolve_backend
+
+    loaded, dataset = _load(ctx, model, tau)
+    with progress_bar(f"export {fmt}", dataset.n_frames, enabled=fmt == "ply-sequence") as bar:
+        path = export_model(loaded, dataset, fmt, out, force=force, backend=resolve_backend(backend or "auto"),
+                            on_frame=lambda done, total: bar.advance())
+    console.print(f"wrote {fmt}: {path}", highlight=False)
+    typer.echo(str(path))

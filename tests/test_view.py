@@ -1,0 +1,169 @@
+"""``moegs view``: browser cameras, the pictures of every mode against ``moegs render``, and a real
+headless browser on a running viewer."""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from moegs.cameras import Camera, quaternion_to_rotation
+from moegs.data.dataset import Dataset
+from moegs.errors import InputError
+from moegs.models import dataset_of, load_model
+from moegs.view.camera import BrowserPose, at_height, browser_camera, matching_camera, pose_of, rotation_to_quaternion
+from moegs.view.frames import GATES, GRID, compose, expert_grid, render_frame, render_view, view_modes
+from moegs.visuals import legend_image
+from moegs_cli.app import app
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _random_rotations(n: int, seed: int = 0) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    quats = rng.normal(size=(n, 4))
+    rotations = [quaternion_to_rotation(q / np.linalg.norm(q)) for q in quats]
+    # near-half-turns, where naive quaternion extraction divides by ~0
+    rotations += [np.diag([1.0, -1.0, -1.0]), np.diag([-1.0, 1.0, -1.0]), np.diag([-1.0, -1.0, 1.0])]
+    return rotations
+
+
+def test_rotation_to_quaternion_inverts_quaternion_to_rotation():
+    for R in _random_rotations(50):
+        q = rotation_to_quaternion(R)
+        assert abs(np.linalg.norm(q) - 1.0) < 1e-12 and q[0] >= 0
+        np.testing.assert_allclose(quaternion_to_rotation(q), R, atol=1e-12)
+
+
+def test_browser_camera_follows_viser_convention():
+    """viser's own SO3 reads wxyz as we do; the camera looks down its +z and sees 'up' as -y."""
+    import viser.transforms as vtf
+
+    for R in _random_rotations(10, seed=1):
+        wxyz = rotation_to_quaternion(R)
+        np.testing.assert_allclose(vtf.SO3(wxyz).as_matrix(), R, atol=1e-12)
+    position = np.array([0.3, -1.0, 2.0])
+    R = _random_rotations(1, seed=2)[0]
+    pose = BrowserPose(tuple(rotation_to_quaternion(R)), tuple(position), math.radians(50), 4 / 3)
+    camera = browser_camera(pose, 120)
+    assert (camera.width, camera.height) == (160, 120)
+    ahead = position + 2.0 * R[:, 2]  # viser's look direction: +z of camera-to-world
+    above = ahead - 0.5 * R[:, 1]  # viser's up direction: -y
+    uv, depth = camera.project(np.stack([ahead, above]))
+    np.testing.assert_allclose(uv[0], [80.0, 60.0], atol=1e-9)
+    assert depth[0] == pytest.approx(2.0) and uv[1, 1] < 60.0  # up in the world is up in the image
+    np.testing.assert_allclose(camera.K[1, 1], 60.0 / math.tan(math.radians(25)), rtol=1e-12)
+
+
+def test_pose_of_and_browser_camera_round_trip_and_match():
+    K = np.array([[80.0, 0, 48.0], [0, 80.0, 36.0], [0, 0, 1]])
+    for i, R in enumerate(_random_rotations(8, seed=3)):
+        cam = Camera(f"c{i}", 96, 72, K, R, np.array([0.1, -0.2, 0.3 * i]), near=0.05, far=50.0)
+        back = browser_camera(pose_of(cam), cam.height, cam.near, cam.far)
+        np.testing.assert_allclose(back.K, cam.K, atol=1e-9)
+        np.testing.assert_allclose(back.R, cam.R, atol=1e-12)
+        np.testing.assert_allclose(back.t, cam.t, atol=1e-12)
+        assert matching_camera(pose_of(cam), [cam]) is cam
+        moved = pose_of(cam)
+        moved = BrowserPose(moved.wxyz, tuple(np.asarray(moved.position) + 1e-2), moved.fov, moved.aspect)
+        assert matching_camera(moved, [cam]) is None
+    assert at_height(cam, 144).K[0, 0] == pytest.approx(160.0) and at_height(cam, 144).width == 192
+
+
+def test_browser_camera_rejects_bad_input():
+    pose = BrowserPose((1.0, 0.0, 0.0, 0.0), (0.0, 0.0, 0.0), 1.0, 1.5)
+    for bad in (BrowserPose(pose.wxyz, pose.position, 0.0, 1.5), BrowserPose((0, 0, 0, 0), pose.position, 1.0, 1.5),
+                BrowserPose(pose.wxyz, pose.position, 1.0, -1.0)):
+        with pytest.raises(InputError):
+            browser_camera(bad, 100)
+    with pytest.raises(InputError):
+        browser_camera(pose, 0)
+
+
+# ---- against moegs render, on the tiny demo ------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def moe_render(tiny_demo, demo_workspace):
+    """``moegs render`` of the tiny MoE (test cameras, first two frames, PNGs on)."""
+    from moegs.config import resolve_config
+    from stages import render
+
+    cfg = resolve_config(render.RenderConfig, None, "render", ["png=true", "frame_stop=2", "backend=cpu"])
+    return render.run(cfg, str(tiny_demo.steps["moe"].artifact.path), demo_workspace, progress=False).artifact
+
+
+@pytest.mark.slow
+def test_browser_view_renders_what_moegs_render_does_in_every_mode(tiny_demo, moe_render):
+    artifact = tiny_demo.steps["moe"].artifact
+    model = load_model(artifact)
+    dataset = Dataset.load(dataset_of(artifact).path)
+    modes = view_modes(model.families, model.is_moe)
+    assert modes[0] == "blend" and GATES in modes and GRID in modes and len(modes) == 3 + len(model.families)
+    worst = 0.0
+    for camera in dataset.test_cameras:
+        pose = pose_of(camera)
+        browser = browser_camera(pose, camera.height, camera.near, camera.far)
+        assert matching_camera(pose, dataset.cameras) is camera
+        for frame in (0, 1):
+            t = float(dataset.times[frame])
+            seen, reference = render_frame(model, browser, t, "cpu"), model.render(camera, t, backend="cpu")
+            for name in ("image", "expert_images", "gates"):
+                worst = max(worst, float((getattr(seen, name) - getattr(reference, name)).abs().max()))
+            for mode in modes:
+                np.testing.assert_array_equal(compose(seen, mode, model.families), compose(reference, mode, model.families))
+            png = iio.imread(moe_render.path / camera.name / "frames" / f"{frame:05d}.png")
+            np.testing.assert_array_equal(render_view(model, browser, t, "blend"), png)
+        grid_png = iio.imread(moe_render.path / f"{camera.name}_grid.png")
+        np.testing.assert_array_equal(render_view(model, browser, float(dataset.times[0]), GRID), grid_png)
+    print(f"browser camera vs dataset camera: max abs diff {worst:.2e} over image, expert images and gates")
+    assert worst < 1e-5
+
+
+@pytest.mark.slow
+def test_expert_modes_gate_legend_and_ground_truth_tile(tiny_demo):
+    artifact = tiny_demo.steps["moe"].artifact
+    model = load_model(artifact)
+    dataset = Dataset.load(dataset_of(artifact).path)
+    camera = at_height(dataset.test_cameras[0], 144)
+    frame = render_frame(model, camera, 0.25, "cpu")
+    gates = compose(frame, GATES, model.families)
+    legend = legend_image(model.families)
+    assert gates.shape == (144, 192, 3)
+    scale = min(1.0, 0.5 * 192 / legend.shape[1], 0.5 * 144 / legend.shape[0])
+    corner = gates[: round(legend.shape[0] * scale), : round(legend.shape[1] * scale)]
+    assert (corner > 240).all(axis=2).mean() > 0.5  # the legend's white card sits in the corner
+    truth = np.full((144, 192, 3), 7, dtype=np.uint8)
+    grid = expert_grid(frame, model.families, truth)
+    tiles = len(model.families) + 3
+    assert grid.shape == (144 * math.ceil(tiles / 3), 192 * 3, 3)
+    r, c = divmod(tiles - 1, 3)
+    assert (grid[144 * r + 20:144 * (r + 1), 192 * c:192 * (c + 1)] == 7).all()
+    for k in range(len(model.families)):
+        np.testing.assert_array_equal(compose(frame, view_modes(model.families, True)[1 + k], model.families),
+                                      (np.clip(frame.expert_images[k].numpy(), 0, 1) * 255 + 0.5).astype(np.uint8))
+    with pytest.raises(InputError, match="unknown view mode"):
+        compose(frame, "depth", model.families)
+    expert = load_model(tiny_demo.steps["expert polynomial"].artifact)
+    assert view_modes(expert.families, expert.is_moe) == ["expert 0: polynomial", GRID]
+    alone = render_frame(expert, camera, 0.25, "cpu")
+    np.testing.assert_array_equal(compose(alone, "expert 0: polynomial", expert.families),
+                                  (np.clip(alone.image.numpy(), 0, 1) * 255 + 0.5).astype(np.uint8))
+
+
+def test_view_of_a_missing_model_is_one_line_exit_2(tmp_path):
+    result = CliRunner().invoke(app, ["-w", str(tmp_path), "view", "--model", str(tmp_path / "nope")])
+    assert result.exit_code == 2, result.output
+    text = " ".join(result.output.split())  # rich wraps the one message at the terminal width
+    assert text.startswith("error:") and text.count("error:") == 1 and "Traceback" not in text and "nope" in text
