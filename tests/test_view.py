@@ -167,3 +167,64 @@ def test_view_of_a_missing_model_is_one_line_exit_2(tmp_path):
     assert result.exit_code == 2, result.output
     text = " ".join(result.output.split())  # rich wraps the one message at the terminal width
     assert text.startswith("error:") and text.count("error:") == 1 and "Traceback" not in text and "nope" in text
+
+
+# ---- a real browser on a running `moegs view` ------------------------------------------------------
+
+CANVAS_CROP = (slice(170, 520), slice(330, 640))
+"""Part of the 1000 x ~560 page that neither viser's notification (top left), its control panel (top right)
+nor the axes gizmo (bottom left) covers: only the background image, our rendered frame, shows there."""
+
+
+def _start_view(workspace: Path, model: Path) -> tuple[subprocess.Popen, str]:
+    """``moegs view`` as its own process on a free port; returns it and the URL it announced."""
+    command = [sys.executable, "-c", "from moegs_cli.app import main; main()", "-w", str(workspace), "view",
+               "--model", str(model), "--port", "0", "--height", "72", "--backend", "cpu"]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "200"}
+    process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if not line and process.poll() is not None:
+            raise AssertionError(f"moegs view exited with {process.returncode} before serving")
+        found = re.search(r"open (http://127\.0\.0\.1:\d+)", line)
+        if found:
+            return process, found.group(1)
+    process.kill()
+    raise AssertionError("moegs view did not announce its address within 180 s")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="needs Chromium (apt-get install chromium)")
+def test_headless_chromium_shows_the_rendered_frame_and_ctrl_c_exits_cleanly(tiny_demo, demo_workspace, tmp_path):
+    from tests.browser import save_png, screenshot_when
+    from moegs.view.frames import resize_image
+
+    artifact = tiny_demo.steps["moe"].artifact
+    process, url = _start_view(demo_workspace, artifact.path)
+    try:
+        def shows_a_frame(shot: np.ndarray) -> bool:
+            crop = shot[CANVAS_CROP].astype(np.float64)
+            return crop.std() > 3.0 or abs(crop.mean() - 255.0) > 10.0  # the empty page is plain white
+
+        shot, ready = screenshot_when(url, shows_a_frame, timeout=120)
+        save_png(shot, tmp_path / "moegs_view.png")
+        print(f"screenshot: {tmp_path / 'moegs_view.png'} ({shot.shape[1]}x{shot.shape[0]})")
+        assert ready, "the page never showed a rendered frame"
+        assert process.poll() is None
+        process.send_signal(signal.SIGINT)
+        output, _ = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 0, output
+    assert "stopped" in output and "Traceback" not in output
+
+    model = load_model(artifact)
+    dataset = Dataset.load(dataset_of(artifact).path)
+    expected = render_view(model, dataset.test_cameras[0], float(dataset.times[0]), "blend")
+    stretched = resize_image(expected, shot.shape[1], shot.shape[0])  # viser fills the canvas with the image
+    seen, want = shot[CANVAS_CROP].reshape(-1, 3).mean(0), stretched[CANVAS_CROP].reshape(-1, 3).mean(0)
+    print(f"mean colour in the canvas crop: browser {np.round(seen, 1)}, rendered frame {np.round(want, 1)}")
+    assert np.abs(seen - want).max() < 8.0  # JPEG transport and the browser's resampling

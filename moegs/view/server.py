@@ -70,9 +70,12 @@ class Viewer:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._fps_window: list[float] = []
+        start_camera = dataset.test_cameras[0] if dataset.test_cameras else dataset.cameras[0]
+        # one render before serving compiles the CPU kernels, so the first browser frame is not a long wait
+        render_view(model, at_height(start_camera, 16), 0.0, view_modes(model.families, model.is_moe)[0],
+                    backend=options.backend)
         self.server = viser.ViserServer(host=options.host, port=options.port, label="moegs view", verbose=False)
-        self._start_camera = dataset.test_cameras[0] if dataset.test_cameras else dataset.cameras[0]
-        self._set_initial_camera(self._start_camera)
+        self._set_initial_camera(start_camera)
         self._build_gui()
         self.server.on_client_connect(self._connect)
         self.server.on_client_disconnect(self._disconnect)
@@ -161,6 +164,7 @@ class Viewer:
                 handle.look_at = camera.center + c2w[:, 2]
                 handle.up_direction = -c2w[:, 1]
             state.dirty.set()
+        self.camera_choice.value = FREE_VIEW  # so that picking the same camera again jumps again
 
     # ---- rendering --------------------------------------------------------------------------------
     def _render_loop(self, state: ClientState) -> None:
@@ -200,8 +204,9 @@ class Viewer:
         self._report(elapsed, camera, state.on_dataset_camera)
 
     def _report(self, elapsed: float, camera: Camera, on_camera: str | None) -> None:
-        self._fps_window = (self._fps_window + [elapsed])[-20:]
-        fps = len(self._fps_window) / max(sum(self._fps_window), 1e-9)
+        with self._lock:
+            self._fps_window = (self._fps_window + [elapsed])[-20:]
+            fps = len(self._fps_window) / max(sum(self._fps_window), 1e-9)
         where = f"on dataset camera **{on_camera}**" if on_camera else "free view"
         self.readout.content = (f"backend **{self.options.backend}** · **{fps:.1f}** render FPS · "
                                 f"{camera.width}x{camera.height} · {where}")
