@@ -23,7 +23,8 @@ from moegs.cameras import Camera, quaternion_to_rotation
 from moegs.data.dataset import Dataset
 from moegs.errors import InputError
 from moegs.models import dataset_of, load_model
-from moegs.view.camera import BrowserPose, at_height, browser_camera, matching_camera, pose_of, rotation_to_quaternion
+from moegs.view.camera import (BrowserPose, at_height, browser_camera, matching_camera, pose_of, rotation_to_quaternion,
+                               widened)
 from moegs.view.frames import GATES, GRID, compose, expert_grid, render_frame, render_view, view_modes
 from moegs.visuals import legend_image
 from moegs_cli.app import app
@@ -80,6 +81,14 @@ def test_pose_of_and_browser_camera_round_trip_and_match():
         moved = BrowserPose(moved.wxyz, tuple(np.asarray(moved.position) + 1e-2), moved.fov, moved.aspect)
         assert matching_camera(moved, [cam]) is None
     assert at_height(cam, 144).K[0, 0] == pytest.approx(160.0) and at_height(cam, 144).width == 192
+
+
+def test_widened_camera_keeps_its_pixels_centred():
+    cam = Camera("c", 96, 72, np.array([[80.0, 0, 40.0], [0, 82.0, 30.0], [0, 0, 1]]), np.eye(3), np.zeros(3))
+    points = np.array([[0.1, 0.2, 2.0], [-0.5, 0.1, 3.0]])
+    wide = widened(cam, 16 / 9)
+    assert (wide.width, wide.height) == (128, 72) and widened(cam, 96 / 72) is cam
+    np.testing.assert_allclose(wide.project(points)[0], cam.project(points)[0] + [16.0, 0.0], atol=1e-12)
 
 
 def test_browser_camera_rejects_bad_input():
@@ -197,20 +206,35 @@ def _start_view(workspace: Path, model: Path) -> tuple[subprocess.Popen, str]:
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="needs Chromium (apt-get install chromium)")
 def test_headless_chromium_shows_the_rendered_frame_and_ctrl_c_exits_cleanly(tiny_demo, demo_workspace, tmp_path):
-    from tests.browser import save_png, screenshot_when
     from moegs.view.frames import resize_image
+    from tests.browser import save_png, screenshot_when
 
     artifact = tiny_demo.steps["moe"].artifact
+    model = load_model(artifact)
+    dataset = Dataset.load(dataset_of(artifact).path)
+    expected: dict[tuple[int, int], np.ndarray] = {}
+
+    def crop_means(shot: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Mean colour of the canvas crop in the screenshot and in the frame the viewer should be showing:
+        the first test camera (new tabs start there) widened to the canvas aspect, stretched over the canvas."""
+        size = (shot.shape[1], shot.shape[0])
+        if size not in expected:
+            frame = render_view(model, widened(dataset.test_cameras[0], size[0] / size[1]), float(dataset.times[0]), "blend")
+            expected[size] = resize_image(frame, *size)
+        return shot[CANVAS_CROP].reshape(-1, 3).mean(0), expected[size][CANVAS_CROP].reshape(-1, 3).mean(0)
+
+    def shows_the_frame(shot: np.ndarray) -> bool:
+        seen, want = crop_means(shot)
+        return shot[CANVAS_CROP].std() > 3.0 and np.abs(seen - want).max() < 8.0  # JPEG and browser resampling
+
     process, url = _start_view(demo_workspace, artifact.path)
     try:
-        def shows_a_frame(shot: np.ndarray) -> bool:
-            crop = shot[CANVAS_CROP].astype(np.float64)
-            return crop.std() > 3.0 or abs(crop.mean() - 255.0) > 10.0  # the empty page is plain white
-
-        shot, ready = screenshot_when(url, shows_a_frame, timeout=120)
+        shot, ready = screenshot_when(url, shows_the_frame, timeout=120)
         save_png(shot, tmp_path / "moegs_view.png")
-        print(f"screenshot: {tmp_path / 'moegs_view.png'} ({shot.shape[1]}x{shot.shape[0]})")
-        assert ready, "the page never showed a rendered frame"
+        seen, want = crop_means(shot)
+        print(f"screenshot {tmp_path / 'moegs_view.png'} ({shot.shape[1]}x{shot.shape[0]}); mean colour in the "
+              f"canvas crop: browser {np.round(seen, 1)}, rendered frame {np.round(want, 1)}")
+        assert ready, "the page never showed the rendered frame"
         assert process.poll() is None
         process.send_signal(signal.SIGINT)
         output, _ = process.communicate(timeout=60)
@@ -220,11 +244,3 @@ def test_headless_chromium_shows_the_rendered_frame_and_ctrl_c_exits_cleanly(tin
             process.wait()
     assert process.returncode == 0, output
     assert "stopped" in output and "Traceback" not in output
-
-    model = load_model(artifact)
-    dataset = Dataset.load(dataset_of(artifact).path)
-    expected = render_view(model, dataset.test_cameras[0], float(dataset.times[0]), "blend")
-    stretched = resize_image(expected, shot.shape[1], shot.shape[0])  # viser fills the canvas with the image
-    seen, want = shot[CANVAS_CROP].reshape(-1, 3).mean(0), stretched[CANVAS_CROP].reshape(-1, 3).mean(0)
-    print(f"mean colour in the canvas crop: browser {np.round(seen, 1)}, rendered frame {np.round(want, 1)}")
-    assert np.abs(seen - want).max() < 8.0  # JPEG transport and the browser's resampling

@@ -85,6 +85,18 @@ def at_height(camera: Camera, height: int) -> Camera:
     return camera.resized(max(1, round(camera.width * height / camera.height)), height)
 
 
+def widened(camera: Camera, aspect: float) -> Camera:
+    """``camera`` with its width changed to match ``aspect`` (the browser canvas) and the principal point
+    moved by half the change, so its own pixels stay centred and undistorted instead of stretched."""
+    width = max(1, round(camera.height * aspect))
+    if width == camera.width:
+        return camera
+    K = camera.K.copy()
+    K[0, 2] += 0.5 * (width - camera.width)
+    return Camera(camera.name, width, camera.height, K, camera.R.copy(), camera.t.copy(),
+                  None if camera.dist is None else camera.dist.copy(), camera.near, camera.far)
+
+
 def rotation_to_quaternion(R: np.ndarray) -> np.ndarray:
     """Unit quaternion (w, x, y, z) with w >= 0 of a rotation matrix (Shepperd's method, stable everywhere)."""
     R = np.asarray(R, dtype=np.float64)

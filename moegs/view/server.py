@@ -20,7 +20,7 @@ from moegs.cameras import Camera
 from moegs.data.dataset import Dataset
 from moegs.errors import MissingDependencyError
 from moegs.models import LoadedModel
-from moegs.view.camera import BrowserPose, at_height, browser_camera, matching_camera, pose_of
+from moegs.view.camera import BrowserPose, at_height, browser_camera, matching_camera, pose_of, widened
 from moegs.view.frames import GRID, render_view, resize_image, view_modes
 from moegs.visuals import legend_image
 
@@ -186,8 +186,10 @@ class Viewer:
         pose = BrowserPose(tuple(cam.wxyz), tuple(cam.position), float(cam.fov), float(cam.aspect))
         height = int(self.height.value)
         dataset_camera = matching_camera(pose, self.dataset.cameras)
-        if dataset_camera is not None:
+        if dataset_camera is not None:  # its own intrinsics; the grid keeps its frame to sit beside the ground truth
             camera = at_height(dataset_camera, height)
+            if self.mode.value != GRID:
+                camera = widened(camera, pose.aspect)
         else:
             camera = browser_camera(pose, height, self.near, self.far)
         frame = int(self.frame_slider.value)
