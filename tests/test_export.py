@@ -13,6 +13,7 @@ from plyfile import PlyData
 from typer.testing import CliRunner
 
 from moegs.data.dataset import Dataset, normalised_times
+from moegs.errors import InputError
 from moegs.experts.temporal import temporal_rbf
 from moegs.export import mean_gates, splatv_records
 from moegs.gaussians import activated, colors, load_ply, ply_property_names, sh_degree_of
@@ -71,7 +72,7 @@ def test_ply_sequence_reads_back_as_standard_3dgs_and_rerenders(tiny_demo, demo_
         opacity = 1.0 / (1.0 + np.exp(-vertex["opacity"]))
         np.testing.assert_allclose(opacity, deformed.opacities.detach().numpy().clip(1e-6, 1 - 1e-6), atol=1e-6)
         np.testing.assert_allclose(read("f_dc_0", "f_dc_1", "f_dc_2"), expert.params["sh0"][:, 0].detach().numpy(), atol=0)
-        diff = float((_render_ply(files[i], camera) - render_expert(expert, camera, t, backend="cpu").image).abs().max())
+        diff = float((_render_ply(files[i], camera) - render_expert(expert, camera, t, backend="cpu").image).abs().max().detach())
         worst = max(worst, diff)
     print(f"{family}: re-rendered PLY vs expert, max abs diff {worst:.2e}")
     assert worst < 1e-5
@@ -194,8 +195,6 @@ def test_splatv_records_refuse_values_beyond_half_floats(tiny_demo):
         saved = expert.params["motion"].clone()
         expert.params["motion"][0, 2, 1] = 1e6
         try:
-            from moegs.errors import InputError
-
             with pytest.raises(InputError, match="motion"):
                 splatv_records(expert)
         finally:

@@ -6,9 +6,7 @@ from __future__ import annotations
 import math
 import os
 import re
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -28,6 +26,7 @@ from moegs.view.camera import (BrowserPose, at_height, browser_camera, matching_
 from moegs.view.frames import GATES, GRID, compose, expert_grid, render_frame, render_view, view_modes
 from moegs.visuals import legend_image
 from moegs_cli.app import app
+from tests.browser import find_chromium
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -204,7 +203,7 @@ def _start_view(workspace: Path, model: Path) -> tuple[subprocess.Popen, str]:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(shutil.which("chromium") is None, reason="needs Chromium (apt-get install chromium)")
+@pytest.mark.skipif(find_chromium() is None, reason="needs Chromium (apt-get install chromium)")
 def test_headless_chromium_shows_the_rendered_frame_and_ctrl_c_exits_cleanly(tiny_demo, demo_workspace, tmp_path):
     from moegs.view.frames import resize_image
     from tests.browser import save_png, screenshot_when

@@ -14,8 +14,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
 from moegs.cameras import Camera
 from moegs.data.dataset import Dataset
 from moegs.errors import MissingDependencyError
@@ -43,13 +41,10 @@ class ViewerOptions:
 
 @dataclass
 class ClientState:
-    """One browser tab: its render thread's wake-up event and what it last showed."""
+    """One browser tab and its render thread's wake-up event."""
 
     client: Any
     dirty: threading.Event = field(default_factory=threading.Event)
-    last_image: np.ndarray | None = None
-    last_camera: Camera | None = None
-    on_dataset_camera: str | None = None
 
 
 class Viewer:
@@ -201,9 +196,7 @@ class Viewer:
                             backend=self.options.backend, ground_truth=ground_truth)
         elapsed = time.perf_counter() - start
         state.client.scene.set_background_image(image, format="jpeg", jpeg_quality=JPEG_QUALITY)
-        state.last_image, state.last_camera = image, camera
-        state.on_dataset_camera = None if dataset_camera is None else dataset_camera.name
-        self._report(elapsed, camera, state.on_dataset_camera)
+        self._report(elapsed, camera, None if dataset_camera is None else dataset_camera.name)
 
     def _report(self, elapsed: float, camera: Camera, on_camera: str | None) -> None:
         with self._lock:
