@@ -243,3 +243,36 @@ def test_headless_chromium_shows_the_rendered_frame_and_ctrl_c_exits_cleanly(tin
             process.wait()
     assert process.returncode == 0, output
     assert "stopped" in output and "Traceback" not in output
+
+
+@pytest.mark.slow
+def test_viewer_binds_localhost_and_play_steps_the_frame_slider(tiny_demo):
+    from moegs.view.server import Viewer, ViewerOptions
+
+    artifact = tiny_demo.steps["moe"].artifact
+    viewer = Viewer(load_model(artifact), Dataset.load(dataset_of(artifact).path), ViewerOptions(port=0, height=32))
+    try:
+        assert re.fullmatch(r"http://127\.0\.0\.1:\d+", viewer.url) and not viewer.url.endswith(":0")
+        assert viewer.mode.value == "blend" and viewer.height.value == 32
+        viewer.fps.value = 50.0
+        time.sleep(0.3)
+        assert viewer.frame_slider.value == 0  # paused
+        viewer.play.value = True
+        deadline = time.monotonic() + 10
+        while viewer.frame_slider.value < 3 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert viewer.frame_slider.value >= 3
+        viewer.play.value = False
+    finally:
+        viewer.stop()
+
+
+def test_view_and_export_help_say_what_they_do():
+    def plain(args: list[str]) -> str:  # without ANSI codes and box drawing, whitespace collapsed
+        text = re.sub(r"\x1b\[[0-9;]*m", "", CliRunner().invoke(app, args, env={"COLUMNS": "200"}).output)
+        return " ".join(re.sub(r"[│╭╮╰╯─]", " ", text).split())
+
+    view_help = plain(["view", "--help"])
+    assert "--host" in view_help and "--port" in view_help and "127.0.0.1" in view_help
+    export_help = plain(["export", "--help"])
+    assert "ply-sequence" in export_help and "splatv" in export_help and "mean gate" in export_help
