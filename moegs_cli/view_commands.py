@@ -39,7 +39,7 @@ def view(
     model: ModelOpt,
     host: Annotated[str, typer.Option(help="Address to bind; 0.0.0.0 exposes the viewer to the network.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port (the next free one is taken if it is busy; 0 = any).")] = 8080,
-    height: Annotated[int, typer.Option(help="Initial render height in pixels (a slider in the page changes it).")] = 360,
+    height: Annotated[int, typer.Option(help="Initial render height in pixels (a slider in the page changes it).")] = 240,
     fps: Annotated[float | None, typer.Option(help="Playback FPS (default: the dataset's, else 10).", show_default=False)] = None,
     tau: TauOpt = None,
     backend: BackendOpt = None,

@@ -32,7 +32,7 @@ JPEG_QUALITY = 90
 class ViewerOptions:
     host: str = "127.0.0.1"
     port: int = 8080
-    height: int = 360
+    height: int = 240
     """Initial render height in pixels (width follows the browser window's aspect)."""
     fps: float | None = None
     """Playback FPS (default: the dataset's, else 10)."""
