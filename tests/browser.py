@@ -6,8 +6,10 @@ from __future__ import annotations
 import base64
 import io
 import json
+import os
 import re
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -31,12 +33,12 @@ def screenshot_when(url: str, ready: Callable[[np.ndarray], bool], *, size: tupl
     and False at ``timeout`` seconds."""
     from websockets.sync.client import connect
 
-    with tempfile.TemporaryDirectory() as profile:
+    with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as profile:
         browser = subprocess.Popen(
             [find_chromium(), "--headless=new", "--no-sandbox", "--disable-gpu", "--use-angle=swiftshader",
              "--enable-unsafe-swiftshader", "--no-first-run", "--remote-debugging-port=0",
              f"--user-data-dir={profile}", f"--window-size={size[0]},{size[1]}", url],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
         try:
             deadline = time.monotonic() + timeout
             port = _devtools_port(browser, deadline)
@@ -52,8 +54,8 @@ def screenshot_when(url: str, ready: Callable[[np.ndarray], bool], *, size: tupl
                     if time.monotonic() > deadline:
                         return shot, False
                     time.sleep(0.5)
-        finally:
-            browser.kill()
+        finally:  # chromium's helper processes share its new session: end them all with it
+            os.killpg(browser.pid, signal.SIGKILL)
             browser.wait(timeout=10)
     raise AssertionError("unreachable")
 

@@ -276,3 +276,52 @@ def test_view_and_export_help_say_what_they_do():
     assert "--host" in view_help and "--port" in view_help and "127.0.0.1" in view_help
     export_help = plain(["export", "--help"])
     assert "ply-sequence" in export_help and "splatv" in export_help and "mean gate" in export_help
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(find_chromium() is None, reason="needs Chromium (apt-get install chromium)")
+def test_jump_to_a_dataset_camera_and_grid_mode_in_a_real_browser(tiny_demo):
+    """The camera dropdown moves the browser's camera onto a training camera (and it stays there after the
+    browser reports back); the grid then carries the ground-truth tile, as the readout says."""
+    import threading
+
+    from moegs.view.server import Viewer, ViewerOptions
+    from tests.browser import screenshot_when
+
+    artifact = tiny_demo.steps["moe"].artifact
+    dataset = Dataset.load(dataset_of(artifact).path)
+    target = dataset.train_cameras[-1]
+    viewer = Viewer(load_model(artifact), dataset, ViewerOptions(port=0, height=72))
+
+    def on_camera(name: str) -> bool:
+        for state in viewer.clients():
+            if state.has_camera:
+                cam = state.client.camera
+                pose = BrowserPose(tuple(cam.wxyz), tuple(cam.position), float(cam.fov), float(cam.aspect))
+                found = matching_camera(pose, dataset.cameras)
+                return found is not None and found.name == name
+        return False
+
+    steps: list[str] = []
+    finished = threading.Event()
+
+    def drive() -> None:
+        try:
+            deadline = time.monotonic() + 90
+            while not on_camera(dataset.test_cameras[0].name) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            steps.append("started on the test camera")
+            viewer.mode.value = GRID
+            viewer.camera_choice.value = f"train {target.name}"
+            time.sleep(3.0)  # several camera reports from the browser, and a render
+            if on_camera(target.name) and f"on dataset camera **{target.name}**" in viewer.readout.content:
+                steps.append("stays on the chosen camera")
+        finally:
+            finished.set()
+
+    try:
+        threading.Thread(target=drive, daemon=True).start()
+        screenshot_when(viewer.url, lambda _shot: finished.is_set(), timeout=120)  # the browser stays open meanwhile
+    finally:
+        viewer.stop()
+    assert steps == ["started on the test camera", "stays on the chosen camera"]

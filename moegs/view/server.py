@@ -41,10 +41,11 @@ class ViewerOptions:
 
 @dataclass
 class ClientState:
-    """One browser tab and its render thread's wake-up event."""
+    """One browser tab, its render thread's wake-up event, and whether its camera has arrived yet."""
 
     client: Any
     dirty: threading.Event = field(default_factory=threading.Event)
+    has_camera: bool = False
 
 
 class Viewer:
@@ -63,6 +64,8 @@ class Viewer:
         self.far = max(c.far for c in dataset.cameras)
         self._clients: dict[int, ClientState] = {}
         self._lock = threading.Lock()
+        self._render_lock = threading.Lock()
+        """One render at a time: numba's default threading layer must not be entered from two threads."""
         self._stop = threading.Event()
         self._fps_window: list[float] = []
         start_camera = dataset.test_cameras[0] if dataset.test_cameras else dataset.cameras[0]
@@ -131,7 +134,12 @@ class Viewer:
         state = ClientState(client)
         with self._lock:
             self._clients[client.client_id] = state
-        client.camera.on_update(lambda _camera: state.dirty.set())
+
+        def camera_moved(_camera: Any) -> None:
+            state.has_camera = True
+            state.dirty.set()
+
+        client.camera.on_update(camera_moved)
         threading.Thread(target=self._render_loop, args=(state,), name=f"moegs-view-{client.client_id}",
                          daemon=True).start()
 
@@ -152,6 +160,8 @@ class Viewer:
         pose = pose_of(camera)
         c2w = camera.R.T
         for state in self.clients():
+            if not state.has_camera:  # viser moves a camera only once the tab has reported one
+                continue
             handle = state.client.camera
             with state.client.atomic():
                 handle.fov = pose.fov
@@ -171,6 +181,8 @@ class Viewer:
                 connected = state.client.client_id in self._clients
             if not connected or self._stop.is_set():
                 return
+            if not state.has_camera:  # a control changed before the tab sent its first camera
+                continue
             try:
                 self._render_for(state)
             except Exception:  # a render failure must not kill the tab's loop; it is logged with its traceback
@@ -179,22 +191,23 @@ class Viewer:
     def _render_for(self, state: ClientState) -> None:
         cam = state.client.camera
         pose = BrowserPose(tuple(cam.wxyz), tuple(cam.position), float(cam.fov), float(cam.aspect))
-        height = int(self.height.value)
+        height, mode = int(self.height.value), self.mode.value
         dataset_camera = matching_camera(pose, self.dataset.cameras)
         if dataset_camera is not None:  # its own intrinsics; the grid keeps its frame to sit beside the ground truth
             camera = at_height(dataset_camera, height)
-            if self.mode.value != GRID:
+            if mode != GRID:
                 camera = widened(camera, pose.aspect)
         else:
             camera = browser_camera(pose, height, self.near, self.far)
         frame = int(self.frame_slider.value)
         ground_truth = None
-        if dataset_camera is not None and self.mode.value == GRID:
+        if dataset_camera is not None and mode == GRID:
             ground_truth = resize_image(self.dataset.frame(dataset_camera.name, frame), camera.width, camera.height)
-        start = time.perf_counter()
-        image = render_view(self.model, camera, float(self.dataset.times[frame]), self.mode.value,
-                            backend=self.options.backend, ground_truth=ground_truth)
-        elapsed = time.perf_counter() - start
+        with self._render_lock:
+            start = time.perf_counter()
+            image = render_view(self.model, camera, float(self.dataset.times[frame]), mode,
+                                backend=self.options.backend, ground_truth=ground_truth)
+            elapsed = time.perf_counter() - start
         state.client.scene.set_background_image(image, format="jpeg", jpeg_quality=JPEG_QUALITY)
         self._report(elapsed, camera, None if dataset_camera is None else dataset_camera.name)
 
