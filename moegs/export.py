@@ -27,12 +27,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from moegs.artifacts import Artifact
 from moegs.cameras import Camera
-from moegs.data.dataset import Dataset, normalised_times
+from moegs.context import CPU, RenderContext
+from moegs.data.dataset import Dataset
 from moegs.errors import IncompatibleArtifactError, InputError
 from moegs.experts.base import Expert
 from moegs.gaussians import save_ply
-from moegs.models import LoadedModel
+from moegs.renderable import Renderable
 from moegs.sh import sh0_to_rgb
 
 log = logging.getLogger("moegs")
@@ -46,9 +48,10 @@ GATE_MAX_HEIGHT = 256
 HALF_MAX = 65504.0
 
 
-def export_model(model: LoadedModel, dataset: Dataset, fmt: str, out: Path, *, force: bool = False,
-                 backend: str = "cpu", on_frame: Callable[[int, int], None] | None = None) -> Path:
-    """Write ``model`` as ``fmt`` to ``out`` (a folder for ply-sequence, a file for splatv), atomically."""
+def export_model(model: Renderable, artifact: Artifact, dataset: Dataset, fmt: str, out: Path, *, force: bool = False,
+                 ctx: RenderContext = CPU, on_frame: Callable[[int, int], None] | None = None) -> Path:
+    """Write ``model`` (loaded from ``artifact``) as ``fmt`` to ``out`` (a folder for ply-sequence, a file for
+    splatv), atomically: into ``<out>.partial`` first, renamed when complete."""
     if fmt not in FORMATS:
         raise InputError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
     out = Path(out)
@@ -59,9 +62,9 @@ def export_model(model: LoadedModel, dataset: Dataset, fmt: str, out: Path, *, f
     partial.parent.mkdir(parents=True, exist_ok=True)
     try:
         if fmt == "ply-sequence":
-            write_ply_sequence(model, dataset, partial, backend=backend, on_frame=on_frame)
+            write_ply_sequence(model, dataset, partial, ctx=ctx, on_frame=on_frame)
         else:
-            write_splatv(splatv_expert(model), dataset.cameras, partial)
+            write_splatv(splatv_expert(model, artifact), dataset.cameras, partial)
     except BaseException:
         _remove(partial)
         raise
@@ -72,41 +75,41 @@ def export_model(model: LoadedModel, dataset: Dataset, fmt: str, out: Path, *, f
 
 # ---- ply-sequence ---------------------------------------------------------------------------------
 
-def write_ply_sequence(model: LoadedModel, dataset: Dataset, directory: Path, *, backend: str = "cpu",
+def write_ply_sequence(model: Renderable, dataset: Dataset, directory: Path, *, ctx: RenderContext = CPU,
                        on_frame: Callable[[int, int], None] | None = None) -> list[Path]:
-    """``frame_00000.ply`` ... one per frame of the model's clip."""
+    """``frame_00000.ply`` ... one per frame of the dataset the model was trained on."""
     directory.mkdir(parents=True, exist_ok=True)
-    times = normalised_times(_clip_frames(model))
+    times = dataset.times
     paths = []
     for i, t in enumerate(times):
         path = directory / f"frame_{i:05d}.ply"
-        save_ply(path, frame_params(model, dataset, float(t), backend=backend))
+        save_ply(path, frame_params(model, dataset, float(t), ctx=ctx))
         paths.append(path)
         if on_frame is not None:
             on_frame(i + 1, len(times))
     return paths
 
 
-def frame_params(model: LoadedModel, dataset: Dataset, t: float, *, backend: str = "cpu") -> dict[str, Tensor]:
+def frame_params(model: Renderable, dataset: Dataset, t: float, *, ctx: RenderContext = CPU) -> dict[str, Tensor]:
     """Standard 3DGS parameters of the model at time ``t`` (a MoE: all experts, opacity times mean gate)."""
-    if model.moe is None:
-        return model.expert.export_params_at(t)
-    experts = model.moe.experts.experts
-    weights = mean_gates(model, dataset, t, backend=backend)
-    parts = [weighted_opacity(e.export_params_at(t), float(w)) for e, w in zip(experts, weights)]
+    components = [params for _name, params in model.export_at(t)]
+    if len(components) == 1:
+        return components[0]
+    weights = mean_gates(model, dataset, t, ctx=ctx)
+    parts = [weighted_opacity(params, float(w)) for params, w in zip(components, weights)]
     rest = max(p["shN"].shape[1] for p in parts)
     for p in parts:  # experts of lower SH degree get zero higher bands: the same colours
         p["shN"] = torch.nn.functional.pad(p["shN"], (0, 0, 0, rest - p["shN"].shape[1]))
     return {key: torch.cat([p[key] for p in parts]) for key in parts[0]}
 
 
-def mean_gates(model: LoadedModel, dataset: Dataset, t: float, *, backend: str = "cpu") -> np.ndarray:
+def mean_gates(model: Renderable, dataset: Dataset, t: float, *, ctx: RenderContext = CPU) -> np.ndarray:
     """Each expert's router weight [K] at time ``t``, averaged over the test cameras' pixels."""
     cameras = dataset.test_cameras or dataset.cameras
     total = None
     for camera in cameras:
         small = camera.scaled(min(1.0, GATE_MAX_HEIGHT / camera.height))
-        gates = model.render(small, t, backend=backend).gates  # [K, H, W]
+        gates = model.render_frame(small, t, ctx).gates  # [K, H, W]
         means = gates.double().mean(dim=(1, 2)).cpu().numpy()
         total = means if total is None else total + means
     return total / len(cameras)
@@ -118,30 +121,25 @@ def weighted_opacity(params: dict[str, Tensor], weight: float) -> dict[str, Tens
     return {**params, "opacity_logits": torch.log(opacity / (1 - opacity))}
 
 
-def _clip_frames(model: LoadedModel) -> int:
-    experts = model.moe.experts.experts if model.moe is not None else [model.expert]
-    return experts[0].n_frames
-
-
 # ---- splatv ---------------------------------------------------------------------------------------
 
-def splatv_expert(model: LoadedModel) -> Expert:
+def splatv_expert(model: Renderable, artifact: Artifact) -> Expert:
     """The expert a splatv file can hold, or the reason it cannot."""
-    where = model.artifact.path
-    if model.moe is not None:
-        pairs = zip(model.moe.expert_artifacts, model.moe.experts.experts)
-        poly = [str(artifact.path) for artifact, expert in pairs if expert.family == "polynomial"]
+    where = artifact.path
+    if len(model.families) > 1:
+        experts = [artifact.resolve_input(ref) for ref in artifact.input_refs("expert")]
+        poly = [str(e.path) for e in experts if e.compat.get("family") == "polynomial"]
         hint = f"export its polynomial expert ({', '.join(poly)})" if poly else "export one expert"
         raise IncompatibleArtifactError(
             f"{where}: splatv holds one set of Gaussians with fixed opacities, so a MoE's per-pixel router "
             f"(or its per-frame gate weights) cannot be expressed; {hint} or use --format ply-sequence")
-    expert = model.expert
-    if expert.family != "polynomial":
+    (family,) = model.families
+    if family != "polynomial":
         raise IncompatibleArtifactError(
             f"{where}: splatv stores STG's polynomial motion (cubic position, linear rotation, temporal RBF "
-            f"opacity); a {expert.family} expert moves its Gaussians differently, which splatv cannot express; "
+            f"opacity); a {family} expert moves its Gaussians differently, which splatv cannot express; "
             "use --format ply-sequence")
-    return expert
+    return model  # a polynomial expert: its own per-Gaussian tensors are what splatv stores
 
 
 def splatv_records(expert: Expert) -> np.ndarray:

@@ -9,7 +9,7 @@ import typer
 
 from moegs.progress import console, progress_bar
 from moegs_cli.common import ForceOpt, handle_errors, state
-from moegs_cli.train_commands import BackendOpt
+from moegs_cli.train_commands import BackendOpt, DeviceOpt
 
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Expert or moe artifact (path, scene/kind/latest or id prefix).")]
 TauOpt = Annotated[float | None, typer.Option(help="Test-time temperature of a MoE (default: as trained).", show_default=False)]
@@ -20,17 +20,20 @@ def register(app: typer.Typer) -> None:
     app.command("export")(export)
 
 
-def _load(ctx: typer.Context, model_ref: str, tau: float | None):
-    """The model artifact loaded for rendering, and the dataset it was trained on."""
+def _load(ctx: typer.Context, model_ref: str, tau: float | None, device: str | None, backend: str | None):
+    """The model artifact, the model loaded for rendering in its context, the dataset it was trained on, the context."""
     from moegs.artifacts import load_artifact
+    from moegs.context import resolve_context
     from moegs.data.dataset import Dataset
     from moegs.errors import InputError
     from moegs.models import dataset_of, load_model
 
+    render_ctx = resolve_context(device or "auto", backend or "auto")
     artifact = load_artifact(model_ref, state(ctx).workspace)
     if artifact.kind not in ("expert", "moe"):
         raise InputError(f"{artifact.path}: expected an expert or a moe artifact, not a {artifact.kind}")
-    return load_model(artifact, tau=tau), Dataset.load(dataset_of(artifact).path)
+    model = load_model(artifact, render_ctx, tau=tau)
+    return artifact, model, Dataset.load(dataset_of(artifact).path), render_ctx
 
 
 @handle_errors
@@ -42,6 +45,7 @@ def view(
     height: Annotated[int, typer.Option(help="Initial render height in pixels (a slider in the page changes it).")] = 240,
     fps: Annotated[float | None, typer.Option(help="Playback FPS (default: the dataset's, else 10).", show_default=False)] = None,
     tau: TauOpt = None,
+    device: DeviceOpt = None,
     backend: BackendOpt = None,
 ) -> None:
     """Serve an interactive web viewer of an expert or a MoE; open the printed address in a browser.
@@ -53,11 +57,10 @@ def view(
 
     Example: moegs view --model synth/moe/latest
     """
-    from moegs.raster import resolve_backend
     from moegs.view.server import Viewer, ViewerOptions, serve
 
-    loaded, dataset = _load(ctx, model, tau)
-    options = ViewerOptions(host=host, port=port, height=height, fps=fps, backend=resolve_backend(backend or "auto"))
+    _artifact, loaded, dataset, render_ctx = _load(ctx, model, tau, device, backend)
+    options = ViewerOptions(host=host, port=port, height=height, fps=fps, ctx=render_ctx)
     serve(Viewer(loaded, dataset, options), announce=lambda line: console.print(line, highlight=False))
 
 
@@ -68,6 +71,7 @@ def export(
     fmt: Annotated[str, typer.Option("--format", "-f", help="ply-sequence or splatv.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder (ply-sequence) or file (splatv) to write.")],
     tau: TauOpt = None,
+    device: DeviceOpt = None,
     backend: BackendOpt = None,
     force: ForceOpt = False,
 ) -> None:
@@ -84,11 +88,10 @@ def export(
     Example: moegs export --model synth/expert/latest --format ply-sequence --out seq/
     """
     from moegs.export import export_model
-    from moegs.raster import resolve_backend
 
-    loaded, dataset = _load(ctx, model, tau)
+    artifact, loaded, dataset, render_ctx = _load(ctx, model, tau, device, backend)
     with progress_bar(f"export {fmt}", dataset.n_frames, enabled=fmt == "ply-sequence") as bar:
-        path = export_model(loaded, dataset, fmt, out, force=force, backend=resolve_backend(backend or "auto"),
+        path = export_model(loaded, artifact, dataset, fmt, out, force=force, ctx=render_ctx,
                             on_frame=lambda done, total: bar.advance())
     console.print(f"wrote {fmt}: {path}", highlight=False)
     typer.echo(str(path))

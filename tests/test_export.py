@@ -12,6 +12,7 @@ import torch
 from plyfile import PlyData
 from typer.testing import CliRunner
 
+from moegs.context import CPU
 from moegs.data.dataset import Dataset, normalised_times
 from moegs.errors import InputError
 from moegs.experts.temporal import temporal_rbf
@@ -34,7 +35,7 @@ def _expert(tiny_demo, family):
 
 def _export(workspace, model, fmt, out, *extra):
     return runner.invoke(app, ["-w", str(workspace), "export", "--model", str(model), "--format", fmt,
-                               "--out", str(out), "--backend", "cpu", *extra])
+                               "--out", str(out), "--device", "cpu", "--backend", "cpu", *extra])
 
 
 def _render_ply(path, camera):
@@ -51,7 +52,7 @@ def test_ply_sequence_reads_back_as_standard_3dgs_and_rerenders(tiny_demo, demo_
     out = tmp_path / f"seq_{family}"
     result = _export(demo_workspace, artifact.path, "ply-sequence", out)
     assert result.exit_code == 0, result.output
-    expert = load_model(artifact).expert
+    expert = load_model(artifact, CPU)
     files = sorted(out.glob("*.ply"))
     assert [f.name for f in files] == [f"frame_{i:05d}.ply" for i in range(expert.n_frames)]
     assert not out.with_name(out.name + ".partial").exists()
@@ -72,7 +73,7 @@ def test_ply_sequence_reads_back_as_standard_3dgs_and_rerenders(tiny_demo, demo_
         opacity = 1.0 / (1.0 + np.exp(-vertex["opacity"]))
         np.testing.assert_allclose(opacity, deformed.opacities.detach().numpy().clip(1e-6, 1 - 1e-6), atol=1e-6)
         np.testing.assert_allclose(read("f_dc_0", "f_dc_1", "f_dc_2"), expert.params["sh0"][:, 0].detach().numpy(), atol=0)
-        diff = float((_render_ply(files[i], camera) - render_expert(expert, camera, t, backend="cpu").image).abs().max().detach())
+        diff = float((_render_ply(files[i], camera) - render_expert(expert, camera, t, CPU).image).abs().max().detach())
         worst = max(worst, diff)
     print(f"{family}: re-rendered PLY vs expert, max abs diff {worst:.2e}")
     assert worst < 1e-5
@@ -82,12 +83,12 @@ def test_moe_ply_sequence_weights_each_expert_by_its_mean_gate(tiny_demo, demo_w
     artifact = tiny_demo.steps["moe"].artifact
     out = tmp_path / "moe_seq"
     assert _export(demo_workspace, artifact.path, "ply-sequence", out).exit_code == 0
-    model = load_model(artifact)
+    model = load_model(artifact, CPU)
     dataset = Dataset.load(dataset_of(artifact).path)
-    experts = model.moe.experts.experts
+    experts = model.experts.experts
     frame = 3
     t = float(normalised_times(experts[0].n_frames)[frame])
-    weights = mean_gates(model, dataset, t, backend="cpu")
+    weights = mean_gates(model, dataset, t, ctx=CPU)
     print(f"mean gates at frame {frame}: {np.round(weights, 3)} (families {model.families})")
     assert weights.shape == (len(experts),) and np.all(weights >= 0) and abs(weights.sum() - 1.0) < 1e-6
 
@@ -121,7 +122,7 @@ def test_splatv_header_and_records_decode_to_the_polynomial_expert(tiny_demo, de
     out = tmp_path / "model.splatv"
     result = _export(demo_workspace, artifact.path, "splatv", out)
     assert result.exit_code == 0, result.output
-    expert = load_model(artifact).expert
+    expert = load_model(artifact, CPU)
     n = expert.num_gaussians
     magic, json_len, header, body, size = _decode_splatv(out)
     assert magic == 0x674B
@@ -190,7 +191,7 @@ def test_export_refuses_to_overwrite_without_force_and_bad_format(tiny_demo, dem
 
 
 def test_splatv_records_refuse_values_beyond_half_floats(tiny_demo):
-    expert = load_model(_expert(tiny_demo, "polynomial")).expert
+    expert = load_model(_expert(tiny_demo, "polynomial"), CPU)
     with torch.no_grad():
         saved = expert.params["motion"].clone()
         expert.params["motion"][0, 2, 1] = 1e6

@@ -18,6 +18,7 @@ import pytest
 from typer.testing import CliRunner
 
 from moegs.cameras import Camera, quaternion_to_rotation
+from moegs.context import CPU
 from moegs.data.dataset import Dataset
 from moegs.errors import InputError
 from moegs.models import dataset_of, load_model
@@ -108,16 +109,16 @@ def moe_render(tiny_demo, demo_workspace):
     from moegs.config import resolve_config
     from stages import render
 
-    cfg = resolve_config(render.RenderConfig, None, "render", ["png=true", "frame_stop=2", "backend=cpu"])
+    cfg = resolve_config(render.RenderConfig, None, "render", ["png=true", "frame_stop=2", "device=cpu", "backend=cpu"])
     return render.run(cfg, str(tiny_demo.steps["moe"].artifact.path), demo_workspace, progress=False).artifact
 
 
 @pytest.mark.slow
 def test_browser_view_renders_what_moegs_render_does_in_every_mode(tiny_demo, moe_render):
     artifact = tiny_demo.steps["moe"].artifact
-    model = load_model(artifact)
+    model = load_model(artifact, CPU)
     dataset = Dataset.load(dataset_of(artifact).path)
-    modes = view_modes(model.families, model.is_moe)
+    modes = view_modes(model.families)
     assert modes[0] == "blend" and GATES in modes and GRID in modes and len(modes) == 3 + len(model.families)
     worst = 0.0
     for camera in dataset.test_cameras:
@@ -126,7 +127,7 @@ def test_browser_view_renders_what_moegs_render_does_in_every_mode(tiny_demo, mo
         assert matching_camera(pose, dataset.cameras) is camera
         for frame in (0, 1):
             t = float(dataset.times[frame])
-            seen, reference = render_frame(model, browser, t, "cpu"), model.render(camera, t, backend="cpu")
+            seen, reference = render_frame(model, browser, t, CPU), model.render_frame(camera, t, CPU)
             for name in ("image", "expert_images", "gates"):
                 worst = max(worst, float((getattr(seen, name) - getattr(reference, name)).abs().max()))
             for mode in modes:
@@ -142,10 +143,10 @@ def test_browser_view_renders_what_moegs_render_does_in_every_mode(tiny_demo, mo
 @pytest.mark.slow
 def test_expert_modes_gate_legend_and_ground_truth_tile(tiny_demo):
     artifact = tiny_demo.steps["moe"].artifact
-    model = load_model(artifact)
+    model = load_model(artifact, CPU)
     dataset = Dataset.load(dataset_of(artifact).path)
     camera = at_height(dataset.test_cameras[0], 144)
-    frame = render_frame(model, camera, 0.25, "cpu")
+    frame = render_frame(model, camera, 0.25, CPU)
     gates = compose(frame, GATES, model.families)
     legend = legend_image(model.families)
     assert gates.shape == (144, 192, 3)
@@ -156,16 +157,15 @@ def test_expert_modes_gate_legend_and_ground_truth_tile(tiny_demo):
     grid = expert_grid(frame, model.families, truth)
     tiles = len(model.families) + 3
     assert grid.shape == (144 * math.ceil(tiles / 3), 192 * 3, 3)
-    r, c = divmod(tiles - 1, 3)
-    assert (grid[144 * r + 20:144 * (r + 1), 192 * c:192 * (c + 1)] == 7).all()
+    assert (grid[20:144, :192] == 7).all()  # the ground truth comes first (below its label)
     for k in range(len(model.families)):
-        np.testing.assert_array_equal(compose(frame, view_modes(model.families, True)[1 + k], model.families),
+        np.testing.assert_array_equal(compose(frame, view_modes(model.families)[1 + k], model.families),
                                       (np.clip(frame.expert_images[k].numpy(), 0, 1) * 255 + 0.5).astype(np.uint8))
     with pytest.raises(InputError, match="unknown view mode"):
         compose(frame, "depth", model.families)
-    expert = load_model(tiny_demo.steps["expert polynomial"].artifact)
-    assert view_modes(expert.families, expert.is_moe) == ["expert 0: polynomial", GRID]
-    alone = render_frame(expert, camera, 0.25, "cpu")
+    expert = load_model(tiny_demo.steps["expert polynomial"].artifact, CPU)
+    assert view_modes(expert.families) == ["expert 0: polynomial", GRID]
+    alone = render_frame(expert, camera, 0.25, CPU)
     np.testing.assert_array_equal(compose(alone, "expert 0: polynomial", expert.families),
                                   (np.clip(alone.image.numpy(), 0, 1) * 255 + 0.5).astype(np.uint8))
 
@@ -187,7 +187,7 @@ nor the axes gizmo (bottom left) covers: only the background image, our rendered
 def _start_view(workspace: Path, model: Path) -> tuple[subprocess.Popen, str]:
     """``moegs view`` as its own process on a free port; returns it and the URL it announced."""
     command = [sys.executable, "-c", "from moegs_cli.app import main; main()", "-w", str(workspace), "view",
-               "--model", str(model), "--port", "0", "--height", "72", "--backend", "cpu"]
+               "--model", str(model), "--port", "0", "--height", "72", "--device", "cpu", "--backend", "cpu"]
     env = {**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "200"}
     process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 180
@@ -209,7 +209,7 @@ def test_headless_chromium_shows_the_rendered_frame_and_ctrl_c_exits_cleanly(tin
     from tests.browser import save_png, screenshot_when
 
     artifact = tiny_demo.steps["moe"].artifact
-    model = load_model(artifact)
+    model = load_model(artifact, CPU)
     dataset = Dataset.load(dataset_of(artifact).path)
     expected: dict[tuple[int, int], np.ndarray] = {}
 
@@ -250,7 +250,7 @@ def test_viewer_binds_localhost_and_play_steps_the_frame_slider(tiny_demo):
     from moegs.view.server import Viewer, ViewerOptions
 
     artifact = tiny_demo.steps["moe"].artifact
-    viewer = Viewer(load_model(artifact), Dataset.load(dataset_of(artifact).path), ViewerOptions(port=0, height=32))
+    viewer = Viewer(load_model(artifact, CPU), Dataset.load(dataset_of(artifact).path), ViewerOptions(port=0, height=32))
     try:
         assert re.fullmatch(r"http://127\.0\.0\.1:\d+", viewer.url) and not viewer.url.endswith(":0")
         assert viewer.mode.value == "blend" and viewer.height.value == 32
@@ -291,7 +291,7 @@ def test_jump_to_a_dataset_camera_and_grid_mode_in_a_real_browser(tiny_demo):
     artifact = tiny_demo.steps["moe"].artifact
     dataset = Dataset.load(dataset_of(artifact).path)
     target = dataset.train_cameras[-1]
-    viewer = Viewer(load_model(artifact), dataset, ViewerOptions(port=0, height=72))
+    viewer = Viewer(load_model(artifact, CPU), dataset, ViewerOptions(port=0, height=72))
 
     def on_camera(name: str) -> bool:
         for state in viewer.clients():

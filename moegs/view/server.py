@@ -15,9 +15,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from moegs.cameras import Camera
+from moegs.context import CPU, RenderContext
 from moegs.data.dataset import Dataset
 from moegs.errors import MissingDependencyError
-from moegs.models import LoadedModel
+from moegs.renderable import Renderable
 from moegs.view.camera import BrowserPose, at_height, browser_camera, matching_camera, pose_of, widened
 from moegs.view.frames import GRID, render_view, resize_image, view_modes
 from moegs.visuals import legend_image
@@ -36,7 +37,7 @@ class ViewerOptions:
     """Initial render height in pixels (width follows the browser window's aspect)."""
     fps: float | None = None
     """Playback FPS (default: the dataset's, else 10)."""
-    backend: str = "cpu"
+    ctx: RenderContext = CPU
 
 
 @dataclass
@@ -51,7 +52,7 @@ class ClientState:
 class Viewer:
     """A running viewer of ``model`` with the cameras and frames of ``dataset``."""
 
-    def __init__(self, model: LoadedModel, dataset: Dataset, options: ViewerOptions) -> None:
+    def __init__(self, model: Renderable, dataset: Dataset, options: ViewerOptions) -> None:
         try:
             import viser
         except ImportError as exc:  # pragma: no cover - viser is a main dependency
@@ -70,8 +71,7 @@ class Viewer:
         self._fps_window: list[float] = []
         start_camera = dataset.test_cameras[0] if dataset.test_cameras else dataset.cameras[0]
         # one render before serving compiles the CPU kernels, so the first browser frame is not a long wait
-        render_view(model, at_height(start_camera, 16), 0.0, view_modes(model.families, model.is_moe)[0],
-                    backend=options.backend)
+        render_view(model, at_height(start_camera, 16), 0.0, view_modes(model.families)[0], ctx=options.ctx)
         self.server = viser.ViserServer(host=options.host, port=options.port, label="moegs view", verbose=False)
         self._set_initial_camera(start_camera)
         self._build_gui()
@@ -107,13 +107,13 @@ class Viewer:
             self.play = gui.add_checkbox("play", initial_value=False)
             self.fps = gui.add_number("playback FPS", initial_value=float(fps), min=0.1, max=120.0, step=0.1)
         with gui.add_folder("view"):
-            modes = view_modes(self.model.families, self.model.is_moe)
+            modes = view_modes(self.model.families)
             self.mode = gui.add_dropdown("mode", modes, initial_value=modes[0])
             self.camera_choice = gui.add_dropdown("dataset camera", [FREE_VIEW, *self.cameras], initial_value=FREE_VIEW)
             max_height = max(1080, 2 * max(c.height for c in self.dataset.cameras))
             self.height = gui.add_slider("render height", min=16, max=max_height, step=1,
                                          initial_value=min(self.options.height, max_height))
-        if self.model.is_moe:
+        if len(self.model.families) > 1:
             gui.add_image(legend_image(self.model.families), label="experts (gate colours)", format="png")
         self.readout = gui.add_markdown("waiting for a browser...")
         for handle in (self.frame_slider, self.mode, self.height):
@@ -206,7 +206,7 @@ class Viewer:
         with self._render_lock:
             start = time.perf_counter()
             image = render_view(self.model, camera, float(self.dataset.times[frame]), mode,
-                                backend=self.options.backend, ground_truth=ground_truth)
+                                ctx=self.options.ctx, ground_truth=ground_truth)
             elapsed = time.perf_counter() - start
         state.client.scene.set_background_image(image, format="jpeg", jpeg_quality=JPEG_QUALITY)
         self._report(elapsed, camera, None if dataset_camera is None else dataset_camera.name)
@@ -216,7 +216,8 @@ class Viewer:
             self._fps_window = (self._fps_window + [elapsed])[-20:]
             fps = len(self._fps_window) / max(sum(self._fps_window), 1e-9)
         where = f"on dataset camera **{on_camera}**" if on_camera else "free view"
-        self.readout.content = (f"backend **{self.options.backend}** · **{fps:.1f}** render FPS · "
+        ctx = self.options.ctx
+        self.readout.content = (f"backend **{ctx.backend}** on {ctx.device} · **{fps:.1f}** render FPS · "
                                 f"{camera.width}x{camera.height} · {where}")
 
     def _play_loop(self) -> None:
