@@ -109,7 +109,7 @@ def mean_gates(model: Renderable, dataset: Dataset, t: float, *, ctx: RenderCont
     total = None
     for camera in cameras:
         small = camera.scaled(min(1.0, GATE_MAX_HEIGHT / camera.height))
-        gates = model.render_frame(small, t, ctx).gates  # [K, H, W]
+        gates = model.render_frame(small, t, ctx, cache=False).gates  # [K, H, W]; each time is visited once
         means = gates.double().mean(dim=(1, 2)).cpu().numpy()
         total = means if total is None else total + means
     return total / len(cameras)
