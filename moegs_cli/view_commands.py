@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from moegs.progress import console, progress_bar
 from moegs_cli.common import ForceOpt, handle_errors, state
 from moegs_cli.train_commands import BackendOpt, DeviceOpt
+
+if TYPE_CHECKING:
+    from moegs.view.server import Viewer
 
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Expert or moe artifact (path, scene/kind/latest or id prefix).")]
 TauOpt = Annotated[float | None, typer.Option(help="Test-time temperature of a MoE (default: as trained).", show_default=False)]
@@ -36,7 +39,6 @@ def _load(ctx: typer.Context, model_ref: str, tau: float | None, device: str | N
     return artifact, model, Dataset.load(dataset_of(artifact).path), render_ctx
 
 
-@handle_errors
 def view(
     ctx: typer.Context,
     model: ModelOpt,
@@ -53,15 +55,25 @@ def view(
     The page sends its camera, this process renders it with the rasteriser and sends the picture
     back. Controls: frame slider with play/pause and FPS; mode (blend, each expert, gate map with
     legend, grid of experts with the ground truth when the view sits on a dataset camera); jump to
-    any training or test camera; render height; a readout of backend and render FPS. Ctrl-C stops.
+    any training or test camera; render height; a readout of backend and render FPS. Ctrl-C stops
+    it (exit code 0).
 
     Example: moegs view --model synth/moe/latest
     """
-    from moegs.view.server import Viewer, ViewerOptions, serve
+    from moegs.view.server import serve
+
+    viewer = _start_viewer(ctx, model, host, port, height, fps, tau, device, backend)
+    serve(viewer, announce=lambda line: console.print(line, highlight=False))  # Ctrl-C here is the way out
+
+
+@handle_errors
+def _start_viewer(ctx: typer.Context, model: str, host: str, port: int, height: int, fps: float | None,
+                  tau: float | None, device: str | None, backend: str | None) -> Viewer:
+    """Load the model and start serving; a failure here is the usual one-line error and exit code."""
+    from moegs.view.server import Viewer, ViewerOptions
 
     _artifact, loaded, dataset, render_ctx = _load(ctx, model, tau, device, backend)
-    options = ViewerOptions(host=host, port=port, height=height, fps=fps, ctx=render_ctx)
-    serve(Viewer(loaded, dataset, options), announce=lambda line: console.print(line, highlight=False))
+    return Viewer(loaded, dataset, ViewerOptions(host=host, port=port, height=height, fps=fps, ctx=render_ctx))
 
 
 @handle_errors
