@@ -14,7 +14,7 @@ from moegs.cameras import Camera
 from moegs.context import CPU, RenderContext
 from moegs.errors import InputError
 from moegs.renderable import Frame, Renderable
-from moegs.visuals import expert_colors, gate_map, label_tile, legend_image, to_uint8
+from moegs.visuals import expert_colors, gate_map, label_tile, legend_image, tile_grid, to_uint8
 
 BLEND = "blend"
 GATES = "gates"
@@ -84,19 +84,7 @@ def expert_grid(frame: Frame, families: list[str], ground_truth: np.ndarray | No
         tiles += [label_tile(blend, "MoE"), label_tile(gate_map(frame.gates, expert_colors(len(families))), "gates")]
     else:
         tiles.append(label_tile(blend, families[0]))
-    return tile_grid(tiles)
-
-
-def tile_grid(tiles: list[np.ndarray], columns: int = 3) -> np.ndarray:
-    """Equal-sized uint8 tiles in rows of ``columns`` (fewer when there are fewer tiles), black padding."""
-    columns = min(columns, len(tiles))
-    h, w = tiles[0].shape[:2]
-    rows = (len(tiles) + columns - 1) // columns
-    canvas = np.zeros((rows * h, columns * w, 3), dtype=np.uint8)
-    for i, tile in enumerate(tiles):
-        r, c = divmod(i, columns)
-        canvas[r * h:(r + 1) * h, c * w:(c + 1) * w] = tile
-    return canvas
+    return tile_grid(tiles, columns=min(3, len(tiles)))
 
 
 def resize_image(image: np.ndarray, width: int, height: int) -> np.ndarray:
