@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Literal
 
-from moegs.artifacts import _alive
+from moegs.build_lock import LockOwner, boot_id, is_held, process_start_time
 from moegs.config import bounded, check_config
 
 try:  # the cluster extra; without it only the in-process executor works (make_executor says how to install)
@@ -120,6 +120,14 @@ class JobFailed(MoegsError):
     """A job's command exited non-zero (the message names the step, e.g. the expert family)."""
 
 
+def _job_process_alive(state: dict) -> bool:
+    """Whether the process a running job recorded is still that job (a reused pid or a reboot does not count)."""
+    pid = state.get("pid")
+    if not isinstance(pid, int):
+        return False
+    return is_held(LockOwner(pid=pid, start=state.get("start"), boot=state.get("boot"), host=state.get("host")))
+
+
 def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
@@ -204,7 +212,7 @@ class JobStore:
                 continue
             state = self.read_state(record["run"], record["step"])
             row = {**record, **state, "state": state.get("state", "pending")}
-            if row["state"] == "running" and state.get("host") == socket.gethostname() and not _alive(state.get("pid", 0)):
+            if row["state"] == "running" and state.get("host") == socket.gethostname() and not _job_process_alive(state):
                 row["state"] = "died"
             rows.append(row)
         return rows
@@ -253,6 +261,7 @@ def execute_step(runner: Runner, store: JobStore, run: str, step: Step, groups: 
     """
     attempts = store.read_state(run, step.name).get("attempts", 0) + 1
     store.write_state(run, step.name, state="running", attempts=attempts, host=socket.gethostname(), pid=os.getpid(),
+                      start=process_start_time(os.getpid()), boot=boot_id(),
                       started_at=_now(), error=None)
     try:
         argv = resolve_argv(step.argv, store, run, groups)
