@@ -243,7 +243,8 @@ def test_headless_chromium_shows_the_rendered_frame_and_ctrl_c_exits_cleanly(tin
             process.kill()
             process.wait()
     assert process.returncode == 0, output
-    assert "stopped" in output and "Traceback" not in output
+    # viser's websockets may log a handshake cut short by the closing browser; none of our code may fail
+    assert "moegs view: stopped" in output and f'File "{REPO}' not in output, output
 
 
 @pytest.mark.slow
