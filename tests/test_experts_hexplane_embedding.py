@@ -234,7 +234,7 @@ def test_embedding_opacity_regulariser_pulls_opacities_down() -> None:
     e = _embedding(lambda_embedding_smooth=0.0, lambda_opacity=1e-4)
     logits = e.params["opacity_logits"]
     reg = e.regularisation(0.1)
-    assert math.isclose(float(reg), 1e-4 * float(torch.sigmoid(logits.mean())), rel_tol=1e-6)
+    assert math.isclose(reg.item(), 1e-4 * float(torch.sigmoid(logits.mean())), rel_tol=1e-6)
     reg.backward()
     assert torch.all(logits.grad > 0)  # type: ignore[operator]  # descent lowers every opacity
 

@@ -89,9 +89,11 @@ def lerp_row(table: Tensor, t: float | Tensor) -> Tensor:
     """The row of ``table`` [M, D] at normalised time t in [0, 1], linearly interpolated -> [D].
 
     A tensor ``t`` (time plus a learnt camera offset) gets its gradient through the weight."""
-    i0, i1, w = grid_time(float(t.detach()) if isinstance(t, Tensor) else t, table.shape[0])
-    if isinstance(t, Tensor):
-        w = t.clamp(0.0, 1.0) * (table.shape[0] - 1) - i0
+    if isinstance(t, Tensor):  # hat-function weights: no host sync, the same value as below
+        x = t.clamp(0.0, 1.0) * (table.shape[0] - 1)
+        rows = torch.arange(table.shape[0], device=table.device, dtype=table.dtype)
+        return (1.0 - (x - rows).abs()).clamp_min(0.0) @ table
+    i0, i1, w = grid_time(t, table.shape[0])
     return table[i0] * (1.0 - w) + table[i1] * w
 
 
@@ -149,8 +151,8 @@ class EmbeddingFields(nn.Module):
             if not 0 <= camera < offsets.shape[0]:
                 raise InputError(f"embedding: camera index {camera} outside the {offsets.shape[0]} time offsets (max_cameras)")
             return offsets[camera]
-        learnt = offsets.detach() != 0
-        return offsets[learnt].mean() if bool(learnt.any()) else offsets.new_zeros(())
+        learnt = (offsets.detach() != 0).sum().clamp_min(1)
+        return offsets.sum() / learnt  # the zero rows add nothing to the sum
 
 
 class EmbeddingExpert(MLPDeformExpert):
