@@ -8,7 +8,8 @@ position is *not* an input (the paper shows it hurts).
 
 Per-camera time offsets (Sync-NeRF style): training camera c reads the temporal table at
 t + delta_c; any other view (test, novel, the router) at t + the mean of the offsets learnt so far.
-The trainer names the camera through :meth:`EmbeddingExpert.set_view`.
+The camera is named through :meth:`EmbeddingExpert.set_view`; a training loop that never calls it
+trains every view at the mean offset (0), i.e. without per-camera offsets.
 """
 
 from __future__ import annotations
