@@ -20,7 +20,8 @@ from torch import Tensor, nn
 
 from moegs import gaussians as core
 from moegs.errors import InputError
-from moegs.experts.base import DeformedGaussians, Expert
+from moegs.experts.base import Expert
+from moegs.raster import GaussianSet
 
 ATTR_DIMS: dict[str, int] = {"means": 3, "log_scales": 3, "quats": 4, "opacity_logits": 1, "sh0": 3}
 """Attributes a head can deform and the size of its offset (raw-parameter names of the core)."""
@@ -159,17 +160,16 @@ class MLPDeformExpert(Expert):
     be ignored there. Once the base class reads ``sh0`` from ``deform``'s dict, these two methods go.
     """
 
-    def gaussians_at(self, t: float, cam_center: Tensor, sh_degree: int | None = None) -> DeformedGaussians:
+    def gaussians_at(self, t: float, cam_center: Tensor, sh_degree: int | None = None) -> GaussianSet:
         raw = self.deform(float(t))
         degree = self.config.sh_degree if sh_degree is None else sh_degree
         colour_params = {**self.params, "sh0": raw.get("sh0", self.params["sh0"])}
-        quats = raw["quats"]
-        return DeformedGaussians(
+        return GaussianSet(
             means=raw["means"],
-            quats=quats / quats.norm(dim=-1, keepdim=True).clamp_min(1e-12),
+            quats=core.normalize_quats(raw["quats"]),
             scales=torch.exp(raw["log_scales"]),
             opacities=torch.sigmoid(raw["opacity_logits"]),
-            colors=core.colors(colour_params, degree, cam_center, means=raw["means"]),
+            features=core.colors(colour_params, degree, cam_center, means=raw["means"]),
         )
 
     def export_params_at(self, t: float) -> dict[str, Tensor]:

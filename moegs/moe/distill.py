@@ -17,6 +17,7 @@ from torch import Tensor
 from moegs.artifacts import Artifact, load_artifact
 from moegs.camera_path import spiral_path
 from moegs.cameras import Camera
+from moegs.config import bounded, check_config
 from moegs.context import RenderContext
 from moegs.data.dataset import Dataset
 from moegs.errors import InputError
@@ -29,19 +30,22 @@ from moegs.moe.model import MoEModel
 class DistillConfig:
     """The ``distill`` section."""
 
-    steps: int = 1000
+    steps: int = bounded(1000, ge=1)
     """Fine-tuning steps (for the distilled student and for the GT-only baseline alike)."""
-    beta: float = 1.0
+    beta: float = bounded(1.0, ge=0.0)
     gate_weighting: bool = False
     """Weight the teacher term per pixel by 1 - gate of the student's own expert in the MoE."""
     baseline: bool = True
     """Also fine-tune the same student on ground truth only (the fair comparison)."""
-    novel_views: int = 16
+    novel_views: int = bounded(16, ge=0)
     """Extra views on a spiral inside the rig where only the MoE supervises (0 = training views only)."""
-    novel_radius: float = 0.5
+    novel_radius: float = bounded(0.5, gt=0.0)
     """Size of that spiral relative to the rig."""
     device: str = "auto"
     backend: str = "auto"
+
+    def __post_init__(self) -> None:
+        check_config(self)
 
 
 class MoETeacher:
@@ -90,4 +94,5 @@ def resolve_student(moe: Artifact, student: str, workspace: Path) -> tuple[Artif
 def finetune_config(expert: Expert) -> ExpertConfig:
     """Continue at the end of the original schedule: final learning rates, no densification, full SH."""
     c = expert.config
-    return dataclasses.replace(c, lr_means=c.lr_means_final, lr_fields=c.lr_fields_final, densify_until=0, sh_every=0)
+    return dataclasses.replace(c, lr_means=c.lr_means_final, lr_fields=c.lr_fields_final,
+                               densify=dataclasses.replace(c.densify, stop=0), sh_every=0)

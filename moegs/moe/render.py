@@ -16,7 +16,7 @@ from torch import Tensor
 from moegs import gaussians as core
 from moegs.cameras import Camera
 from moegs.context import RenderContext
-from moegs.experts.base import DeformedGaussians, Expert
+from moegs.experts.base import Expert
 from moegs.moe.router import PixelRouter
 from moegs.raster import GaussianSet, rasterize, rasterize_multi
 from moegs.rendering import camera_center
@@ -39,7 +39,7 @@ class FrozenExperts:
         self.experts = list(experts)
         for expert in self.experts:
             expert.eval()
-        self._cache: dict[tuple[int, float], DeformedGaussians] = {}
+        self._cache: dict[tuple[int, float], GaussianSet] = {}
         self.use_cache = cache
         """Turn off to time rendering honestly (deformation included) or to save memory."""
 
@@ -47,7 +47,7 @@ class FrozenExperts:
         return len(self.experts)
 
     @torch.no_grad()
-    def at(self, k: int, t: float, camera: Camera) -> DeformedGaussians:
+    def at(self, k: int, t: float, camera: Camera) -> GaussianSet:
         expert = self.experts[k]
         center = camera_center(camera, expert.device)
         key = (k, float(t))
@@ -58,7 +58,7 @@ class FrozenExperts:
                 self._cache[key] = g
             return g  # its colours are already this camera's
         colors = core.colors(expert.params, expert.config.sh_degree, center, means=g.means)
-        return DeformedGaussians(g.means, g.quats, g.scales, g.opacities, colors.detach())
+        return GaussianSet(g.means, g.quats, g.scales, g.opacities, colors.detach())
 
     def backgrounds(self, ctx: RenderContext) -> Tensor:
         """Each expert's background colour [K, 3] on the context's device."""
@@ -81,7 +81,7 @@ def render_moe(
 ) -> MoEOutput:
     """Blend the K experts' images of ``camera`` at time ``t`` with the router's per-pixel gates."""
     gs = [experts.at(k, t, camera) for k in range(len(experts))]
-    features = [torch.cat([g.colors, router.gate_features(k, t)], dim=-1) for k, g in enumerate(gs)]
+    features = [torch.cat([g.features, router.gate_features(k, t)], dim=-1) for k, g in enumerate(gs)]
     rgb_bg = experts.backgrounds(ctx)
     backgrounds = torch.cat([rgb_bg, torch.ones_like(rgb_bg)], dim=-1)  # [K, 6]
     viewmat, K = camera.viewmat_tensor(ctx.device), camera.K_tensor(ctx.device)
