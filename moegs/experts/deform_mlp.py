@@ -6,8 +6,10 @@ per-Gaussian offsets with the same network: a trunk ``Linear(in -> W)`` followed
 ``ReLU -> Linear(W -> W) -> ReLU -> Linear(W -> k)``. The offsets are added to the *raw*
 (pre-activation) parameters, the quaternion by plain addition (4DGaussians' ``apply_rotation`` off).
 
-Colour (SH) offsets are not offered: :meth:`moegs.experts.base.Expert.deform` returns geometry and
-opacity only, and the core computes colours from the stored SH.
+Appearance over time: a head may deform the opacity logit and the DC colour coefficient ``sh0``
+(both papers' N3V configurations deform opacity and SH; we deform the DC term, which carries the
+colour, and keep the view-dependent bands static). :class:`MLPDeformExpert` colours the Gaussians
+from the deformed ``sh0`` that ``deform`` returns.
 """
 
 from __future__ import annotations
@@ -16,9 +18,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from moegs import gaussians as core
 from moegs.errors import InputError
+from moegs.experts.base import Expert
+from moegs.raster import GaussianSet
 
-ATTR_DIMS: dict[str, int] = {"means": 3, "log_scales": 3, "quats": 4, "opacity_logits": 1}
+ATTR_DIMS: dict[str, int] = {"means": 3, "log_scales": 3, "quats": 4, "opacity_logits": 1, "sh0": 3}
 """Attributes a head can deform and the size of its offset (raw-parameter names of the core)."""
 
 
@@ -110,7 +115,7 @@ class DeformHeads(nn.Module):
 def apply_offsets(
     params: dict[str, nn.Parameter], offsets: list[dict[str, Tensor]], weights: dict[str, float]
 ) -> dict[str, Tensor]:
-    """Raw ``means, log_scales, quats, opacity_logits`` = stored + sum of weighted offsets.
+    """Raw ``means, log_scales, quats, opacity_logits, sh0`` = stored + sum of weighted offsets.
 
     ``weights[attr]`` scales every offset of ``attr`` (E-D3DGS's annealing; 1 for 4DGaussians); an
     attribute without offsets, or with weight 0, is returned as the stored tensor itself.
@@ -146,3 +151,27 @@ class StepCounter(nn.Module):
     @property
     def value(self) -> int:
         return int(self.steps)
+
+
+class MLPDeformExpert(Expert):
+    """Base of the MLP-deformed families: colours come from the ``sh0`` that ``deform`` returns.
+
+    Why an override: :meth:`Expert.gaussians_at` colours from the stored SH, so a colour head would
+    be ignored there. Once the base class reads ``sh0`` from ``deform``'s dict, these two methods go.
+    """
+
+    def gaussians_at(self, t: float, cam_center: Tensor, sh_degree: int | None = None) -> GaussianSet:
+        raw = self.deform(float(t))
+        degree = self.config.sh_degree if sh_degree is None else sh_degree
+        colour_params = {**self.params, "sh0": raw.get("sh0", self.params["sh0"])}
+        return GaussianSet(
+            means=raw["means"],
+            quats=core.normalize_quats(raw["quats"]),
+            scales=torch.exp(raw["log_scales"]),
+            opacities=torch.sigmoid(raw["opacity_logits"]),
+            features=core.colors(colour_params, degree, cam_center, means=raw["means"]),
+        )
+
+    def export_params_at(self, t: float) -> dict[str, Tensor]:
+        out = super().export_params_at(t)
+        return {**out, "sh0": self.deform(float(t)).get("sh0", self.params["sh0"]).detach()}
