@@ -8,7 +8,7 @@ per-Gaussian offsets with the same network: a trunk ``Linear(in -> W)`` followed
 
 Appearance over time: a head may deform the opacity logit and the DC colour coefficient ``sh0``
 (both papers' N3V configurations deform opacity and SH; we deform the DC term, which carries the
-colour, and keep the view-dependent bands static). :class:`MLPDeformExpert` colours the Gaussians
+colour, and keep the view-dependent bands static). :meth:`Expert.gaussians_at` colours the Gaussians
 from the deformed ``sh0`` that ``deform`` returns.
 """
 
@@ -18,10 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from moegs import gaussians as core
 from moegs.errors import InputError
-from moegs.experts.base import Expert
-from moegs.raster import GaussianSet
 
 ATTR_DIMS: dict[str, int] = {"means": 3, "log_scales": 3, "quats": 4, "opacity_logits": 1, "sh0": 3}
 """Attributes a head can deform and the size of its offset (raw-parameter names of the core)."""
@@ -151,27 +148,3 @@ class StepCounter(nn.Module):
     @property
     def value(self) -> int:
         return int(self.steps)
-
-
-class MLPDeformExpert(Expert):
-    """Base of the MLP-deformed families: colours come from the ``sh0`` that ``deform`` returns.
-
-    Why an override: :meth:`Expert.gaussians_at` colours from the stored SH, so a colour head would
-    be ignored there. Once the base class reads ``sh0`` from ``deform``'s dict, these two methods go.
-    """
-
-    def gaussians_at(self, t: float, cam_center: Tensor, sh_degree: int | None = None) -> GaussianSet:
-        raw = self.deform(float(t))
-        degree = self.config.sh_degree if sh_degree is None else sh_degree
-        colour_params = {**self.params, "sh0": raw.get("sh0", self.params["sh0"])}
-        return GaussianSet(
-            means=raw["means"],
-            quats=core.normalize_quats(raw["quats"]),
-            scales=torch.exp(raw["log_scales"]),
-            opacities=torch.sigmoid(raw["opacity_logits"]),
-            features=core.colors(colour_params, degree, cam_center, means=raw["means"]),
-        )
-
-    def export_params_at(self, t: float) -> dict[str, Tensor]:
-        out = super().export_params_at(t)
-        return {**out, "sh0": self.deform(float(t)).get("sh0", self.params["sh0"]).detach()}

@@ -25,8 +25,8 @@ from scipy.spatial import cKDTree
 from torch import Tensor, nn
 
 from moegs.errors import InputError
-from moegs.experts.base import ExpertConfig, grid_time
-from moegs.experts.deform_mlp import DeformHeads, MLPDeformExpert, StepCounter, apply_offsets, check_attrs
+from moegs.experts.base import Expert, ExpertConfig, grid_time
+from moegs.experts.deform_mlp import DeformHeads, StepCounter, apply_offsets, check_attrs
 
 
 @dataclass
@@ -156,7 +156,7 @@ class EmbeddingFields(nn.Module):
         return offsets.sum() / learnt  # the zero rows add nothing to the sum
 
 
-class EmbeddingExpert(MLPDeformExpert):
+class EmbeddingExpert(Expert):
     """E-D3DGS: theta_t = theta + F_c(z_g, z_t^c) + F_f(z_g, z_t^f), offsets on raw parameters."""
 
     family = "embedding"

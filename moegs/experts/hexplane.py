@@ -16,8 +16,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from moegs.errors import InputError
-from moegs.experts.base import ExpertConfig
-from moegs.experts.deform_mlp import DeformHeads, MLPDeformExpert, StepCounter, apply_offsets, check_attrs
+from moegs.experts.base import Expert, ExpertConfig
+from moegs.experts.deform_mlp import DeformHeads, StepCounter, apply_offsets, check_attrs
 
 PLANE_AXES: tuple[tuple[int, int], ...] = ((0, 1), (0, 2), (1, 2), (0, 3), (1, 3), (2, 3))
 """Coordinate pairs of the 6 planes (axis 3 is time): xy xz yz xt yt zt."""
@@ -142,7 +142,7 @@ class HexPlaneFields(nn.Module):
         self.progress = StepCounter()
 
 
-class HexPlaneExpert(MLPDeformExpert):
+class HexPlaneExpert(Expert):
     """4DGaussians: theta' = theta + d_theta for the raw mean, scale, rotation, opacity and DC colour,
     with the offsets d_theta = MLP(HexPlane(mu, t)).
 
