@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.moegs-installed
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test bench bench-step clean
 
 install: $(STAMP)
 
@@ -26,6 +26,9 @@ test: install
 
 bench: install
 	$(BIN)/python -m moegs.raster.bench
+
+bench-step: install
+	$(BIN)/python -m moegs.bench_step
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -24,12 +24,12 @@ class StageResult:
     up_to_date: bool
 
 
-PLACEMENT_KEYS = ("device", "backend")
-"""Config keys that say where a stage runs, not what it makes: kept out of artifact ids."""
+PLACEMENT_KEYS = ("device", "backend", "checkpoint_every")
+"""Config keys that say where or how a stage runs, not what it makes: kept out of artifact ids."""
 
 
 def artifact_config(cfg: Any) -> dict:
-    """The stage config as it goes into the manifest and the id (without device and backend)."""
+    """The stage config as it goes into the manifest and the id (without the placement keys)."""
     return {k: v for k, v in to_dict(cfg).items() if k not in PLACEMENT_KEYS}
 
 

@@ -41,6 +41,8 @@ class DistillConfig:
     """Extra views on a spiral inside the rig where only the MoE supervises (0 = training views only)."""
     novel_radius: float = bounded(0.5, gt=0.0)
     """Size of that spiral relative to the rig."""
+    checkpoint_every: int = bounded(500, ge=1)
+    """Fine-tuning steps between checkpoints for --resume (not part of the id)."""
     device: str = "auto"
     backend: str = "auto"
 
