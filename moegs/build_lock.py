@@ -114,6 +114,7 @@ def acquire(path: Path, what: Path) -> None:
         for _ in range(3):
             try:
                 _create_exclusively(tmp, path)
+                _remove_dead_scratch(path)
                 return
             except FileExistsError:
                 owner = read_owner(path)
@@ -124,6 +125,14 @@ def acquire(path: Path, what: Path) -> None:
     finally:
         tmp.unlink(missing_ok=True)
     raise MoegsError(f"{path}: could not take the build lock")
+
+
+def _remove_dead_scratch(path: Path) -> None:
+    """Remove the half-made lock files (``.<lock>.<pid>.tmp``) of processes killed while taking this lock."""
+    for scratch in path.parent.glob(f".{path.name}.*.tmp"):
+        pid = scratch.name[len(path.name) + 2:-len(".tmp")]
+        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+            scratch.unlink(missing_ok=True)
 
 
 def _create_exclusively(tmp: Path, path: Path) -> None:
