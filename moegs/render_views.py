@@ -25,8 +25,9 @@ class RenderConfig:
     """The ``render`` section."""
 
     cameras: Literal["test", "train", "path"] = "test"
-    path: Literal["spiral", "interp"] = "spiral"
-    """Novel path shape when cameras = path: a spiral around the rig, or a slide through its cameras."""
+    path: Literal["auto", "spiral", "interp", "orbit"] = "auto"
+    """Novel path shape when cameras = path: auto (a spiral for forward-facing rigs, an orbit for
+    surround rigs), a spiral in front of the rig, a slide through its cameras, or an orbit around the scene."""
     path_views: int | None = bounded(None, ge=1)
     """Views along the path (default: one per frame, so the scene plays while the camera moves)."""
     frame_start: int = bounded(0, ge=0)

@@ -24,7 +24,7 @@ def render(
     ctx: typer.Context,
     model: Annotated[str, typer.Option("--model", "-m", help="Expert or moe artifact.")],
     cameras: Annotated[str | None, typer.Option(help="test (default), train, or path (a novel camera path).", show_default=False)] = None,
-    path: Annotated[str | None, typer.Option("--path", help="Shape of the novel path: spiral (default) or interp; implies --cameras path.", show_default=False)] = None,
+    path: Annotated[str | None, typer.Option("--path", help="Shape of the novel path: auto (default: spiral for forward-facing rigs, orbit for surround rigs), spiral, interp or orbit; implies --cameras path.", show_default=False)] = None,
     frame_start: Annotated[int | None, typer.Option(help="First frame.", show_default=False)] = None,
     frame_stop: Annotated[int | None, typer.Option(help="Stop before this frame.", show_default=False)] = None,
     export_ply: Annotated[bool | None, typer.Option("--export-ply", help="Also write the first frame's Gaussians as standard 3DGS PLY.", show_default=False)] = None,

@@ -7,7 +7,7 @@ from pathlib import Path
 import imageio.v3 as iio
 
 from moegs.artifacts import ArtifactWriter, load_artifact
-from moegs.camera_path import interpolated_path, spiral_path
+from moegs.camera_path import make_path, rig_shape
 from moegs.cameras import Camera
 from moegs.data.dataset import Dataset
 from moegs.errors import InputError
@@ -55,8 +55,8 @@ def _camera_sequences(cfg: RenderConfig, dataset: Dataset, n_frames: int) -> dic
     """For each output video, the camera of every frame (fixed cameras repeat; a path moves)."""
     if cfg.cameras == "path":
         n_views = cfg.path_views or n_frames
-        make = spiral_path if cfg.path == "spiral" else interpolated_path
-        views = make(dataset.train_cameras, n_views)
-        return {cfg.path: [views[i % n_views] for i in range(max(n_frames, n_views))]}
+        views = make_path(cfg.path, dataset.train_cameras, n_views)
+        name = cfg.path if cfg.path != "auto" else ("spiral" if rig_shape(dataset.train_cameras) == "forward" else "orbit")
+        return {name: [views[i % n_views] for i in range(max(n_frames, n_views))]}
     cameras = dataset.test_cameras if cfg.cameras == "test" else dataset.train_cameras
     return {cam.name: [cam] * n_frames for cam in cameras}

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from moegs.artifacts import Artifact, load_artifact
-from moegs.camera_path import spiral_path
+from moegs.camera_path import orbit_path, rig_shape, spiral_path
 from moegs.cameras import Camera
 from moegs.config import bounded, check_config
 from moegs.context import RenderContext
@@ -40,7 +40,7 @@ class DistillConfig:
     novel_views: int = bounded(16, ge=0)
     """Extra views on a spiral inside the rig where only the MoE supervises (0 = training views only)."""
     novel_radius: float = bounded(0.5, gt=0.0)
-    """Size of that spiral relative to the rig."""
+    """Size of that spiral relative to the rig (forward-facing rigs; a surround rig gets an orbit)."""
     checkpoint_every: int = bounded(500, ge=1)
     """Fine-tuning steps between checkpoints for --resume (not part of the id)."""
     device: str = "auto"
@@ -60,7 +60,7 @@ class MoETeacher:
         self.ctx = ctx
         self.student_index = student_index if cfg.gate_weighting else None
         self.novel_cameras = (
-            spiral_path(dataset.train_cameras, cfg.novel_views, radius_scale=cfg.novel_radius) if cfg.novel_views else []
+            _novel_views(dataset.train_cameras, cfg) if cfg.novel_views else []
         )
         self._cache: dict[tuple[str, int], tuple[Tensor, Tensor | None]] = {}
 
@@ -98,3 +98,10 @@ def finetune_config(expert: Expert) -> ExpertConfig:
     c = expert.config
     return dataclasses.replace(c, lr_means=c.lr_means_final, lr_fields=c.lr_fields_final,
                                densify=dataclasses.replace(c.densify, stop=0), sh_every=0)
+
+
+def _novel_views(cameras: list[Camera], cfg: DistillConfig) -> list[Camera]:
+    """Pseudo-views inside the rig: a spiral in front of a forward-facing rig, an orbit around a surround one."""
+    if rig_shape(cameras) == "forward":
+        return spiral_path(cameras, cfg.novel_views, radius_scale=cfg.novel_radius)
+    return orbit_path(cameras, cfg.novel_views)
