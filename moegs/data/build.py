@@ -1,9 +1,10 @@
 """``build_dataset``: raw capture -> dataset payload (the work behind ``moegs preprocess``).
 
-Order per camera: decode -> undistort (if the calibration has distortion) -> resize -> PNG. The
-cameras written are the pinhole, resized ones the frames are in. Initial points are triangulated
-on the written frames of the training cameras (the held-out view stays unseen), so colours and
-intrinsics match what the experts train on. The caller owns ``out_dir`` (an empty folder; it
+Order per camera: decode -> undistort (if the calibration has distortion) -> resize -> frame store
+(one uint8 array per camera, see ``frame_store``), cameras in parallel; the first frame of each
+camera is also written as a PNG preview. The cameras written are the pinhole, resized ones the
+frames are in. Initial points are triangulated on the written frames of the training cameras (the
+held-out view stays unseen), so colours and intrinsics match what the experts train on. The caller owns ``out_dir`` (an empty folder; it
 renames it and writes the manifest).
 """
 
@@ -11,7 +12,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time as _time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import imageio.v3 as iio
@@ -19,10 +23,11 @@ import numpy as np
 from PIL import Image
 
 from moegs.cameras import Camera, cameras_to_json
-from moegs.data.capture import SizeMismatch, open_capture
+from moegs.data.capture import Capture, SizeMismatch, open_capture
 from moegs.data.colmap_init import PointCloud, colmap_points, point_stats, random_points
-from moegs.data.dataset import (CAMERAS_FILE, POINTS_FILE, PREVIEW_FILE, REGIONS_FILE, frame_path, label_path,
-                                scene_extent, write_times)
+from moegs.data.dataset import (CAMERAS_FILE, POINTS_FILE, PREVIEW_FILE, REGIONS_FILE, label_path, preview_path,
+                                scene_extent, store_path, write_times)
+from moegs.data.frame_store import FrameStoreWriter
 from moegs.data.preview import write_preview
 from moegs.data.undistort import Undistorter, make_undistorter
 from moegs.errors import InputError
@@ -47,6 +52,7 @@ def build_dataset(
     n_random_points: int = 100_000,
     test_cameras: list[str] | None = None,
     num_threads: int = 1,
+    decode_workers: int | None = None,
     progress: bool = True,
 ) -> dict:
     """Write the dataset payload for frames ``[frame_start, frame_stop)`` of ``src`` into ``out_dir``.
@@ -54,6 +60,7 @@ def build_dataset(
     ``downscale`` divides the image size (2 = half resolution, N3V's usual setting); ``max_width``
     additionally caps each camera's width. ``colmap_frames`` frames, evenly spread over the range,
     are triangulated (``init="colmap"``); ``init="random"`` samples points in the frustums instead.
+    Cameras are decoded in parallel by ``decode_workers`` threads (default: one per CPU core).
     Returns ``{"metrics": {...}, "compat": {...}}`` for the manifest.
     """
     started = _time.perf_counter()
@@ -82,29 +89,20 @@ def build_dataset(
     n_frames = stop - frame_start
     colmap_idx = sorted(set(np.linspace(0, n_frames - 1, min(colmap_frames, n_frames)).round().astype(int).tolist()))
 
-    out_cameras: list[Camera] = []
-    kept: dict[int, dict[str, np.ndarray]] = {i: {} for i in colmap_idx}
-    first_frames: dict[str, np.ndarray] = {}
-    with progress_bar("preprocess: frames", len(names) * n_frames, enabled=progress) as bar:
-        for cam in capture.cameras:
-            undistorter = make_undistorter(cam) if cam.has_distortion else None
-            pinhole = undistorter.camera if undistorter else cam
-            factor = 1.0 / downscale
-            if max_width is not None:
-                factor = min(factor, max_width / pinhole.width)
-            target = pinhole.scaled(factor) if factor != 1.0 else pinhole
-            out_cameras.append(target)
-            for i, frame in enumerate(capture.iter_frames(cam.name, frame_start, stop)):
-                image = _resize(undistorter(frame) if undistorter else frame, target, Image.Resampling.LANCZOS)
-                path = frame_path(out_dir, cam.name, i)
-                path.parent.mkdir(parents=True, exist_ok=True)
-                iio.imwrite(path, image)
-                if i in kept:
-                    kept[i][cam.name] = image
-                if i == 0:
-                    first_frames[cam.name] = image
-                bar.advance()
-            _write_labels(capture.labels(cam.name, frame_start, stop), undistorter, target, out_dir)
+    keep = set(colmap_idx) | {0}
+    workers = max(1, min(len(names), decode_workers or os.cpu_count() or 1))
+    with progress_bar("preprocess: frames", len(names) * n_frames, enabled=progress) as bar, \
+            ThreadPoolExecutor(max_workers=workers, thread_name_prefix="preprocess") as pool:
+        jobs = [pool.submit(_write_camera, capture, cam, frame_start, stop, downscale, max_width, out_dir, keep,
+                            bar.advance) for cam in capture.cameras]
+        try:
+            results = [job.result() for job in jobs]
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+    out_cameras = [target for target, _ in results]
+    kept = {i: {target.name: frames[i] for target, frames in results} for i in colmap_idx}
+    first_frames = {target.name: frames[0] for target, frames in results}
 
     train = [c for c in out_cameras if c.name not in test]
     if init == "colmap":
@@ -148,6 +146,35 @@ def build_dataset(
             "cameras_hash": hashlib.sha256(camera_bytes).hexdigest(),
         },
     }
+
+
+def _write_camera(capture: Capture, cam: Camera, start: int, stop: int, downscale: float, max_width: int | None,
+                  out_dir: Path, keep: set[int], advance: Callable[[], None]) -> tuple[Camera, dict[int, np.ndarray]]:
+    """Decode -> undistort -> resize -> frame store for one camera (one frame in memory at a time).
+
+    Returns the camera the frames are in and the frames whose index is in ``keep`` (COLMAP, preview).
+    Without distortion ffmpeg scales while decoding; with it, frames are undistorted at full size first.
+    """
+    undistorter = make_undistorter(cam) if cam.has_distortion else None
+    pinhole = undistorter.camera if undistorter else cam
+    factor = 1.0 / downscale
+    if max_width is not None:
+        factor = min(factor, max_width / pinhole.width)
+    target = pinhole.scaled(factor) if factor != 1.0 else pinhole
+    size_hint = (target.width, target.height) if undistorter is None and target is not pinhole else None
+    kept: dict[int, np.ndarray] = {}
+    with FrameStoreWriter(store_path(out_dir, cam.name), stop - start, target.height, target.width) as store:
+        for i, frame in enumerate(capture.iter_frames(cam.name, start, stop, size=size_hint)):
+            image = _resize(undistorter(frame) if undistorter else frame, target, Image.Resampling.LANCZOS)
+            store.write(image)
+            if i in keep:
+                kept[i] = image.copy()
+            advance()
+    preview = preview_path(out_dir, cam.name)
+    preview.parent.mkdir(parents=True, exist_ok=True)
+    iio.imwrite(preview, kept[0])
+    _write_labels(capture.labels(cam.name, start, stop), undistorter, target, out_dir)
+    return target, kept
 
 
 def _resize(image: np.ndarray, target: Camera, resample: Image.Resampling) -> np.ndarray:
