@@ -4,8 +4,8 @@ Order per camera: decode -> undistort (if the calibration has distortion) -> res
 (one uint8 array per camera, see ``frame_store``), cameras in parallel; the first frame of each
 camera is also written as a PNG preview. The cameras written are the pinhole, resized ones the
 frames are in. Initial points are triangulated on the written frames of the training cameras (the
-held-out view stays unseen), so colours and intrinsics match what the experts train on. The caller owns ``out_dir`` (an empty folder; it
-renames it and writes the manifest).
+held-out view stays unseen), so colours and intrinsics match what the experts train on. The
+caller owns ``out_dir`` (an empty folder; it renames it and writes the manifest).
 """
 
 from __future__ import annotations
