@@ -44,3 +44,14 @@ def test_image_of_another_view_than_sampled_and_errors(dataset) -> None:
     with pytest.raises(InputError, match="outside"):
         views.image(0, dataset.n_frames + 1)
     views.close()
+
+
+def test_frames_move_as_uint8_and_convert_on_the_device(dataset) -> None:
+    """On another device (``meta`` stands in for CUDA here) the image arrives there as float32."""
+    views = StreamedViews(dataset, dataset.train_cameras, device="meta")
+    cam, frame = views.sample(torch.Generator().manual_seed(1), dataset.n_frames)
+    image = views.image(cam, frame)
+    camera = views.cameras[cam]
+    assert image.device.type == "meta" and image.dtype == torch.float32
+    assert image.shape == (camera.height, camera.width, 3)
+    views.close()
