@@ -256,7 +256,8 @@ def split_gaussians(
     with torch.no_grad():
         scales = torch.exp(params["log_scales"][idx])
         rot = quat_to_rotmat(params["quats"][idx])
-        eps = torch.randn((n_split, *scales.shape), generator=generator, device=scales.device, dtype=scales.dtype)
+        # drawn on the generator's device (the host), then moved: the same stream on every device
+        eps = torch.randn((n_split, *scales.shape), generator=generator, dtype=scales.dtype).to(scales.device)
         offsets = torch.einsum("sij,ksj->ksi", rot, eps * scales)
         new_means = (params["means"][idx] + offsets).reshape(-1, 3)
         new_log_scales = torch.log(scales / (0.8 * n_split)).repeat(n_split, 1)

@@ -47,7 +47,7 @@ def evaluate_renderer(
             gts = dataset.frames_tensor(camera.name)
             labels = dataset.labels(camera.name)
             for frame in range(dataset.n_frames):
-                image = render(camera, float(dataset.times[frame])).clamp(0, 1)
+                image = render(camera, float(dataset.times[frame])).clamp(0, 1).float().cpu()  # scored on the host
                 lab = None if labels is None else torch.as_tensor(labels[frame].astype(np.int64))
                 m = evaluate_images(image, gts[frame], lab, lpips_weights=lpips_weights, with_flip=with_flip)
                 entry = {"camera": camera.name, "frame": frame, "psnr": m["psnr"], "ssim": m["ssim"]}
@@ -88,11 +88,18 @@ def measure_fps(render: RenderFn, camera: Camera, times: list[float], warmup: in
     """Frames per second of ``render`` over ``times`` (warm-up renders excluded; everything the
     renderer does, e.g. a MoE's blend, is included)."""
     for t in times[:warmup]:
-        render(camera, t)
+        _finished(render(camera, t))
     started = time.perf_counter()
-    count = 0
+    count, image = 0, None
     for _ in range(repeats):
         for t in times:
-            render(camera, t)
+            image = render(camera, t)
             count += 1
+    _finished(image)
     return count / max(time.perf_counter() - started, 1e-9)
+
+
+def _finished(image: Tensor | None) -> None:
+    """Wait for queued GPU work (CUDA kernels run asynchronously, so timing would stop too early)."""
+    if image is not None and image.is_cuda:
+        torch.cuda.synchronize(image.device)

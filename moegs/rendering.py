@@ -1,14 +1,19 @@
-"""Rendering an expert at (camera, time), and the training views it is compared against."""
+"""Rendering an expert at (camera, time) in a context, and the training views it is compared against."""
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
 from moegs.cameras import Camera
+from moegs.context import RenderContext
 from moegs.data.dataset import Dataset
-from moegs.experts.base import DeformedGaussians, Expert
 from moegs.raster import RasterOutput, rasterize
+
+if TYPE_CHECKING:
+    from moegs.experts.base import Expert
 
 
 class TrainViews:
@@ -28,50 +33,24 @@ class TrainViews:
         return self._frames[cam_index][frame]
 
 
-def camera_center(camera: Camera) -> Tensor:
-    return torch.as_tensor(camera.center, dtype=torch.float32)
-
-
-def rasterize_gaussians(
-    g: DeformedGaussians,
-    camera: Camera,
-    background: Tensor | None,
-    *,
-    backend: str = "auto",
-    retain_grad: bool = False,
-    features: Tensor | None = None,
-) -> RasterOutput:
-    """Rasterise deformed Gaussians (their colours, or ``features`` [N, C] instead) into ``camera``."""
-    return rasterize(
-        g.means,
-        g.quats,
-        g.scales,
-        g.opacities,
-        g.colors if features is None else features,
-        camera.viewmat_tensor(),
-        camera.K_tensor(),
-        camera.width,
-        camera.height,
-        background,
-        near=camera.near,
-        far=camera.far,
-        backend=backend,
-        retain_means2d_grad=retain_grad,
-    )
+def camera_center(camera: Camera, device: torch.device | str = "cpu") -> Tensor:
+    return torch.as_tensor(camera.center, dtype=torch.float32, device=device)
 
 
 def render_expert(
     expert: Expert,
     camera: Camera,
     t: float,
+    ctx: RenderContext,
     background: Tensor | None = None,
     *,
-    backend: str = "auto",
     sh_degree: int | None = None,
     retain_grad: bool = False,
 ) -> RasterOutput:
-    """The expert's image of ``camera`` at normalised time ``t``."""
+    """The expert's image of ``camera`` at normalised time ``t`` (the expert lives on ``ctx.device``)."""
     if background is None:
-        background = torch.tensor(expert.config.background, dtype=torch.float32)
-    g = expert.gaussians_at(t, camera_center(camera), sh_degree)
-    return rasterize_gaussians(g, camera, background, backend=backend, retain_grad=retain_grad)
+        background = ctx.tensor(expert.config.background)
+    g = expert.gaussians_at(t, camera_center(camera, ctx.device), sh_degree)
+    return rasterize(g.means, g.quats, g.scales, g.opacities, g.colors,
+                     camera.viewmat_tensor(ctx.device), camera.K_tensor(ctx.device), camera.width, camera.height,
+                     background, near=camera.near, far=camera.far, backend=ctx.backend, retain_means2d_grad=retain_grad)

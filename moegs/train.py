@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from moegs.cameras import Camera
+from moegs.context import RenderContext
 from moegs.data.dataset import Dataset
 from moegs.densify import DensifyConfig
 from moegs.experts.base import Expert
@@ -62,8 +63,8 @@ def train_expert(
     expert: Expert,
     dataset: Dataset,
     workdir: Path,
+    ctx: RenderContext,
     *,
-    backend: str = "auto",
     resume: bool = False,
     checkpoint_every: int = 500,
     progress: bool = True,
@@ -72,7 +73,8 @@ def train_expert(
     step_offset: int = 0,
     teacher: Teacher | None = None,
 ) -> TrainResult:
-    """Optimise ``expert`` on the training cameras of ``dataset``; checkpoints go to ``workdir``.
+    """Optimise ``expert`` (already on ``ctx.device``) on the training cameras of ``dataset``;
+    checkpoints go to ``workdir``.
 
     ``steps`` (default ``config.iterations``) local steps are run; the expert's schedules see
     ``step_offset + step``, so a fine-tune (distillation) continues after its original run instead
@@ -92,7 +94,7 @@ def train_expert(
         opacity_reset_every=cfg.opacity_reset_every,
     )
     optimizers, fields_opt = make_optimizers(expert, extent)
-    state = densify.init_state(expert.num_gaussians)
+    state = densify.init_state(expert.num_gaussians, ctx.device)
     generator = torch.Generator().manual_seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     start = 0
@@ -100,7 +102,7 @@ def train_expert(
     if resume and ckpt_path.is_file():
         start, state, optimizers, fields_opt = _restore_checkpoint(ckpt_path, expert, extent, generator)
         log.info("%s: resumed at step %d", expert.family, start)
-    background = torch.tensor(cfg.background, dtype=torch.float32)
+    background = ctx.tensor(cfg.background)
     began = time.perf_counter()
     loss_value = float("nan")
     with progress_bar(label or f"train {expert.family}", steps, enabled=progress) as bar:
@@ -114,10 +116,10 @@ def train_expert(
             camera = teacher.novel_cameras[cam_index % len(teacher.novel_cameras)] if novel else views.cameras[cam_index]
             t = float(dataset.times[frame])
             sh_degree = cfg.sh_degree if cfg.sh_every <= 0 else min(step // cfg.sh_every, cfg.sh_degree)
-            out = render_expert(expert, camera, t, background, backend=backend, sh_degree=sh_degree, retain_grad=True)
+            out = render_expert(expert, camera, t, ctx, background, sh_degree=sh_degree, retain_grad=True)
             loss = expert.regularisation(t)
             if not novel:
-                loss = loss + photometric(out.image, views.image(cam_index, frame), lambda_dssim=cfg.lambda_dssim)
+                loss = loss + photometric(out.image, views.image(cam_index, frame).to(ctx.device), lambda_dssim=cfg.lambda_dssim)
             if teacher is not None:
                 target, weight = teacher.target(camera, frame)
                 loss = loss + teacher.beta * photometric(out.image, target, lambda_dssim=cfg.lambda_dssim, weight=weight)
@@ -186,10 +188,10 @@ def _restore_checkpoint(
     path: Path, expert: Expert, extent: float, generator: torch.Generator
 ) -> tuple[int, dict[str, Tensor], dict[str, torch.optim.Optimizer], torch.optim.Optimizer | None]:
     """Put the expert, fresh optimisers (with their saved moments) and the RNGs back as they were at the checkpoint."""
-    payload = torch.load(path, weights_only=True)
+    payload = torch.load(path, weights_only=True, map_location=expert.device)
     tensors = payload["tensors"]
     expert.params = {
-        k[len("params."):]: torch.nn.Parameter(v.clone()) for k, v in tensors.items() if k.startswith("params.")
+        k[len("params."):]: torch.nn.Parameter(v.clone().to(expert.device)) for k, v in tensors.items() if k.startswith("params.")
     }
     expert.fields.load_state_dict({k[len("fields."):]: v for k, v in tensors.items() if k.startswith("fields.")})
     expert.after_densify()

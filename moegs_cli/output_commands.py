@@ -10,7 +10,7 @@ import typer
 from moegs.config import resolve_config
 from moegs.progress import console
 from moegs_cli.common import ConfigOpt, ForceOpt, SetOpt, handle_errors, report, state
-from moegs_cli.train_commands import BackendOpt
+from moegs_cli.train_commands import BackendOpt, DeviceOpt
 
 
 def register(app: typer.Typer) -> None:
@@ -29,6 +29,7 @@ def render(
     frame_stop: Annotated[int | None, typer.Option(help="Stop before this frame.", show_default=False)] = None,
     export_ply: Annotated[bool | None, typer.Option("--export-ply", help="Also write the first frame's Gaussians as standard 3DGS PLY.", show_default=False)] = None,
     tau: Annotated[float | None, typer.Option(help="Test-time temperature of a MoE (default: as trained).", show_default=False)] = None,
+    device: DeviceOpt = None,
     backend: BackendOpt = None,
     config: ConfigOpt = None,
     overrides: SetOpt = None,
@@ -43,7 +44,7 @@ def render(
     cfg = resolve_config(stage.RenderConfig, config, "render", overrides,
                          explicit={"cameras": "path" if path is not None and cameras is None else cameras, "path": path,
                                    "frame_start": frame_start, "frame_stop": frame_stop, "export_ply": export_ply,
-                                   "tau": tau, "backend": backend})
+                                   "tau": tau, "device": device, "backend": backend})
     report(stage.run(cfg, model, state(ctx).workspace, force=force))
 
 
@@ -52,6 +53,7 @@ def bench(
     ctx: typer.Context,
     models: Annotated[list[str], typer.Argument(help="Expert and moe artifacts of one dataset.")],
     lpips_weights: Annotated[Path | None, typer.Option(help="Folder with local AlexNet + LPIPS weights (LPIPS is 'unavailable' without).", show_default=False)] = None,
+    device: DeviceOpt = None,
     backend: BackendOpt = None,
     config: ConfigOpt = None,
     overrides: SetOpt = None,
@@ -65,7 +67,8 @@ def bench(
     from stages import bench as stage
 
     cfg = resolve_config(stage.BenchConfig, config, "bench", overrides,
-                         explicit={"lpips_weights": None if lpips_weights is None else str(lpips_weights), "backend": backend})
+                         explicit={"lpips_weights": None if lpips_weights is None else str(lpips_weights),
+                                   "device": device, "backend": backend})
     result = stage.run(cfg, models, state(ctx).workspace, force=force)
     console.print(result.artifact.file("results.md").read_text(), markup=False)
     report(result)
@@ -76,6 +79,8 @@ def demo(
     ctx: typer.Context,
     preset: Annotated[str, typer.Option("--preset", "-p", help="tiny (about a minute), demo (make demo) or large.")] = "demo",
     seed: Annotated[int, typer.Option(help="Seed of the synthetic scene.")] = 0,
+    device: DeviceOpt = None,
+    backend: BackendOpt = None,
     overrides: SetOpt = None,
     force: ForceOpt = False,
 ) -> None:
@@ -86,9 +91,10 @@ def demo(
     a second run is instant. Override any stage setting with --set SECTION.KEY=VALUE
     (e.g. --set train_experts.hexplane.iterations=500).
     """
-    from stages import demo as stage
+    from moegs_cli import demo as pipeline
 
-    result = stage.run(preset, state(ctx).workspace, seed=seed, force=force, overrides=overrides)
+    result = pipeline.run(preset, state(ctx).workspace, seed=seed, force=force, overrides=overrides,
+                          device=device, backend=backend)
     for name, step in result.steps.items():
         console.print(f"{name:>20}: {step.artifact.path}")
     for r in result.renders:

@@ -23,6 +23,11 @@ BackendOpt = Annotated[
     str | None,
     typer.Option("--backend", help="Rasteriser: auto, cpu, torch, gsplat or inria (default auto).", show_default=False),
 ]
+DeviceOpt = Annotated[
+    str | None,
+    typer.Option("--device", help="Where tensors live: auto (CUDA + gsplat when both exist, else CPU), cpu, cuda or cuda:N.",
+                 show_default=False),
+]
 
 
 @handle_errors
@@ -33,6 +38,7 @@ def train_experts(
         str | None,
         typer.Option("--experts", "-e", help="Comma-separated families: hexplane, embedding, polynomial, keyframe (also: static).", show_default=False),
     ] = None,
+    device: DeviceOpt = None,
     backend: BackendOpt = None,
     config: ConfigOpt = None,
     overrides: SetOpt = None,
@@ -53,7 +59,7 @@ def train_experts(
         config,
         "train_experts",
         overrides,
-        explicit={"families": experts, "backend": backend},
+        explicit={"families": experts, "device": device, "backend": backend},
     )
     outcomes = train_experts_stage.run(cfg, dataset, state(ctx).workspace, force=force, resume=resume)
     failed = [o for o in outcomes if o.error is not None]
@@ -74,6 +80,7 @@ def train_router(
     iterations: Annotated[int | None, typer.Option(help="Router training steps (default 5000).", show_default=False)] = None,
     tau: Annotated[float | None, typer.Option(help="Softmax temperature, same in training and evaluation (default 0.01).", show_default=False)] = None,
     naive: Annotated[bool, typer.Option("--naive", help="Render with 2K separate passes instead of the single multi-expert pass.")] = False,
+    device: DeviceOpt = None,
     backend: BackendOpt = None,
     config: ConfigOpt = None,
     overrides: SetOpt = None,
@@ -91,7 +98,7 @@ def train_router(
 
     refs = [r for item in experts for r in item.split(",") if r]
     cfg = resolve_config(stage.TrainRouterConfig, config, "train_router", overrides,
-                         explicit={"iterations": iterations, "tau": tau, "backend": backend,
+                         explicit={"iterations": iterations, "tau": tau, "device": device, "backend": backend,
                                    "single_pass": False if naive else None})
     report(stage.run(cfg, refs, state(ctx).workspace, dataset, force=force))
 
@@ -103,6 +110,7 @@ def prune(
     keep_fraction: Annotated[float | None, typer.Option(help="Keep this share of all Gaussians (default 0.5).", show_default=False)] = None,
     threshold: Annotated[float | None, typer.Option(help="Instead: drop Gaussians contributing fewer pixels than this per view.", show_default=False)] = None,
     finetune_steps: Annotated[int | None, typer.Option(help="Router fine-tuning steps afterwards (default 0).", show_default=False)] = None,
+    device: DeviceOpt = None,
     backend: BackendOpt = None,
     config: ConfigOpt = None,
     overrides: SetOpt = None,
@@ -117,7 +125,7 @@ def prune(
     """
     from stages import prune as stage
 
-    explicit = {"keep_fraction": keep_fraction, "threshold": threshold, "finetune_steps": finetune_steps, "backend": backend}
+    explicit = {"keep_fraction": keep_fraction, "threshold": threshold, "finetune_steps": finetune_steps, "device": device, "backend": backend}
     cfg = resolve_config(stage.PruneConfig, config, "prune", overrides, explicit=explicit)
     report(stage.run(cfg, moe, state(ctx).workspace, force=force))
 
@@ -130,6 +138,7 @@ def distill(
     steps: Annotated[int | None, typer.Option(help="Fine-tuning steps (default 1000).", show_default=False)] = None,
     beta: Annotated[float | None, typer.Option(help="Weight of the MoE (pseudo ground truth) term (default 1).", show_default=False)] = None,
     gate_weighting: Annotated[bool | None, typer.Option("--gate-weighting", help="Weight the teacher term per pixel by 1 - the student's gate.", show_default=False)] = None,
+    device: DeviceOpt = None,
     backend: BackendOpt = None,
     config: ConfigOpt = None,
     overrides: SetOpt = None,
@@ -144,7 +153,7 @@ def distill(
     from stages import distill as stage
 
     cfg = resolve_config(stage.DistillConfig, config, "distill", overrides,
-                         explicit={"steps": steps, "beta": beta, "gate_weighting": gate_weighting, "backend": backend})
+                         explicit={"steps": steps, "beta": beta, "gate_weighting": gate_weighting, "device": device, "backend": backend})
     distilled, baseline = stage.run(cfg, moe, student, state(ctx).workspace, force=force)
     if baseline is not None:
         report(baseline, label="GT-only baseline")

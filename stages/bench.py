@@ -12,14 +12,14 @@ import torch
 from matplotlib.figure import Figure
 
 from moegs.artifacts import Artifact, ArtifactWriter, load_artifact, require_same
-from moegs.config import to_dict
+from moegs.context import RenderContext
 from moegs.data.dataset import Dataset
 from moegs.errors import InputError
 from moegs.evaluation import evaluate_renderer, measure_fps
 from moegs.metrics import lpips_available
-from moegs.models import LoadedModel, dataset_of, load_model
-from moegs.raster import resolve_backend
-from stages.common import StageResult, run_stage
+from moegs.models import dataset_of, load_model
+from moegs.renderable import Renderable
+from stages.common import StageResult, artifact_config, run_stage, stage_context
 
 COLUMNS = ["model", "kind", "id", "psnr", "ssim", "dssim", "lpips", "flip", "fps", "gaussians", "megabytes", "train_seconds"]
 
@@ -32,6 +32,7 @@ class BenchConfig:
     lpips_weights: str | None = None
     """Folder with AlexNet + LPIPS head weights; LPIPS is reported as unavailable without it."""
     fps_repeats: int = 2
+    device: str = "auto"
     backend: str = "auto"
 
 
@@ -57,24 +58,23 @@ def run(cfg: BenchConfig, model_refs: list[str], workspace: Path, *, force: bool
     lpips_ok, lpips_reason = lpips_available(cfg.lpips_weights)
     if cfg.lpips_weights is not None and not lpips_ok:
         raise InputError(f"--lpips-weights {cfg.lpips_weights}: {lpips_reason}")
-    backend = resolve_backend(cfg.backend)
+    ctx = stage_context(cfg)
     dataset_artifact = dataset_of(artifacts[0])
-    config = {k: v for k, v in to_dict(cfg).items() if k != "backend"}
     inputs = [("dataset", dataset_artifact)] + [(f"model{i}", a) for i, a in enumerate(artifacts)]
-    writer = ArtifactWriter(workspace, artifacts[0].scene, "bench", stage="bench", config=config, inputs=inputs,
-                            id_extra={"backend": backend})
+    writer = ArtifactWriter(workspace, artifacts[0].scene, "bench", stage="bench", config=artifact_config(cfg),
+                            inputs=inputs, id_extra=ctx.describe())
 
     def build(directory: Path, w: ArtifactWriter) -> None:
         dataset = Dataset.load(dataset_artifact.path)
-        rows = [bench_model(load_model(a), dataset, cfg, backend, lpips_ok, progress) for a in artifacts]
-        device = torch.cuda.get_device_name() if backend == "gsplat" else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
-        results = {"rows": rows, "device": device, "backend": backend,
+        rows = [bench_model(a, load_model(a, ctx), dataset, cfg, ctx, lpips_ok, progress) for a in artifacts]
+        device = _device_name(ctx)
+        results = {"rows": rows, "device": device, "backend": ctx.backend,
                    "lpips": "LPIPS-AlexNet" if lpips_ok else lpips_reason,
                    "dataset": dataset_artifact.id, "test_cameras": [c.name for c in dataset.test_cameras],
                    "frames": dataset.n_frames}
         (directory / "results.json").write_text(json.dumps(results, indent=2))
         write_csv(rows, directory / "results.csv")
-        (directory / "results.md").write_text(markdown_table(rows) + f"\nDevice: {device}; backend: {backend}.\n")
+        (directory / "results.md").write_text(markdown_table(rows) + f"\nDevice: {device}; backend: {ctx.backend}.\n")
         plot_psnr_fps(rows, directory / "psnr_vs_fps.png", device)
         if any(r["region_psnr"] for r in rows):
             plot_regions(rows, directory / "region_psnr.png")
@@ -82,23 +82,27 @@ def run(cfg: BenchConfig, model_refs: list[str], workspace: Path, *, force: bool
         w.metrics.update({"models": len(rows), "best_model": best["model"], "best_psnr": best["psnr"]})
         w.compat.update({"dataset_id": dataset_artifact.id})
 
-    return run_stage(writer, build, force=force)
+    return run_stage(writer, build, ctx=ctx, force=force)
 
 
-def bench_model(model: LoadedModel, dataset: Dataset, cfg: BenchConfig, backend: str, lpips_ok: bool, progress: bool) -> dict:
+def _device_name(ctx: RenderContext) -> str:
+    if ctx.device.type == "cuda":
+        return torch.cuda.get_device_name(ctx.device)
+    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def bench_model(artifact: Artifact, model: Renderable, dataset: Dataset, cfg: BenchConfig, ctx: RenderContext,
+                lpips_ok: bool, progress: bool) -> dict:
     """Quality on every test frame plus render speed (warm-up excluded, blend included, no caches)."""
-    artifact = model.artifact
     label = model_label(artifact)
     scores = evaluate_renderer(
-        lambda camera, t: model.render(camera, t, backend=backend).image, dataset,
+        lambda camera, t: model.render_frame(camera, t, ctx).image, dataset,
         with_flip=cfg.flip, lpips_weights=cfg.lpips_weights if lpips_ok else None, progress=progress,
         label=f"bench {label}",
     )
-    if model.moe is not None:
-        model.moe.experts.use_cache = False
     camera = dataset.test_cameras[0]
-    rays = camera.rays()
-    fps = measure_fps(lambda cam, t: model.render(cam, t, backend=backend, rays=rays), camera,
+    rays = camera.rays(ctx.device)
+    fps = measure_fps(lambda cam, t: model.render_frame(cam, t, ctx, rays=rays, cache=False).image, camera,
                       [float(t) for t in dataset.times], repeats=cfg.fps_repeats)
     return {
         "model": label,

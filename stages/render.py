@@ -12,16 +12,16 @@ import numpy as np
 from moegs.artifacts import ArtifactWriter, load_artifact
 from moegs.camera_path import interpolated_path, spiral_path
 from moegs.cameras import Camera
-from moegs.config import to_dict
+from moegs.context import RenderContext
 from moegs.data.dataset import Dataset
 from moegs.data.video import write_video
 from moegs.errors import InputError
 from moegs.gaussians import save_ply
-from moegs.models import Frame, LoadedModel, dataset_of, load_model
+from moegs.models import dataset_of, load_model
 from moegs.progress import progress_bar
-from moegs.raster import resolve_backend
+from moegs.renderable import Renderable
 from moegs.visuals import expert_colors, gate_map, label_tile, legend_image, to_uint8
-from stages.common import StageResult, run_stage
+from stages.common import StageResult, artifact_config, run_stage, stage_context
 
 
 @dataclass
@@ -41,6 +41,7 @@ class RenderConfig:
     """Also write each rendered frame's Gaussians as standard 3DGS PLY (experts: one file; MoE: one per expert)."""
     tau: float | None = None
     """Test-time temperature of a MoE (default: the one it was trained with)."""
+    device: str = "auto"
     backend: str = "auto"
 
 
@@ -49,24 +50,23 @@ def run(cfg: RenderConfig, model_ref: str, workspace: Path, *, force: bool = Fal
     if model_artifact.kind not in ("expert", "moe"):
         raise InputError(f"{model_artifact.path}: render takes an expert or a moe artifact, not a {model_artifact.kind}")
     dataset_artifact = dataset_of(model_artifact)
-    backend = resolve_backend(cfg.backend)
-    config = {k: v for k, v in to_dict(cfg).items() if k != "backend"}
-    writer = ArtifactWriter(workspace, model_artifact.scene, "render", stage="render", config=config,
+    ctx = stage_context(cfg)
+    writer = ArtifactWriter(workspace, model_artifact.scene, "render", stage="render", config=artifact_config(cfg),
                             inputs=[("model", model_artifact), ("dataset", dataset_artifact)])
 
     def build(directory: Path, w: ArtifactWriter) -> None:
         dataset = Dataset.load(dataset_artifact.path)
-        model = load_model(model_artifact, tau=cfg.tau)
+        model = load_model(model_artifact, ctx, tau=cfg.tau)
         frames = _frame_range(cfg, dataset.n_frames)
         outputs = []
         for name, views in _camera_sequences(cfg, dataset, len(frames)).items():
-            outputs.extend(render_sequence(model, dataset, name, views, frames, directory, cfg, backend, progress))
-        if model.is_moe:
+            outputs.extend(render_sequence(model, dataset, name, views, frames, directory, cfg, ctx, progress))
+        if len(model.families) > 1:
             iio.imwrite(directory / "legend.png", legend_image(model.families))
         w.metrics.update({"videos": outputs, "frames": len(frames), "model_kind": model_artifact.kind})
         w.compat.update({"dataset_id": dataset_artifact.id})
 
-    return run_stage(writer, build, force=force)
+    return run_stage(writer, build, ctx=ctx, force=force)
 
 
 def _frame_range(cfg: RenderConfig, n_frames: int) -> list[int]:
@@ -88,18 +88,18 @@ def _camera_sequences(cfg: RenderConfig, dataset: Dataset, n_frames: int) -> dic
 
 
 def render_sequence(
-    model: LoadedModel,
+    model: Renderable,
     dataset: Dataset,
     name: str,
     views: list[Camera],
     frames: list[int],
     directory: Path,
     cfg: RenderConfig,
-    backend: str,
+    ctx: RenderContext,
     progress: bool,
 ) -> list[str]:
     """Render one video (and its gate/grid companions for a MoE); returns the files written."""
-    colors = expert_colors(len(model.families)) if model.is_moe else None
+    colors = expert_colors(len(model.families))
     rgb, gates, grids = [], [], []
     png_dir = directory / name / "frames"
     steps = max(len(frames), len(views))
@@ -108,7 +108,7 @@ def render_sequence(
             frame = frames[i % len(frames)]
             camera = views[i % len(views)]
             t = float(dataset.times[frame])
-            out: Frame = model.render(camera, t, backend=backend)
+            out = model.render_frame(camera, t, ctx)
             image = to_uint8(out.image)
             rgb.append(image)
             if cfg.png:
@@ -134,12 +134,12 @@ def render_sequence(
     return written
 
 
-def _export_ply(model: LoadedModel, t: float, directory: Path) -> None:
+def _export_ply(model: Renderable, t: float, directory: Path) -> None:
+    """``gaussians.ply`` for an expert, ``gaussians_<k>_<family>.ply`` per expert of a mixture."""
     directory.mkdir(parents=True, exist_ok=True)
-    experts = model.moe.experts.experts if model.moe is not None else [model.expert]
-    for k, expert in enumerate(experts):
-        suffix = f"_{k}_{expert.family}" if model.is_moe else ""
-        save_ply(directory / f"gaussians{suffix}.ply", expert.export_params_at(t))
+    sets = model.export_at(t)
+    for name, params in sets:
+        save_ply(directory / ("gaussians.ply" if len(sets) == 1 else f"gaussians_{name}.ply"), params)
 
 
 def _grid(tiles: list[np.ndarray], columns: int = 3) -> np.ndarray:

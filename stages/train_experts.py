@@ -2,26 +2,20 @@
 
 from __future__ import annotations
 
-import json
 import logging
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from moegs.artifacts import Artifact, ArtifactWriter, load_artifact
 from moegs.config import build_config, to_dict
+from moegs.context import RenderContext
 from moegs.data.dataset import Dataset
 from moegs.errors import InputError, MoegsError
-from moegs.evaluation import evaluate_renderer
+from moegs.expert_output import finish_expert
 from moegs.experts import DYNAMIC_FAMILIES, get_family
-from moegs.experts.base import Expert
-from moegs.experts.io import expert_compat, save_expert
-from moegs.gaussians import save_ply
-from moegs.raster import resolve_backend
-from moegs.rendering import render_expert
 from moegs.train import train_expert
-from stages.common import StageResult, run_stage
+from stages.common import StageResult, run_stage, stage_context
 
 log = logging.getLogger("moegs")
 
@@ -31,6 +25,7 @@ class TrainExpertsConfig:
     """The ``train_experts`` section: which families, and per-family settings (``hexplane: {iterations: ...}``)."""
 
     families: list[str] = field(default_factory=lambda: list(DYNAMIC_FAMILIES))
+    device: str = "auto"
     backend: str = "auto"
     checkpoint_every: int = 500
     export_ply: bool = False
@@ -67,12 +62,12 @@ def run(
     if not cfg.families:
         raise InputError("no expert families requested (--experts)")
     configs = {family: family_config(cfg, family) for family in cfg.families}  # validate all before training any
-    backend = resolve_backend(cfg.backend)
+    ctx = stage_context(cfg)
     dataset = Dataset.load(dataset_artifact.path)
     outcomes = []
     for family, family_cfg in configs.items():
         try:
-            result = train_one(family, family_cfg, dataset, dataset_artifact, workspace, backend,
+            result = train_one(family, family_cfg, dataset, dataset_artifact, workspace, ctx,
                                cfg, force=force, resume=resume, progress=progress)
             outcomes.append(FamilyOutcome(family, result, None))
         except MoegsError as exc:
@@ -90,7 +85,7 @@ def train_one(
     dataset: Dataset,
     dataset_artifact: Artifact,
     workspace: Path,
-    backend: str,
+    ctx: RenderContext,
     cfg: TrainExpertsConfig,
     *,
     force: bool,
@@ -106,60 +101,10 @@ def train_one(
 
     def build(directory: Path, w: ArtifactWriter) -> None:
         points = dataset.points
-        expert = cls.from_points(family_cfg, points.xyz, points.rgb, points.time, dataset.n_frames)
-        result = train_expert(expert, dataset, directory, backend=backend, resume=resume,
+        expert = cls.from_points(family_cfg, points.xyz, points.rgb, points.time, dataset.n_frames).placed(ctx.device)
+        result = train_expert(expert, dataset, directory, ctx, resume=resume,
                               checkpoint_every=cfg.checkpoint_every, progress=progress, label=f"train {family}")
-        expert.eval()
-        finish_expert(expert, dataset, dataset_artifact, directory, w, backend, progress=progress,
+        finish_expert(expert, dataset, dataset_artifact, directory, w, ctx, progress=progress,
                       export_ply=cfg.export_ply, train_seconds=result.seconds)
 
-    return run_stage(writer, build, force=force, resume=resume)
-
-
-def finish_expert(
-    expert: Expert,
-    dataset: Dataset,
-    dataset_artifact: Artifact,
-    directory: Path,
-    writer: ArtifactWriter,
-    backend: str,
-    *,
-    progress: bool,
-    export_ply: bool,
-    train_seconds: float,
-) -> None:
-    """Save weights, evaluate on the test cameras (metrics + preview video), optionally export PLYs."""
-    save_expert(expert, directory)
-    started = time.perf_counter()
-    scores = evaluate_renderer(
-        lambda camera, t: render_expert(expert, camera, t, backend=backend).image,
-        dataset,
-        video_path=directory / "preview.mp4",
-        progress=progress,
-        label=f"evaluate {expert.family}",
-    )
-    (directory / "eval.json").write_text(json.dumps(scores, indent=2))
-    if export_ply:
-        export_plys(expert, dataset, directory / "ply")
-    writer.compat.update(expert_compat(expert, dataset_artifact.id))
-    writer.metrics.update(
-        {
-            "psnr": scores["psnr"],
-            "ssim": scores["ssim"],
-            "region_psnr": scores["region_psnr"],
-            "moving_psnr": scores.get("moving_psnr"),
-            "per_frame_psnr": [e["psnr"] for e in scores["per_frame"]],
-            "per_frame_ssim": [e["ssim"] for e in scores["per_frame"]],
-            "gaussians": expert.num_gaussians,
-            "megabytes": expert.num_floats() * 4 / 1e6,
-            "train_seconds": train_seconds,
-            "eval_seconds": time.perf_counter() - started,
-        }
-    )
-
-
-def export_plys(expert: Expert, dataset: Dataset, directory: Path) -> None:
-    """One standard 3DGS PLY per frame, with the expert's motion applied (viewers open any frame)."""
-    directory.mkdir(parents=True, exist_ok=True)
-    for frame in range(dataset.n_frames):
-        save_ply(directory / f"frame_{frame:05d}.ply", expert.export_params_at(float(dataset.times[frame])))
+    return run_stage(writer, build, ctx=ctx, force=force, resume=resume)

@@ -10,8 +10,6 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
-TINY_OVERRIDES: list[str] = []
-
 
 @pytest.fixture(scope="session")
 def tiny_raw(tmp_path_factory) -> Path:
@@ -30,6 +28,6 @@ def demo_workspace(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_demo(demo_workspace):
     """``moegs demo --preset tiny`` once for the whole session (about a minute)."""
-    from stages import demo
+    from moegs_cli import demo
 
     return demo.run("tiny", demo_workspace, progress=False)

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from moegs.config import resolve_config
+from moegs_cli.demo import DemoSettings, available_presets, preset_config
 from stages import bench, distill, preprocess, prune, render, train_experts, train_router
-from stages.demo import DemoSettings, available_presets, preset_config
 
 ROOT = Path(__file__).resolve().parents[1]
 SECTIONS = {

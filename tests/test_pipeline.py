@@ -13,14 +13,14 @@ import pytest
 import torch
 
 from moegs.artifacts import load_artifact
+from moegs.context import CPU
 from moegs.data.dataset import Dataset
 from moegs.data.synthetic import surface_distance
 from moegs.data.video import probe_video
 from moegs.experts.io import load_expert
 from moegs.models import load_model
-from moegs.moe import load_moe
-from moegs.router import FrozenExperts, PixelRouter, render_moe
-from stages.train_router import TrainRouterConfig, train_router
+from moegs.moe import FrozenExperts, MoEModel, PixelRouter, load_moe, render_moe
+from moegs.moe.train import TrainRouterConfig, train_router
 
 pytestmark = pytest.mark.slow
 
@@ -60,7 +60,7 @@ def test_every_family_beats_a_static_fit(tiny_demo, demo_workspace):
     (more on the demo scene), hence these margins."""
     from moegs.config import resolve_config
     from stages import train_experts
-    from stages.demo import preset_config
+    from moegs_cli.demo import preset_config
 
     cfg = resolve_config(train_experts.TrainExpertsConfig, preset_config("tiny"), "train_experts", ["families=static"])
     (static,) = train_experts.run(cfg, str(tiny_demo.steps["dataset"].artifact.path), demo_workspace, progress=False)
@@ -88,8 +88,8 @@ def test_pruning_halves_the_gaussians_and_stays_close(tiny_demo):
           f"FPS {m['fps_before']:.1f} -> {m['fps_after']:.1f}")
     assert m["removed_fraction"] == pytest.approx(0.5, abs=0.01)
     assert m["psnr_change"] > -0.3
-    model = load_moe(pruned)
-    assert sum(model.num_gaussians) == sum(m["gaussians_after"])
+    model = load_moe(pruned, CPU)
+    assert model.num_gaussians == sum(m["gaussians_after"])
 
 
 def test_distilled_student_not_worse_than_baseline(tiny_demo):
@@ -136,7 +136,7 @@ def test_export_ply_has_standard_3dgs_properties(tiny_demo, demo_workspace):
 
 
 def test_second_run_is_up_to_date(tiny_demo, demo_workspace):
-    from stages import demo
+    from moegs_cli import demo
 
     again = demo.run("tiny", demo_workspace, progress=False)
     assert all(step.up_to_date for step in again.steps.values())
@@ -148,39 +148,39 @@ def test_reloaded_artifacts_render_identically(tiny_demo):
     camera = dataset.test_cameras[0]
     for key in ("expert polynomial", "moe", "pruned"):
         artifact = tiny_demo.steps[key].artifact
-        a = load_model(artifact).render(camera, 0.25).image
-        b = load_model(load_artifact(artifact.path)).render(camera, 0.25).image
+        a = load_model(artifact, CPU).render_frame(camera, 0.25, CPU).image
+        b = load_model(load_artifact(artifact.path), CPU).render_frame(camera, 0.25, CPU).image
         assert torch.equal(a, b), key
 
 
 def test_router_trains_only_router_parameters(tiny_demo):
-    experts = [load_expert(a) for a in list(_experts(tiny_demo).values())[:2]]
+    experts = [load_expert(a, CPU) for a in list(_experts(tiny_demo).values())[:2]]
     before = [{k: v.detach().clone() for k, v in e.params.items()} for e in experts]
     frozen = FrozenExperts(experts)
     router = PixelRouter([e.num_gaussians for e in experts])
     dataset = Dataset.load(tiny_demo.steps["dataset"].artifact.path)
     camera = dataset.train_cameras[1]
-    out = render_moe(frozen, router, camera, 0.5)
+    out = render_moe(frozen, router, camera, 0.5, CPU)
     out.image.mean().backward()
     assert all(p.grad is None for e in experts for p in e.params.values())
     assert all(p.grad is None for e in experts for p in e.fields.parameters())
     assert all(g.grad is not None and g.grad.abs().sum() > 0 for g in router.gates)
     assert any(p.grad.abs().sum() > 0 for p in router.decoder.parameters())
     gates_before = router.gates[0].detach().clone()
-    train_router(router, frozen, dataset, TrainRouterConfig(iterations=3), "cpu", progress=False)
+    train_router(MoEModel(frozen, router, 0.01, []), dataset, TrainRouterConfig(iterations=3), CPU, progress=False)
     assert not torch.equal(gates_before, router.gates[0].detach())
     assert all(torch.equal(before[i][k], e.params[k]) for i, e in enumerate(experts) for k in e.params)
 
 
 @pytest.mark.parametrize("k", [2, 3, 4])
 def test_single_pass_equals_naive_passes(tiny_demo, k):
-    experts = FrozenExperts([load_expert(a) for a in list(_experts(tiny_demo).values())[:k]])
+    experts = FrozenExperts([load_expert(a, CPU) for a in list(_experts(tiny_demo).values())[:k]])
     router = PixelRouter([e.num_gaussians for e in experts.experts])
     with torch.no_grad():
         for g in router.gates:
             g.uniform_(0.0, 2.0)
     camera = Dataset.load(tiny_demo.steps["dataset"].artifact.path).test_cameras[0]
-    single = render_moe(experts, router, camera, 0.375, single_pass=True)
-    naive = render_moe(experts, router, camera, 0.375, single_pass=False)
+    single = render_moe(experts, router, camera, 0.375, CPU, single_pass=True)
+    naive = render_moe(experts, router, camera, 0.375, CPU, single_pass=False)
     assert (single.image - naive.image).abs().max() < 1e-5
     assert (single.gates - naive.gates).abs().max() < 1e-5

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from moegs.context import CPU
 from moegs.data.build import build_dataset
 from moegs.data.dataset import Dataset
 from moegs.experts import get_family
@@ -34,7 +35,7 @@ class Interrupt(Exception):
 @pytest.mark.parametrize("family", ["static", "polynomial"])
 def test_resume_matches_uninterrupted_run(dataset, tmp_path, family):
     straight = _expert(dataset, family)
-    train_expert(straight, dataset, tmp_path / "a", backend="cpu", checkpoint_every=20, progress=False)
+    train_expert(straight, dataset, tmp_path / "a", CPU, checkpoint_every=20, progress=False)
 
     interrupted = _expert(dataset, family)
     original_on_step = interrupted.on_step
@@ -46,11 +47,11 @@ def test_resume_matches_uninterrupted_run(dataset, tmp_path, family):
 
     interrupted.on_step = crash_at_30
     with pytest.raises(Interrupt):
-        train_expert(interrupted, dataset, tmp_path / "b", backend="cpu", checkpoint_every=20, progress=False)
+        train_expert(interrupted, dataset, tmp_path / "b", CPU, checkpoint_every=20, progress=False)
     assert (tmp_path / "b" / "checkpoints" / "last.pt").is_file()
 
     resumed = _expert(dataset, family)
-    result = train_expert(resumed, dataset, tmp_path / "b", backend="cpu", checkpoint_every=20, progress=False, resume=True)
+    result = train_expert(resumed, dataset, tmp_path / "b", CPU, checkpoint_every=20, progress=False, resume=True)
     assert result.steps == STEPS - 20
     assert resumed.num_gaussians == straight.num_gaussians
     for key, value in straight.params.items():
@@ -68,14 +69,13 @@ def test_static_fit_of_one_frame_reaches_floor(tiny_raw, tmp_path):
     p = dataset.points
     expert = cls.from_points(config, p.xyz, p.rgb, p.time, dataset.n_frames)
     from moegs.evaluation import evaluate_renderer
-    from moegs.rendering import render_expert
 
     def score():
-        return evaluate_renderer(lambda cam, t: render_expert(expert, cam, t).image, dataset,
+        return evaluate_renderer(lambda cam, t: expert.render_frame(cam, t, CPU).image, dataset,
                                  dataset.train_cameras, progress=False)["psnr"]
 
     initial = score()
-    train_expert(expert, dataset, tmp_path / "work", backend="cpu", progress=False)
+    train_expert(expert, dataset, tmp_path / "work", CPU, progress=False)
     fitted = score()
     print(f"static fit of frame 0 (training views): {initial:.2f} dB at init -> {fitted:.2f} dB after 600 steps")
     assert fitted > 23.5 and fitted > initial + 8.0  # measured 25.3 dB from 12.0 dB

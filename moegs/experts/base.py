@@ -24,6 +24,10 @@ import torch
 from torch import Tensor, nn
 
 from moegs import gaussians as core
+from moegs.cameras import Camera
+from moegs.context import RenderContext
+from moegs.renderable import Frame
+from moegs.rendering import render_expert
 
 
 @dataclass
@@ -87,6 +91,21 @@ class Expert(nn.Module):
         self.params: dict[str, nn.Parameter] = {k: _as_param(v) for k, v in params.items()}
         self.fields: nn.Module = self.build_fields()
         self.step = 0  # training step, for families with schedules (warm-up, annealing, progressive frames)
+
+    @property
+    def device(self) -> torch.device:
+        return self.aabb.device
+
+    def _apply(self, fn, recurse: bool = True):  # type: ignore[no-untyped-def]
+        """``.to(device)`` and friends move ``params`` too (a plain dict, which nn.Module does not see);
+        caches derived from them rebuild on the next use (families compare their device)."""
+        super()._apply(fn, recurse)
+        self.params = {k: nn.Parameter(fn(v.detach()), requires_grad=v.requires_grad) for k, v in self.params.items()}
+        return self
+
+    def placed(self, device: torch.device) -> Expert:
+        """This expert on ``device`` (moved only when it is elsewhere)."""
+        return self if self.device == torch.device(device) else self.to(device)
 
     # ---- construction --------------------------------------------------------------------------
     @classmethod
@@ -181,10 +200,10 @@ class Expert(nn.Module):
 
     # ---- persistence -----------------------------------------------------------------------------
     def state_tensors(self) -> dict[str, Tensor]:
-        """Everything needed to rebuild the expert, as flat named tensors (safetensors-ready)."""
-        out = {f"params.{k}": v.detach().contiguous() for k, v in self.params.items()}
-        out.update({f"fields.{k}": v.detach().contiguous() for k, v in self.fields.state_dict().items()})
-        out["aabb"] = self.aabb.detach().contiguous()
+        """Everything needed to rebuild the expert, as flat named host tensors (safetensors-ready)."""
+        out = {f"params.{k}": v.detach().cpu().contiguous() for k, v in self.params.items()}
+        out.update({f"fields.{k}": v.detach().cpu().contiguous() for k, v in self.fields.state_dict().items()})
+        out["aabb"] = self.aabb.detach().cpu().contiguous()
         return out
 
     @classmethod
@@ -202,6 +221,24 @@ class Expert(nn.Module):
     def num_floats(self) -> int:
         """Stored floats (for model-size reporting)."""
         return sum(v.numel() for v in self.state_tensors().values())
+
+    # ---- Renderable ------------------------------------------------------------------------------
+    @property
+    def families(self) -> list[str]:
+        return [self.family]
+
+    def megabytes(self) -> float:
+        return self.num_floats() * 4 / 1e6
+
+    @torch.no_grad()
+    def render_frame(
+        self, camera: Camera, t: float, ctx: RenderContext, *, rays: tuple[Tensor, Tensor] | None = None, cache: bool = True
+    ) -> Frame:
+        """The expert's view (``rays`` and ``cache`` only matter to a mixture)."""
+        return Frame(render_expert(self, camera, t, ctx).image)
+
+    def export_at(self, t: float) -> list[tuple[str, dict[str, Tensor]]]:
+        return [(self.family, self.export_params_at(t))]
 
     def export_params_at(self, t: float) -> dict[str, Tensor]:
         """Core 3DGS parameters with the motion applied at time t (for standard PLY export)."""

@@ -202,7 +202,7 @@ class EmbeddingExpert(Expert):
         c = self.config
         if c.lambda_embedding_smooth == 0.0:
             return torch.zeros(())
-        if self._knn is None or self._knn[0].shape[0] != self.num_gaussians:
+        if self._knn is None or self._knn[0].shape[0] != self.num_gaussians or self._knn[0].device != self.device:
             self.after_densify()
         idx, sqrt_w = cast(tuple[Tensor, Tensor], self._knn)
         if idx.numel() == 0:

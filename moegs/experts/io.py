@@ -7,6 +7,7 @@ from pathlib import Path
 from safetensors.torch import load_file, save_file
 
 from moegs.artifacts import Artifact
+from moegs.context import RenderContext
 from moegs.errors import IncompatibleArtifactError
 from moegs.experts import get_family
 from moegs.experts.base import Expert, config_from_dict
@@ -25,8 +26,8 @@ def expert_compat(expert: Expert, dataset_id: str) -> dict:
     return {"dataset_id": dataset_id, "family": expert.family, "n_frames": expert.n_frames, "sh_degree": expert.config.sh_degree}
 
 
-def load_expert(artifact: Artifact) -> Expert:
-    """Rebuild the expert of an ``expert`` artifact (family and config from its manifest)."""
+def load_expert(artifact: Artifact, ctx: RenderContext) -> Expert:
+    """Rebuild the expert of an ``expert`` artifact (family and config from its manifest) on the context's device."""
     if artifact.kind != "expert":
         raise IncompatibleArtifactError(f"{artifact.path}: expected an expert artifact, found {artifact.kind}")
     config = dict(artifact.config)
@@ -37,4 +38,4 @@ def load_expert(artifact: Artifact) -> Expert:
         raise IncompatibleArtifactError(f"{artifact.path}: {WEIGHTS} is missing")
     expert = cls.from_state(config_from_dict(cls, config), load_file(str(weights)), artifact.compat["n_frames"])
     expert.eval()
-    return expert
+    return expert.placed(ctx.device)

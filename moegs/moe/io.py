@@ -1,4 +1,4 @@
-"""A MoE model on disk and in memory: frozen experts + router, as stored in a ``moe`` artifact.
+"""A MoE artifact on disk: frozen experts + router.
 
 Payload: ``router.safetensors`` (gate tables per expert + decoder) and, for a pruned MoE,
 ``experts/<k>.safetensors`` holding expert k's remaining Gaussians (an unpruned MoE reads the
@@ -7,36 +7,22 @@ weights from the expert artifacts it references, so nothing is copied).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
 from moegs.artifacts import Artifact, require_same
+from moegs.context import RenderContext
 from moegs.errors import IncompatibleArtifactError, InputError
 from moegs.experts import get_family
 from moegs.experts.base import Expert, config_from_dict
 from moegs.experts.io import WEIGHTS, load_expert
-from moegs.router import FrozenExperts, PixelRouter
+from moegs.moe.model import MoEModel
+from moegs.moe.render import FrozenExperts
+from moegs.moe.router import PixelRouter
 
 ROUTER = "router.safetensors"
-
-
-@dataclass
-class MoEModel:
-    experts: FrozenExperts
-    router: PixelRouter
-    tau: float
-    expert_artifacts: list[Artifact]
-
-    @property
-    def num_gaussians(self) -> list[int]:
-        return [e.num_gaussians for e in self.experts.experts]
-
-    def num_floats(self) -> int:
-        experts = sum(e.num_floats() for e in self.experts.experts)
-        return experts + sum(p.numel() for p in self.router.parameters())
 
 
 def check_mixable(experts: list[Artifact]) -> str:
@@ -52,11 +38,12 @@ def check_mixable(experts: list[Artifact]) -> str:
 
 
 def router_tensors(router: PixelRouter) -> dict[str, torch.Tensor]:
+    """The router as flat host tensors (safetensors-ready)."""
     out = {}
     for k in range(router.num_experts):
-        out[f"gates.{k}"] = router.gates[k].detach().contiguous()
-        out[f"time_coefs.{k}"] = router.time_coefs[k].detach().contiguous()
-    out.update({f"decoder.{k}": v.detach().contiguous() for k, v in router.decoder.state_dict().items()})
+        out[f"gates.{k}"] = router.gates[k].detach().cpu().contiguous()
+        out[f"time_coefs.{k}"] = router.time_coefs[k].detach().cpu().contiguous()
+    out.update({f"decoder.{k}": v.detach().cpu().contiguous() for k, v in router.decoder.state_dict().items()})
     return out
 
 
@@ -82,8 +69,9 @@ def load_router(path: Path, num_experts: int) -> PixelRouter:
     return router
 
 
-def load_moe(artifact: Artifact, tau: float | None = None) -> MoEModel:
-    """Rebuild experts (pruned weights if the MoE carries them) and router; ``tau`` overrides the stored one."""
+def load_moe(artifact: Artifact, ctx: RenderContext, tau: float | None = None) -> MoEModel:
+    """Rebuild experts (pruned weights if the MoE carries them) and router on the context's device;
+    ``tau`` overrides the stored temperature."""
     if artifact.kind != "moe":
         raise IncompatibleArtifactError(f"{artifact.path}: expected a moe artifact, found {artifact.kind}")
     expert_artifacts = [artifact.resolve_input(entry) for entry in artifact.input_refs("expert")]
@@ -93,9 +81,10 @@ def load_moe(artifact: Artifact, tau: float | None = None) -> MoEModel:
         if embedded.is_file():
             config = dict(expert_artifact.config)
             cls = get_family(config.pop("family"))
-            experts.append(cls.from_state(config_from_dict(cls, config), load_file(str(embedded)), expert_artifact.compat["n_frames"]))
+            expert = cls.from_state(config_from_dict(cls, config), load_file(str(embedded)), expert_artifact.compat["n_frames"])
+            experts.append(expert.placed(ctx.device))
         else:
-            experts.append(load_expert(expert_artifact))
+            experts.append(load_expert(expert_artifact, ctx))
     router = load_router(artifact.file(ROUTER), len(experts))
     for k, expert in enumerate(experts):
         if router.gates[k].shape[0] != expert.num_gaussians:
@@ -103,4 +92,7 @@ def load_moe(artifact: Artifact, tau: float | None = None) -> MoEModel:
                 f"{artifact.path}: router has {router.gates[k].shape[0]} gate rows for expert {k}, "
                 f"which has {expert.num_gaussians} Gaussians ({WEIGHTS} changed?)"
             )
-    return MoEModel(FrozenExperts(experts), router, float(artifact.compat["tau"] if tau is None else tau), expert_artifacts)
+    tau = float(artifact.compat["tau"] if tau is None else tau)
+    if not tau > 0:
+        raise InputError(f"tau must be positive, got {tau}")
+    return MoEModel(FrozenExperts(experts), router.to(ctx.device), tau, expert_artifacts)

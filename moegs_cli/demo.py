@@ -1,7 +1,8 @@
 """``moegs demo``: the whole pipeline on the built-in synthetic scene, every step an ordinary stage.
 
 synth -> preprocess -> train-experts (all four) -> train-router -> prune -> distill -> render -> bench.
-Each step writes (or finds) its artifact, so a second run finishes at once.
+Each step writes (or finds) its artifact, so a second run finishes at once. This orchestrator sits
+beside the CLI, above the stages, so that no stage imports another.
 """
 
 from __future__ import annotations
@@ -56,7 +57,8 @@ def synthetic_source(workspace: Path, preset: str, seed: int, progress: bool) ->
 
 
 def run(preset: str, workspace: Path, *, seed: int = 0, force: bool = False, progress: bool = True,
-        overrides: list[str] | None = None) -> DemoResult:
+        overrides: list[str] | None = None, device: str | None = None, backend: str | None = None) -> DemoResult:
+    """Every stage of the pipeline in order; ``device`` and ``backend`` go to every stage that renders."""
     if preset not in PRESETS:
         raise InputError(f"unknown preset {preset!r} (choose from {', '.join(PRESETS)})")
     config_file = preset_config(preset)
@@ -65,7 +67,8 @@ def run(preset: str, workspace: Path, *, seed: int = 0, force: bool = False, pro
     def section(cls, name):
         prefix = name + "."
         own = [o[len(prefix):] for o in overrides or [] if o.startswith(prefix)]
-        return resolve_config(cls, config_file, name, own)
+        placement = {"device": device, "backend": backend} if "device" in cls.__dataclass_fields__ else {}
+        return resolve_config(cls, config_file, name, own, explicit=placement)
 
     demo_cfg = section(DemoSettings, "demo")
     raw = synthetic_source(workspace, preset, seed, progress)

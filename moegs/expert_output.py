@@ -1,0 +1,65 @@
+"""What a trained expert leaves in its artifact: weights, test-camera scores, a preview, optional PLYs."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from moegs.artifacts import Artifact, ArtifactWriter
+from moegs.context import RenderContext
+from moegs.data.dataset import Dataset
+from moegs.evaluation import evaluate_renderer
+from moegs.experts.base import Expert
+from moegs.experts.io import expert_compat, save_expert
+from moegs.gaussians import save_ply
+
+
+def finish_expert(
+    expert: Expert,
+    dataset: Dataset,
+    dataset_artifact: Artifact,
+    directory: Path,
+    writer: ArtifactWriter,
+    ctx: RenderContext,
+    *,
+    progress: bool,
+    export_ply: bool,
+    train_seconds: float,
+) -> None:
+    """Save weights, evaluate on the test cameras (metrics + preview video), optionally export PLYs."""
+    expert.eval()
+    save_expert(expert, directory)
+    started = time.perf_counter()
+    scores = evaluate_renderer(
+        lambda camera, t: expert.render_frame(camera, t, ctx).image,
+        dataset,
+        video_path=directory / "preview.mp4",
+        progress=progress,
+        label=f"evaluate {expert.family}",
+    )
+    (directory / "eval.json").write_text(json.dumps(scores, indent=2))
+    if export_ply:
+        export_plys(expert, dataset, directory / "ply")
+    writer.compat.update(expert_compat(expert, dataset_artifact.id))
+    writer.metrics.update(
+        {
+            "psnr": scores["psnr"],
+            "ssim": scores["ssim"],
+            "region_psnr": scores["region_psnr"],
+            "moving_psnr": scores.get("moving_psnr"),
+            "per_frame_psnr": [e["psnr"] for e in scores["per_frame"]],
+            "per_frame_ssim": [e["ssim"] for e in scores["per_frame"]],
+            "gaussians": expert.num_gaussians,
+            "megabytes": expert.megabytes(),
+            "train_seconds": train_seconds,
+            "eval_seconds": time.perf_counter() - started,
+        }
+    )
+
+
+def export_plys(expert: Expert, dataset: Dataset, directory: Path) -> None:
+    """One standard 3DGS PLY per frame, with the expert's motion applied (viewers open any frame)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for frame in range(dataset.n_frames):
+        save_ply(directory / f"frame_{frame:05d}.ply", expert.export_params_at(float(dataset.times[frame])))

@@ -1,0 +1,93 @@
+"""Distilling a mixture into one expert: the teacher's targets and the student's fine-tune settings.
+
+L = L_rec(I_student, I_gt) + beta * L_rec(I_student, stopgrad(I_moe)), optionally weighting the
+teacher term per pixel by (1 - gate of the student's own expert), i.e. trusting the mixture most
+where the router preferred other experts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from moegs.artifacts import Artifact, load_artifact
+from moegs.camera_path import spiral_path
+from moegs.cameras import Camera
+from moegs.context import RenderContext
+from moegs.data.dataset import Dataset
+from moegs.errors import InputError
+from moegs.experts import family_names
+from moegs.experts.base import Expert, ExpertConfig
+from moegs.moe.model import MoEModel
+
+
+@dataclass
+class DistillConfig:
+    """The ``distill`` section."""
+
+    steps: int = 1000
+    """Fine-tuning steps (for the distilled student and for the GT-only baseline alike)."""
+    beta: float = 1.0
+    gate_weighting: bool = False
+    """Weight the teacher term per pixel by 1 - gate of the student's own expert in the MoE."""
+    baseline: bool = True
+    """Also fine-tune the same student on ground truth only (the fair comparison)."""
+    novel_views: int = 16
+    """Extra views on a spiral inside the rig where only the MoE supervises (0 = training views only)."""
+    novel_radius: float = 0.5
+    """Size of that spiral relative to the rig."""
+    device: str = "auto"
+    backend: str = "auto"
+
+
+class MoETeacher:
+    """The frozen MoE's images of the training views, rendered once each and cached on the device."""
+
+    def __init__(self, model: MoEModel, dataset: Dataset, cfg: DistillConfig, ctx: RenderContext, student_index: int | None) -> None:
+        self.model = model
+        self.dataset = dataset
+        self.beta = cfg.beta
+        self.ctx = ctx
+        self.student_index = student_index if cfg.gate_weighting else None
+        self.novel_cameras = (
+            spiral_path(dataset.train_cameras, cfg.novel_views, radius_scale=cfg.novel_radius) if cfg.novel_views else []
+        )
+        self._cache: dict[tuple[str, int], tuple[Tensor, Tensor | None]] = {}
+
+    @torch.no_grad()
+    def target(self, camera: Camera, frame: int) -> tuple[Tensor, Tensor | None]:
+        key = (camera.name, frame)
+        if key not in self._cache:
+            out = self.model.blend(camera, float(self.dataset.times[frame]), self.ctx)
+            weight = None if self.student_index is None else 1.0 - out.gates[self.student_index]
+            self._cache[key] = (out.image.clamp(0, 1), weight)
+        return self._cache[key]
+
+
+def resolve_student(moe: Artifact, student: str, workspace: Path) -> tuple[Artifact, int | None]:
+    """The student expert artifact and its index in the MoE (None if it is not one of the MoE's experts)."""
+    experts = [moe.resolve_input(e) for e in moe.input_refs("expert")]
+    if student in family_names():
+        matches = [k for k, a in enumerate(experts) if a.compat.get("family") == student]
+        if not matches:
+            names = ", ".join(a.compat.get("family", "?") for a in experts)
+            raise InputError(f"the MoE has no {student} expert (it has: {names}); pass an expert artifact instead")
+        return experts[matches[0]], matches[0]
+    artifact = load_artifact(student, workspace, expected_kind="expert")
+    if artifact.compat.get("dataset_id") != moe.compat.get("dataset_id"):
+        raise InputError(
+            f"student {artifact.short_id} was trained on dataset {str(artifact.compat.get('dataset_id'))[:12]}, "
+            f"the MoE on {str(moe.compat.get('dataset_id'))[:12]}"
+        )
+    index = next((k for k, a in enumerate(experts) if a.id == artifact.id), None)
+    return artifact, index
+
+
+def finetune_config(expert: Expert) -> ExpertConfig:
+    """Continue at the end of the original schedule: final learning rates, no densification, full SH."""
+    c = expert.config
+    return dataclasses.replace(c, lr_means=c.lr_means_final, lr_fields=c.lr_fields_final, densify_until=0, sh_every=0)

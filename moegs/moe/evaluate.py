@@ -1,0 +1,75 @@
+"""Scoring a mixture on the test cameras: blend quality, per-region winners and the router's choices."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from moegs.artifacts import Artifact
+from moegs.context import RenderContext
+from moegs.data.dataset import Dataset
+from moegs.evaluation import evaluate_renderer
+from moegs.moe.model import MoEModel
+
+
+@torch.no_grad()
+def evaluate_moe(
+    model: MoEModel, dataset: Dataset, directory: Path | None, ctx: RenderContext, official_tau: float | None, *, progress: bool
+) -> dict:
+    """Blend PSNR/SSIM on the test cameras, per-region winners, the router's preferred expert per region,
+    and (with ``official_tau``) the PSNR when evaluated at that temperature instead."""
+    region_gates: dict[str, list[np.ndarray]] = {}
+    names = dataset.region_names
+    rays = {camera.name: camera.rays(ctx.device) for camera in dataset.test_cameras}
+
+    def render(camera, t):
+        out = model.blend(camera, t, ctx, rays=rays[camera.name])
+        labels = dataset.labels(camera.name)
+        if labels is not None:
+            frame = int(round(t * dataset.n_frames))
+            lab = labels[frame]
+            gates = out.gates.cpu()
+            for region_id in np.unique(lab):
+                name = names[region_id] if names and region_id < len(names) else str(region_id)
+                mask = torch.as_tensor(lab == region_id)
+                region_gates.setdefault(name, []).append(gates[:, mask].mean(dim=1).numpy())
+        return out.image
+
+    video = None if directory is None else directory / "preview.mp4"
+    scores = evaluate_renderer(render, dataset, video_path=video, progress=progress, label="evaluate moe")
+    families = [a.compat.get("family", f"expert{k}") for k, a in enumerate(model.expert_artifacts)]
+    metrics = {
+        "psnr": scores["psnr"],
+        "ssim": scores["ssim"],
+        "region_psnr": scores["region_psnr"],
+        "gaussians": model.num_gaussians,
+        "gaussians_per_expert": model.gaussians_per_expert,
+        "megabytes": model.megabytes(),
+        "families": families,
+        "expert_psnr": [a.metrics.get("psnr") for a in model.expert_artifacts],
+        "region_winner": region_winner(model.expert_artifacts, families),
+        "router_preference": {
+            region: families[int(np.argmax(np.mean(values, axis=0)))] for region, values in region_gates.items()
+        },
+        "region_mean_gates": {region: np.mean(values, axis=0).tolist() for region, values in region_gates.items()},
+    }
+    if official_tau is not None and official_tau != model.tau:
+        metrics["psnr_official_tau"] = evaluate_renderer(
+            lambda camera, t: model.blend(camera, t, ctx, tau=official_tau).image,
+            dataset, progress=progress, label=f"evaluate moe tau={official_tau:g}",
+        )["psnr"]
+    if directory is not None:
+        (directory / "eval.json").write_text(json.dumps(scores, indent=2))
+    return metrics
+
+
+def region_winner(experts: list[Artifact], families: list[str]) -> dict[str, str]:
+    """The expert with the best PSNR in each labelled region (from the experts' own evaluations)."""
+    regions = set().union(*(a.metrics.get("region_psnr", {}).keys() for a in experts))
+    return {
+        region: families[int(np.argmax([a.metrics.get("region_psnr", {}).get(region, -np.inf) for a in experts]))]
+        for region in sorted(regions)
+    }

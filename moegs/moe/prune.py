@@ -1,0 +1,100 @@
+"""Gate-aware pruning of a mixture: score every Gaussian by its share of the blend, keep the best.
+
+Each Gaussian i of expert k is scored by what it adds to the *blended* image over the training
+views: r_i^k = sum over views and pixels of gate^k(p) * alpha_i * T_i(p). A Gaussian that is
+opaque but sits where the router never picks its expert scores ~0 and goes, with its gate rows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from moegs.context import RenderContext
+from moegs.data.dataset import Dataset
+from moegs.densify import remove_gaussians
+from moegs.evaluation import measure_fps
+from moegs.moe.model import MoEModel
+from moegs.progress import progress_bar
+from moegs.raster import GaussianSet, rasterize_multi
+
+
+@dataclass
+class PruneConfig:
+    """The ``prune`` section: give keep_fraction or threshold."""
+
+    keep_fraction: float | None = None
+    """Keep this share of all Gaussians, ranked jointly across experts by their blended contribution
+    (0.5 when neither this nor ``threshold`` is given)."""
+    threshold: float | None = None
+    """Instead: remove Gaussians whose contribution per training view is below this (in pixels)."""
+    frame_stride: int = 1
+    """Score on every n-th frame of every training camera."""
+    finetune_steps: int = 0
+    """Router fine-tuning steps after pruning (0 = none)."""
+    device: str = "auto"
+    backend: str = "auto"
+
+
+@torch.no_grad()
+def gate_aware_scores(model: MoEModel, dataset: Dataset, frame_stride: int, ctx: RenderContext, progress: bool) -> list[torch.Tensor]:
+    """r_i^k averaged over the scored views, per expert [N_k]: each Gaussian's share of the blended image in pixels."""
+    scores = [torch.zeros(n, device=ctx.device) for n in model.gaussians_per_expert]
+    frames = list(range(0, dataset.n_frames, frame_stride))
+    views = [(cam, f) for cam in dataset.train_cameras for f in frames]
+    with progress_bar("score gaussians", len(views), enabled=progress) as bar:
+        for camera, frame in views:
+            t = float(dataset.times[frame])
+            gates = model.blend(camera, t, ctx).gates
+            gs = [model.experts.at(k, t, camera) for k in range(len(model.experts))]
+            sets = [GaussianSet(g.means, g.quats, g.scales, g.opacities, g.opacities[:, None]) for g in gs]
+            out = rasterize_multi(sets, camera.viewmat_tensor(ctx.device), camera.K_tensor(ctx.device),
+                                  camera.width, camera.height, near=camera.near, far=camera.far, backend=ctx.backend,
+                                  return_contrib=True, contrib_weight=gates)
+            for k, contrib in enumerate(out.contrib):
+                scores[k] += contrib
+            bar.advance()
+    return [s / len(views) for s in scores]
+
+
+def keep_masks(scores: list[torch.Tensor], cfg: PruneConfig) -> list[torch.Tensor]:
+    """Which Gaussians survive: the top ``keep_fraction`` jointly across experts, or those above ``threshold``."""
+    if cfg.threshold is not None:
+        return [s >= cfg.threshold for s in scores]
+    joint = torch.cat(scores)
+    n_keep = max(1, int(round(cfg.keep_fraction * joint.numel())))
+    cutoff = torch.topk(joint, n_keep).values.min()
+    masks = [s >= cutoff for s in scores]
+    surplus = int(sum(int(m.sum()) for m in masks)) - n_keep  # ties at the cutoff
+    for m, s in zip(masks, scores):
+        if surplus <= 0:
+            break
+        tied = torch.nonzero(m & (s == cutoff)).squeeze(-1)[:surplus]
+        m[tied] = False
+        surplus -= tied.numel()
+    return [_at_least_one(m, s) for m, s in zip(masks, scores)]
+
+
+def _at_least_one(mask: torch.Tensor, score: torch.Tensor) -> torch.Tensor:
+    """An expert keeps its best Gaussian, so the mixture stays well formed (K experts, K gate tables)."""
+    if not mask.any():
+        mask = mask.clone()
+        mask[torch.argmax(score)] = True
+    return mask
+
+
+def apply_pruning(model: MoEModel, masks: list[torch.Tensor]) -> None:
+    """Remove the pruned rows from every per-Gaussian tensor of each expert and from the router's gate tables."""
+    for k, (expert, keep) in enumerate(zip(model.experts.experts, masks)):
+        remove_gaussians(expert.params, {}, ~keep)
+        expert.after_densify()
+        model.router.keep_rows(k, keep)
+    model.experts.clear()
+
+
+def snapshot(model: MoEModel, dataset: Dataset, ctx: RenderContext) -> dict:
+    """Gaussians per expert, storage and render speed on the first test camera (same views before and after)."""
+    fps = measure_fps(lambda cam, t: model.render_frame(cam, t, ctx, cache=False).image,
+                      dataset.test_cameras[0], [float(t) for t in dataset.times])
+    return {"gaussians": model.gaussians_per_expert, "megabytes": model.megabytes(), "fps": fps}

@@ -1,0 +1,49 @@
+"""The Volume-aware Pixel Router of MoE-GS: per-Gaussian gates and the shared per-pixel decoder.
+
+Every Gaussian i of expert k carries gates b_i = (b_i0, b_i1) (init 0.9) and a time coefficient
+f_i (init 0). At normalised time t the feature g_i(t) = [b_i0, b_i1, t * f_i] is splatted with the
+expert's own frozen geometry and opacity, background 1 ("weight splatting"), giving maps A, S, T.
+A 69-weight per-pixel MLP shared by all experts (8 -> 6 -> ReLU -> 3 -> ReLU -> 1, no bias) reads
+[S, T, ray origin, unit ray direction]; logit = A + MLP; gate = softmax_k(logit / tau).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+GATE_INIT = 0.9
+
+
+class PixelRouter(nn.Module):
+    """Per-Gaussian gate tables for each expert plus the shared pixel decoder (move it with ``.to``)."""
+
+    def __init__(self, gaussian_counts: Sequence[int], gate_init: float = GATE_INIT) -> None:
+        super().__init__()
+        self.gates = nn.ParameterList([nn.Parameter(torch.full((n, 2), gate_init)) for n in gaussian_counts])
+        self.time_coefs = nn.ParameterList([nn.Parameter(torch.zeros(n, 1)) for n in gaussian_counts])
+        self.decoder = nn.Sequential(
+            nn.Linear(8, 6, bias=False), nn.ReLU(), nn.Linear(6, 3, bias=False), nn.ReLU(), nn.Linear(3, 1, bias=False)
+        )
+
+    @property
+    def num_experts(self) -> int:
+        return len(self.gates)
+
+    def gate_features(self, k: int, t: float) -> Tensor:
+        """g_i(t) = [b_i0, b_i1, t * f_i] for every Gaussian of expert k: [N_k, 3]."""
+        return torch.cat([self.gates[k], t * self.time_coefs[k]], dim=-1)
+
+    def logits(self, maps: Tensor, rays_o: Tensor, rays_d: Tensor) -> Tensor:
+        """Per-pixel logits [K, H, W] from splatted maps [K, H, W, 3] and rays [H, W, 3] (world frame)."""
+        k = maps.shape[0]
+        rays = torch.cat([rays_o, rays_d], dim=-1).expand(k, -1, -1, -1)
+        decoded = self.decoder(torch.cat([maps[..., 1:3], rays], dim=-1)).squeeze(-1)
+        return maps[..., 0] + decoded
+
+    def keep_rows(self, k: int, mask: Tensor) -> None:
+        """Drop gate rows of pruned Gaussians of expert k (``mask`` True = keep)."""
+        self.gates[k] = nn.Parameter(self.gates[k].detach()[mask].clone())
+        self.time_coefs[k] = nn.Parameter(self.time_coefs[k].detach()[mask].clone())
