@@ -19,9 +19,18 @@ from typing import Any, Generic, TypeVar
 import numpy as np
 import torch
 
+from moegs.errors import InputError
+
 V = TypeVar("V")
 
 MB = 1 << 20
+
+
+def budget_bytes(megabytes: float, knob: str) -> int:
+    """A config budget in MB as bytes; a negative one is refused naming its knob."""
+    if not megabytes >= 0:
+        raise InputError(f"{knob} must be >= 0 MB (0 turns the cache off), got {megabytes}")
+    return int(megabytes * MB)
 
 
 def nbytes(value: Any) -> int:
@@ -46,7 +55,7 @@ class ByteLRUCache(Generic[V]):
 
     def __init__(self, budget_bytes: int, size_of: Callable[[Any], int] = nbytes) -> None:
         if budget_bytes < 0:
-            raise ValueError(f"cache budget must be >= 0 bytes, got {budget_bytes}")
+            raise InputError(f"cache budget must be >= 0 bytes, got {budget_bytes}")
         self.budget_bytes = int(budget_bytes)
         self._size_of = size_of
         self._entries: OrderedDict[Hashable, tuple[V, int]] = OrderedDict()

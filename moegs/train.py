@@ -19,11 +19,12 @@ from torch import Tensor
 from moegs.cameras import Camera
 from moegs.context import RenderContext
 from moegs.data.dataset import Dataset
+from moegs.data.views import StreamedViews
 from moegs.densify import DensifyConfig
 from moegs.experts.base import Expert
 from moegs.losses import photometric
 from moegs.progress import progress_bar
-from moegs.rendering import TrainViews, render_expert
+from moegs.rendering import render_expert
 
 log = logging.getLogger("moegs")
 CHECKPOINT = "checkpoints/last.pt"
@@ -85,7 +86,7 @@ def train_expert(
     cfg = expert.config
     steps = cfg.iterations if steps is None else steps
     extent = dataset.scene_extent
-    views = TrainViews(dataset, dataset.train_cameras)
+    views = StreamedViews(dataset, dataset.train_cameras, ctx.device)
     densify = DensifyConfig(
         grad_threshold=cfg.densify_grad_threshold,
         start=cfg.densify_from,
@@ -119,7 +120,7 @@ def train_expert(
             out = render_expert(expert, camera, t, ctx, background, sh_degree=sh_degree, retain_grad=True)
             loss = expert.regularisation(t)
             if not novel:
-                loss = loss + photometric(out.image, views.image(cam_index, frame).to(ctx.device), lambda_dssim=cfg.lambda_dssim)
+                loss = loss + photometric(out.image, views.image(cam_index, frame), lambda_dssim=cfg.lambda_dssim)
             if teacher is not None:
                 target, weight = teacher.target(camera, frame)
                 loss = loss + teacher.beta * photometric(out.image, target, lambda_dssim=cfg.lambda_dssim, weight=weight)

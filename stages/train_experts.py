@@ -10,7 +10,7 @@ from typing import Any
 from moegs.artifacts import Artifact, ArtifactWriter, load_artifact
 from moegs.config import build_config, to_dict
 from moegs.context import RenderContext
-from moegs.data.dataset import Dataset
+from moegs.data.dataset import FRAME_CACHE_MB, Dataset
 from moegs.errors import InputError, MoegsError
 from moegs.expert_output import finish_expert
 from moegs.experts import DYNAMIC_FAMILIES, get_family
@@ -29,6 +29,8 @@ class TrainExpertsConfig:
     backend: str = "auto"
     checkpoint_every: int = 500
     export_ply: bool = False
+    frame_cache_mb: float = FRAME_CACHE_MB
+    """Budget of the dataset's decoded frames (LRU)."""
     hexplane: dict[str, Any] = field(default_factory=dict)
     embedding: dict[str, Any] = field(default_factory=dict)
     polynomial: dict[str, Any] = field(default_factory=dict)
@@ -63,7 +65,7 @@ def run(
         raise InputError("no expert families requested (--experts)")
     configs = {family: family_config(cfg, family) for family in cfg.families}  # validate all before training any
     ctx = stage_context(cfg)
-    dataset = Dataset.load(dataset_artifact.path)
+    dataset = Dataset.load(dataset_artifact.path, cfg.frame_cache_mb)
     outcomes = []
     for family, family_cfg in configs.items():
         try:

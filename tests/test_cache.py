@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from moegs.cache import ByteLRUCache, nbytes
+from moegs.cache import ByteLRUCache, budget_bytes, nbytes
+from moegs.errors import InputError
 
 
 def block(n: int) -> np.ndarray:
@@ -71,5 +72,34 @@ def test_nbytes_of_structures() -> None:
     assert nbytes(value) == 4 * 3 * 4 + 2 * 2 * 8
     with pytest.raises(TypeError, match="cannot size"):
         nbytes(object())
-    with pytest.raises(ValueError, match=">= 0 bytes"):
+    with pytest.raises(InputError, match=">= 0 bytes"):
         ByteLRUCache(-1)
+    with pytest.raises(InputError, match="teacher_cache_mb must be >= 0 MB"):
+        budget_bytes(-0.5, "teacher_cache_mb")
+    assert budget_bytes(1.5, "x") == 3 << 19
+
+
+def test_frozen_experts_keep_deformed_gaussians_within_their_budget() -> None:
+    from moegs.cameras import Camera
+    from moegs.experts import get_family
+    from moegs.moe.render import FrozenExperts
+
+    rng = np.random.default_rng(0)
+    cls = get_family("polynomial")
+    n = 40
+    expert = cls.from_points(cls.config_class(), rng.normal(size=(n, 3)).astype(np.float32),
+                             rng.random((n, 3)).astype(np.float32), rng.random(n).astype(np.float32), 8)
+    camera = Camera("cam", 16, 12, np.array([[10.0, 0, 8], [0, 10.0, 6], [0, 0, 1]]), np.eye(3), np.array([0, 0, 4.0]))
+    one = nbytes(expert.gaussians_at(0.0, torch.zeros(3)))
+    frozen = FrozenExperts([expert], cache_mb=2.5 * one / 2**20)  # room for two times
+    first = frozen.at(0, 0.0, camera)
+    for t in (0.25, 0.5):
+        frozen.at(0, t, camera)
+    assert frozen._cache.keys() == [(0, 0.25), (0, 0.5)] and frozen._cache.bytes_used == 2 * one
+    again = frozen.at(0, 0.0, camera)  # evicted: deformed again, same values
+    assert torch.equal(again.means, first.means) and torch.equal(again.colors, first.colors)
+    frozen.use_cache = False
+    frozen.at(0, 0.75, camera)
+    assert (0, 0.75) not in frozen._cache
+    with pytest.raises(InputError, match="deformed_cache_mb must be >= 0"):
+        FrozenExperts([expert], cache_mb=-1)

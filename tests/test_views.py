@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -9,6 +10,12 @@ from moegs.data.dataset import Dataset
 from moegs.data.views import StreamedViews
 from moegs.errors import InputError
 from tests.test_dataset import build_small
+
+
+def decode_all(dataset: Dataset, name: str) -> torch.Tensor:
+    """What the old TrainViews held: every frame of a camera as float32 [T, H, W, 3] in [0, 1]."""
+    stack = np.stack([dataset.frame(name, i) for i in range(dataset.n_frames)])
+    return torch.from_numpy(stack).float().div_(255.0)
 
 
 @pytest.fixture(scope="module")
@@ -19,7 +26,7 @@ def dataset(tmp_path_factory) -> Dataset:
 @pytest.mark.parametrize("prefetch", [True, False])
 def test_same_sequence_and_pixels_as_eager_decoding(dataset, prefetch) -> None:
     cameras = dataset.train_cameras
-    eager = [dataset.frames_tensor(c.name) for c in cameras]  # what the old TrainViews held
+    eager = [decode_all(dataset, c.name) for c in cameras]
     views = StreamedViews(dataset, cameras, device="cpu", prefetch=prefetch)
     ours, reference = torch.Generator().manual_seed(7), torch.Generator().manual_seed(7)
     for step in range(12):
@@ -40,7 +47,7 @@ def test_image_of_another_view_than_sampled_and_errors(dataset) -> None:
     views = StreamedViews(dataset, dataset.train_cameras)
     cam, frame = views.sample(torch.Generator().manual_seed(0), dataset.n_frames)
     other = (cam + 1) % len(views.cameras)
-    assert torch.equal(views.image(other, frame), dataset.frames_tensor(views.cameras[other].name)[frame])
+    assert torch.equal(views.image(other, frame), decode_all(dataset, views.cameras[other].name)[frame])
     with pytest.raises(InputError, match="outside"):
         views.image(0, dataset.n_frames + 1)
     views.close()

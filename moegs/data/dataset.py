@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from moegs.cache import MB, ByteLRUCache
+from moegs.cache import ByteLRUCache, budget_bytes
 from moegs.cameras import Camera, cameras_from_json
 from moegs.data.colmap_init import PointCloud
 from moegs.data.frame_store import SUFFIX, FrameStore
@@ -70,7 +70,7 @@ class Dataset:
         self.fps = fps
         self.region_names = region_names
         self.times = normalised_times(n_frames)
-        self.frame_cache: ByteLRUCache[np.ndarray] = ByteLRUCache(int(cache_mb * MB))
+        self.frame_cache: ByteLRUCache[np.ndarray] = ByteLRUCache(budget_bytes(cache_mb, "frame_cache_mb"))
         self._stores = {cam.name: FrameStore(store_path(self.path, cam.name), n_frames, cam.height, cam.width)
                         for cam in cameras}
         self._points: PointCloud | None = None
@@ -91,8 +91,6 @@ class Dataset:
             raise InputError(f"{times_path}: expected {{\"n_frames\": T, ...}} ({exc})") from None
         if n_frames <= 0 or len(source_frames) != n_frames:
             raise InputError(f"{times_path}: n_frames={n_frames} but {len(source_frames)} source frames")
-        if cache_mb < 0:
-            raise InputError(f"frame cache budget must be >= 0 MB, got {cache_mb}")
         test = cam_file.test_cameras or [n for n, s in cam_file.splits.items() if s == "test"]
         for cam in cam_file.cameras:
             store = store_path(path, cam.name)
@@ -134,11 +132,6 @@ class Dataset:
         """Frame i as float32 [H, W, 3] in [0, 1] on ``device`` (moved as uint8, converted there)."""
         image = torch.from_numpy(self.frame(cam_name, i)).to(device, non_blocking=True)
         return image.to(torch.float32).div_(255.0)
-
-    def frames_tensor(self, cam_name: str) -> torch.Tensor:
-        """All frames of one camera as float32 [T, H, W, 3] in [0, 1] (short clips only: T x H x W x 12 bytes)."""
-        stack = np.stack([self.frame(cam_name, i) for i in range(self.n_frames)])
-        return torch.from_numpy(stack).float().div_(255.0)
 
     def labels(self, cam_name: str) -> np.ndarray | None:
         """uint8 region labels [T, H, W], or None when the dataset has none."""

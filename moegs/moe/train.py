@@ -8,12 +8,13 @@ from dataclasses import dataclass
 import torch
 
 from moegs.context import RenderContext
-from moegs.data.dataset import Dataset
+from moegs.data.dataset import FRAME_CACHE_MB, Dataset
+from moegs.data.views import StreamedViews
 from moegs.losses import photometric
 from moegs.moe.model import MoEModel
+from moegs.moe.render import DEFORMED_CACHE_MB
 from moegs.moe.router import PixelRouter
 from moegs.progress import progress_bar
-from moegs.rendering import TrainViews
 
 
 @dataclass
@@ -32,6 +33,10 @@ class TrainRouterConfig:
     lr_mlp: float = 0.05
     lambda_dssim: float = 0.2
     single_pass: bool = True
+    deformed_cache_mb: float = DEFORMED_CACHE_MB
+    """Budget of the frozen experts' deformed Gaussians (LRU; they are reused across cameras and steps)."""
+    frame_cache_mb: float = FRAME_CACHE_MB
+    """Budget of the dataset's decoded frames (LRU)."""
     device: str = "auto"
     backend: str = "auto"
     log_every: int = 50
@@ -64,7 +69,7 @@ def train_router(
     iterations: int | None = None,
 ) -> tuple[list[dict], float]:
     """Optimise the router with 0.8 L1 + 0.2 D-SSIM; returns the log of mean gates per expert and the time taken."""
-    views = TrainViews(dataset, dataset.train_cameras)
+    views = StreamedViews(dataset, dataset.train_cameras, ctx.device)
     rays = {cam.name: cam.rays(ctx.device) for cam in views.cameras}
     optimizer = router_optimizer(model.router, cfg)
     generator = torch.Generator().manual_seed(cfg.seed)
@@ -79,7 +84,7 @@ def train_router(
             camera = views.cameras[cam_index]
             out = model.blend(camera, float(dataset.times[frame]), ctx, tau=cfg.tau,
                               single_pass=cfg.single_pass, rays=rays[camera.name])
-            target = views.image(cam_index, frame).to(ctx.device)
+            target = views.image(cam_index, frame)
             loss = photometric(out.image, target, lambda_dssim=cfg.lambda_dssim)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
