@@ -119,7 +119,8 @@ def write_capture(root: Path, n_cameras: int, width: int, height: int, n_frames:
 
 
 def run_cli(args: list[str], log_path: Path) -> dict:
-    """Run ``moegs ARGS`` as a child; its seconds, peak RSS (MB) and peak CUDA memory (MB or None)."""
+    """Run ``moegs ARGS`` as a child: wall seconds, CPU seconds (user + system: on a shared machine the
+    load-independent figure), peak RSS (MB) and peak CUDA memory (MB or None)."""
     peak_file = log_path.with_suffix(".cuda.json")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[1]),
                                                                      os.environ.get("PYTHONPATH")])))
@@ -135,7 +136,8 @@ def run_cli(args: list[str], log_path: Path) -> dict:
         raise RuntimeError(f"moegs {' '.join(args[:3])} ... exited {child.returncode}; log {log_path}:\n"
                            + "\n".join(tail))
     peak_cuda = json.loads(peak_file.read_text()) if peak_file.is_file() else None
-    return {"seconds": seconds, "peak_rss_mb": usage.ru_maxrss / 1024, "peak_cuda_mb": peak_cuda}
+    return {"seconds": seconds, "cpu_seconds": usage.ru_utime + usage.ru_stime, "peak_rss_mb": usage.ru_maxrss / 1024,
+            "peak_cuda_mb": peak_cuda}
 
 
 def bench_config(steps: int, router_steps: int) -> dict:
@@ -294,10 +296,11 @@ def main(argv: list[str] | None = None) -> int:
 def format_report(report: dict) -> str:
     """The table, the RSS goal check, seconds per training step and the decoding comparison."""
     lines = [f"{report['cameras']} cameras at {report['width']}x{report['height']} ({report['cpu']})",
-             f"{'frames':>6}  {'stage':24s} {'seconds':>8}  {'peak RSS MB':>11}  {'peak CUDA MB':>12}"]
+             f"{'frames':>6}  {'stage':24s} {'seconds':>8} {'CPU s':>8}  {'peak RSS MB':>11}  {'peak CUDA MB':>12}"]
     for row in report["cases"]:
         cuda = "-" if row["peak_cuda_mb"] is None else f"{row['peak_cuda_mb']:.0f}"
-        lines.append(f"{row['frames']:6d}  {row['stage']:24s} {row['seconds']:8.1f}  {row['peak_rss_mb']:11.0f}  {cuda:>12}")
+        lines.append(f"{row['frames']:6d}  {row['stage']:24s} {row['seconds']:8.1f} {row['cpu_seconds']:8.1f}  "
+                     f"{row['peak_rss_mb']:11.0f}  {cuda:>12}")
     peaks = {}
     for row in report["cases"]:
         peaks[row["frames"]] = max(peaks.get(row["frames"], 0.0), row["peak_rss_mb"])

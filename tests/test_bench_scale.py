@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from moegs.bench_scale import BACKGROUND_DEPTH, bench_decoding, camera_frames, main, rig, run_cli
+from moegs.bench_scale import BACKGROUND_DEPTH, bench_decoding, camera_frames, format_report, main, rig, run_cli
 
 
 def test_rig_content_shifts_by_parallax() -> None:
@@ -30,7 +30,7 @@ def test_rig_content_shifts_by_parallax() -> None:
 
 def test_children_are_measured_and_failures_name_the_log(tmp_path) -> None:
     row = run_cli(["--version"], tmp_path / "version.log")
-    assert row["seconds"] > 0 and row["peak_rss_mb"] > 10 and row["peak_cuda_mb"] is None
+    assert row["seconds"] > 0 and 0 < row["cpu_seconds"] and row["peak_rss_mb"] > 10 and row["peak_cuda_mb"] is None
     with pytest.raises(RuntimeError, match=r"exited 2; log .*bad.log"):
         run_cli(["preprocess", str(tmp_path / "missing")], tmp_path / "bad.log")
 
@@ -52,3 +52,16 @@ def test_end_to_end_at_toy_size(tmp_path, capsys) -> None:
     assert all(row["frames"] == 3 and row["seconds"] > 0 and row["peak_rss_mb"] > 10 for row in report["cases"])
     assert set(report["train_step_seconds"]["3"]) == {"hexplane", "polynomial"}
     assert (tmp_path / "frames3" / "scale" / "bench").is_dir()
+
+
+def test_report_checks_the_memory_goal() -> None:
+    def row(frames: int, rss: float) -> dict:
+        return {"frames": frames, "stage": "train-router", "seconds": 2.0, "cpu_seconds": 1.5, "peak_rss_mb": rss,
+                "peak_cuda_mb": None}
+
+    base = {"cameras": 20, "width": 1352, "height": 1014, "cpu": "AMD EPYC", "decode": [],
+            "train_step_seconds": {30: {"hexplane": 1.25}}}
+    flat = format_report({**base, "cases": [row(30, 1000), row(300, 1100)]})
+    assert "(x1.10); meets the goal" in flat and "hexplane 1.25" in flat
+    assert "misses the goal" in format_report({**base, "cases": [row(30, 1000), row(300, 1300)]})
+    assert "misses the goal" in format_report({**base, "cases": [row(30, 4000), row(300, 4100)]})
