@@ -229,8 +229,8 @@ def _parse_size(text: str) -> tuple[int, int]:
         width, height = (int(v) for v in text.lower().split("x"))
     except ValueError:
         raise argparse.ArgumentTypeError(f"--size {text!r}: expected WIDTHxHEIGHT, e.g. 1352x1014") from None
-    if width < 16 or height < 16:
-        raise argparse.ArgumentTypeError(f"--size {text!r}: at least 16x16")
+    if width < 16 or height < 16 or width % 2 or height % 2:
+        raise argparse.ArgumentTypeError(f"--size {text!r}: even sizes of at least 16x16 (H.264 stores 4:2:0 chroma)")
     return width, height
 
 

@@ -65,3 +65,8 @@ def test_report_checks_the_memory_goal() -> None:
     assert "(x1.10); meets the goal" in flat and "hexplane 1.25" in flat
     assert "misses the goal" in format_report({**base, "cases": [row(30, 1000), row(300, 1300)]})
     assert "misses the goal" in format_report({**base, "cases": [row(30, 4000), row(300, 4100)]})
+
+
+def test_odd_sizes_are_refused() -> None:
+    with pytest.raises(SystemExit):
+        main(["--size", "676x507"])
