@@ -1,13 +1,19 @@
 """Typed stage configs: dataclass defaults, then a YAML file, then dotted ``--set`` overrides.
 
 A config file holds one section per stage (``preprocess:``, ``train_experts:``, ...), so one file
-describes a whole project. Unknown keys are rejected with the key named, never dropped; values
+describes a whole project. Unknown sections and keys are rejected by name, never dropped; values
 are parsed with ``yaml.safe_load`` (no eval, no pickled objects) and checked against the field type.
+
+Numeric limits live next to the fields they limit (:func:`bounded`) and are checked in one place,
+:func:`check_config`, which a config class calls from ``__post_init__``: a config that exists is
+valid, however it was made (YAML, ``--set``, a CLI option, ``dataclasses.replace`` or Python).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import math
 import types
 import typing
 from pathlib import Path
@@ -19,12 +25,46 @@ from moegs.errors import InputError
 
 T = TypeVar("T")
 
+SECTIONS = ("preprocess", "train_experts", "train_router", "prune", "distill", "render", "bench", "demo", "executor")
+"""Every top-level section a config file may hold (a stage that reads a new one adds it here)."""
 
-def load_yaml_section(path: Path | None, section: str) -> dict:
-    """The ``section`` mapping of a YAML config file (empty if the file has no such section)."""
-    if path is None:
-        return {}
-    path = Path(path)
+
+def bounded(default: Any, *, ge: float | None = None, gt: float | None = None, le: float | None = None,
+            lt: float | None = None) -> Any:
+    """A dataclass field with numeric limits (``None`` values pass: optional knobs)."""
+    limits = {k: v for k, v in (("ge", ge), ("gt", gt), ("le", le), ("lt", lt)) if v is not None}
+    return dataclasses.field(default=default, metadata={"limits": limits})
+
+
+_LIMIT_TEXT = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
+_LIMIT_OK = {"ge": float.__ge__, "gt": float.__gt__, "le": float.__le__, "lt": float.__lt__}
+
+
+class ConfigValueError(InputError):
+    """A config value outside its limits; ``key`` names the field (prefixed by :func:`build_config`)."""
+
+    def __init__(self, key: str, reason: str) -> None:
+        super().__init__(f"config key {key}: {reason}")
+        self.key, self.reason = key, reason
+
+
+def check_config(config: Any) -> None:
+    """Every number of ``config`` is finite and within its field's limits (lists element-wise)."""
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        values = value if isinstance(value, (list, tuple)) else [value]
+        for item in values:
+            if isinstance(item, bool) or not isinstance(item, (int, float)):
+                continue
+            if not math.isfinite(item):
+                raise ConfigValueError(f.name, f"must be a finite number, got {item!r}")
+            for rule, bound in f.metadata.get("limits", {}).items():
+                if not _LIMIT_OK[rule](float(item), float(bound)):
+                    raise ConfigValueError(f.name, f"must be {_LIMIT_TEXT[rule]} {bound:g}, got {item!r}")
+
+
+def _read_yaml(path: Path) -> dict:
+    """The whole config file, with every top-level section name checked."""
     if not path.is_file():
         raise InputError(f"{path}: config file not found")
     try:
@@ -33,7 +73,20 @@ def load_yaml_section(path: Path | None, section: str) -> dict:
         raise InputError(f"{path}: invalid YAML ({str(exc).splitlines()[0]})") from None
     if not isinstance(data, dict):
         raise InputError(f"{path}: a config file must be a mapping of stage sections")
-    value = data.get(section, {}) or {}
+    for name in data:
+        if name not in SECTIONS:
+            close = difflib.get_close_matches(str(name), SECTIONS, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise InputError(f"{path}: unknown section {name!r} ({hint}known: {', '.join(SECTIONS)})")
+    return data
+
+
+def load_yaml_section(path: Path | None, section: str) -> dict:
+    """The ``section`` mapping of a YAML config file (empty if the file has no such section)."""
+    if path is None:
+        return {}
+    path = Path(path)
+    value = _read_yaml(path).get(section, {}) or {}
     if not isinstance(value, dict):
         raise InputError(f"{path}: section {section!r} must be a mapping")
     return value
@@ -154,7 +207,10 @@ def build_config(cls: type[T], values: dict, prefix: str = "") -> T:
             kwargs[name] = build_config(annotation, _deep_merge(base, value), prefix + name + ".")
         else:
             kwargs[name] = _coerce(value, annotation, prefix + name)
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ConfigValueError as exc:
+        raise ConfigValueError(prefix + exc.key, exc.reason) from None
 
 
 def _has_defaults(cls: type) -> bool:

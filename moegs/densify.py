@@ -5,14 +5,14 @@ live in a plain ``state`` dict that the trainer passes in and can checkpoint. Al
 goes through :func:`duplicate_gaussians` and :func:`remove_gaussians`, which keep every
 per-Gaussian tensor aligned row for row:
 
-- ``params``: the core ``dict[str, nn.Parameter]`` (see ``moegs.gaussians``);
-- ``extra``: per-Gaussian tensors an expert owns (embeddings, polynomial coefficients, keyframe
-  tracks, router gates: anything whose first dim is N). Trainable ones are ``nn.Parameter``s
-  with an optimiser under the same key; others are plain tensors. The dict is updated in place,
-  so owners must read these tensors from the dict after a densification step, not keep aliases;
+- ``params``: every per-Gaussian tensor of an expert, the core keys of ``moegs.gaussians`` and
+  the family's own (embeddings, polynomial coefficients, keyframe tracks: anything whose first
+  dim is N). Trainable ones are ``nn.Parameter``s with an optimiser under the same key; others
+  are plain tensors. The dict is updated in place, so owners must read these tensors from the
+  dict after a densification step, not keep aliases;
 - ``optimizers``: **one optimiser per per-Gaussian key, each with exactly one param group holding
-  exactly that one tensor** (gsplat's ``check_sanity`` layout). Keys may belong to ``params`` or
-  ``extra``; a key without an optimiser is frozen and only re-indexed. Any optimiser whose state
+  exactly that one tensor** (gsplat's ``check_sanity`` layout); a key without an optimiser is
+  frozen and only re-indexed. Any optimiser whose state
   tensors have the parameter's shape works (Adam, RAdam: ``exp_avg``/``exp_avg_sq``; the scalar
   ``step`` is left alone). Non-per-Gaussian trainables (MLPs, HexPlanes) must stay out of both
   dicts, in their own optimisers, because every entry here is indexed per Gaussian;
@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from moegs.config import bounded, check_config
 from moegs.errors import InputError
 from moegs.gaussians import quat_to_rotmat
 
@@ -50,33 +51,31 @@ class DensifyConfig:
     multiplying its x part by W/2 and its y part by H/2 before taking the norm (as gsplat does).
     """
 
-    grad_threshold: float = 2e-4
+    grad_threshold: float = bounded(2e-4, gt=0.0)
     """Mean normalised screen-space gradient norm above which a Gaussian is cloned or split."""
-    percent_dense: float = 0.01
+    percent_dense: float = bounded(0.01, gt=0.0)
     """Gaussians with max scale <= percent_dense * scene_extent are cloned, larger ones split."""
-    start: int = 500
+    start: int = bounded(500, ge=0)
     """Densify only at steps > start."""
-    stop: int = 15000
+    stop: int = bounded(15000, ge=0)
     """Densify and reset opacity only at steps < stop."""
-    every: int = 100
+    every: int = bounded(100, ge=1)
     """Densify every this many steps."""
-    opacity_reset_every: int = 3000
+    opacity_reset_every: int = bounded(3000, ge=1)
     """Reset opacities every this many steps; also when the size-based pruning switches on."""
-    min_opacity: float = 0.005
+    min_opacity: float = bounded(0.005, ge=0.0, lt=1.0)
     """Prune Gaussians whose opacity is below this."""
-    max_screen_size: float = 20.0
+    max_screen_size: float = bounded(20.0, gt=0.0)
     """After the first opacity reset, prune Gaussians whose max 2D radius (px) exceeded this."""
-    prune_scale3d: float = 0.1
+    prune_scale3d: float = bounded(0.1, gt=0.0)
     """After the first opacity reset, prune Gaussians whose max scale > prune_scale3d * scene_extent."""
-    n_split: int = 2
+    n_split: int = bounded(2, ge=2)
     """Samples drawn per split Gaussian; their scales are divided by 0.8 * n_split (1.6 for 2)."""
+    max_gaussians: int = bounded(10_000_000, ge=1)
+    """No clone or split once an expert has this many Gaussians (pruning and resets go on)."""
 
     def __post_init__(self) -> None:
-        if self.every <= 0 or self.opacity_reset_every <= 0 or self.n_split < 2:
-            raise InputError(
-                f"need every > 0, opacity_reset_every > 0, n_split >= 2; got {self.every}, "
-                f"{self.opacity_reset_every}, {self.n_split}"
-            )
+        check_config(self)
 
     def init_state(self, n: int, device: str | torch.device = "cpu") -> dict[str, Tensor]:
         """Fresh statistics for ``n`` Gaussians: summed gradient norms, visit counts, max radii (px)."""
@@ -116,35 +115,36 @@ class DensifyConfig:
         state: dict[str, Tensor],
         step: int,
         scene_extent: float,
-        extra: TensorDict | None = None,
         generator: torch.Generator | None = None,
     ) -> dict[str, int | bool]:
         """Run the 3DGS densification due at ``step`` (call after the optimiser step); a no-op otherwise.
 
         Order as in 3DGS: clone, split (clones are never split: their statistics are zero), prune
         (low opacity; after the first opacity reset also too large on screen or in world space),
-        zero the statistics; then the opacity reset if due. Returns counts for logging.
+        zero the statistics; then the opacity reset if due. At ``max_gaussians`` or more only the
+        growth (clone, split) stops: pruning and the opacity reset go on. Returns counts for logging.
         """
-        extra = {} if extra is None else extra
-        check_sanity(params, optimizers, extra, state)
+        check_sanity(params, optimizers, state)
         n_before = params["means"].shape[0]
         stats: dict[str, int | bool] = dict(n_before=n_before, cloned=0, split=0, pruned=0, opacity_reset=False)
         if step < self.stop and step > self.start and step % self.every == 0:
-            grads = state["grad2d"] / state["count"].clamp_min(1.0)
-            max_scale = torch.exp(params["log_scales"].detach()).amax(dim=-1)
-            high = grads >= self.grad_threshold
-            small = max_scale <= self.percent_dense * scene_extent
-
-            clone_idx = torch.nonzero(high & small).squeeze(-1)
-            duplicate_gaussians(params, optimizers, clone_idx, extra, state)
-            split_mask = _pad(high & ~small, clone_idx.numel())
-            split_gaussians(params, optimizers, split_mask, extra, state, n_split=self.n_split, generator=generator)
+            clone_idx = torch.zeros(0, dtype=torch.long)
+            split_mask = torch.zeros(n_before, dtype=torch.bool)
+            if n_before < self.max_gaussians:
+                grads = state["grad2d"] / state["count"].clamp_min(1.0)
+                max_scale = torch.exp(params["log_scales"].detach()).amax(dim=-1)
+                high = grads >= self.grad_threshold
+                small = max_scale <= self.percent_dense * scene_extent
+                clone_idx = torch.nonzero(high & small).squeeze(-1)
+                duplicate_gaussians(params, optimizers, clone_idx, state)
+                split_mask = _pad(high & ~small, clone_idx.numel())
+                split_gaussians(params, optimizers, split_mask, state, n_split=self.n_split, generator=generator)
 
             prune = torch.sigmoid(params["opacity_logits"].detach()) < self.min_opacity
             if step > self.opacity_reset_every:
                 prune |= state["max_radii"] > self.max_screen_size
                 prune |= torch.exp(params["log_scales"].detach()).amax(dim=-1) > self.prune_scale3d * scene_extent
-            remove_gaussians(params, optimizers, prune, extra, state)
+            remove_gaussians(params, optimizers, prune, state)
             for value in state.values():
                 value.zero_()
             stats.update(cloned=clone_idx.numel(), split=int(split_mask.sum()), pruned=int(prune.sum()))
@@ -158,29 +158,23 @@ class DensifyConfig:
 def check_sanity(
     params: TensorDict,
     optimizers: Optimizers,
-    extra: TensorDict | None = None,
     state: Mapping[str, Tensor] | None = None,
 ) -> None:
     """Raise InputError unless all per-Gaussian tensors have N rows and optimisers follow the layout.
 
-    Layout: ``optimizers[key]`` has one param group holding exactly ``params[key]`` (or
-    ``extra[key]``); keys without an optimiser are allowed (frozen tensors).
+    Layout: ``optimizers[key]`` has one param group holding exactly ``params[key]``; keys without
+    an optimiser are allowed (frozen tensors).
     """
-    extra = {} if extra is None else extra
-    clash = set(params) & set(extra)
-    if clash:
-        raise InputError(f"keys {sorted(clash)} appear in both params and extra")
     n = params["means"].shape[0]
-    tensors = {**params, **extra}
-    rows = {**{f"state[{k!r}]": t for k, t in ({} if state is None else state).items()}, **tensors}
+    rows = {**{f"state[{k!r}]": t for k, t in ({} if state is None else state).items()}, **params}
     wrong = {key: t.shape[0] if t.ndim else "scalar" for key, t in rows.items() if t.ndim == 0 or t.shape[0] != n}
     if wrong:
         raise InputError(f"per-Gaussian tensors must have {n} rows (like means); wrong: {wrong}")
     for key, opt in optimizers.items():
-        if key not in params and key not in extra:
-            raise InputError(f"optimizer {key!r} has no per-Gaussian tensor of that name in params or extra")
+        if key not in params:
+            raise InputError(f"optimizer {key!r} has no per-Gaussian tensor of that name in params")
         groups = opt.param_groups
-        if len(groups) != 1 or len(groups[0]["params"]) != 1 or groups[0]["params"][0] is not tensors[key]:
+        if len(groups) != 1 or len(groups[0]["params"]) != 1 or groups[0]["params"][0] is not params[key]:
             raise InputError(f"optimizer {key!r} must have one param group holding exactly that tensor")
 
 
@@ -188,7 +182,6 @@ def duplicate_gaussians(
     params: TensorDict,
     optimizers: Optimizers,
     idx: Tensor,
-    extra: TensorDict | None = None,
     state: dict[str, Tensor] | None = None,
     overrides: Mapping[str, Tensor] | None = None,
 ) -> None:
@@ -199,9 +192,8 @@ def duplicate_gaussians(
     """
     overrides = {} if overrides is None else overrides
     idx = idx.to(params["means"].device)
-    tensors = {**params, **({} if extra is None else extra)}
     for key, value in overrides.items():
-        expected = (idx.numel(), *tensors[key].shape[1:]) if key in tensors else None
+        expected = (idx.numel(), *params[key].shape[1:]) if key in params else None
         if expected is None or tuple(value.shape) != expected:
             raise InputError(f"override for {key!r} has shape {tuple(value.shape)}, expected {expected}")
 
@@ -211,14 +203,13 @@ def duplicate_gaussians(
     def zero_rows(t: Tensor) -> Tensor:
         return torch.cat([t, t.new_zeros((idx.numel(), *t.shape[1:]))])
 
-    _update_rows(params, optimizers, extra, state, rows, zero_rows, zero_rows)
+    _update_rows(params, optimizers, state, rows, zero_rows, zero_rows)
 
 
 def remove_gaussians(
     params: TensorDict,
     optimizers: Optimizers,
     mask: Tensor,
-    extra: TensorDict | None = None,
     state: dict[str, Tensor] | None = None,
 ) -> None:
     """Delete the rows where ``mask`` [N] is True from every per-Gaussian tensor, in place.
@@ -232,14 +223,13 @@ def remove_gaussians(
     def select(t: Tensor) -> Tensor:
         return t[keep]
 
-    _update_rows(params, optimizers, extra, state, lambda _key, t: select(t), select, select)
+    _update_rows(params, optimizers, state, lambda _key, t: select(t), select, select)
 
 
 def split_gaussians(
     params: TensorDict,
     optimizers: Optimizers,
     mask: Tensor,
-    extra: TensorDict | None = None,
     state: dict[str, Tensor] | None = None,
     n_split: int = 2,
     generator: torch.Generator | None = None,
@@ -247,7 +237,7 @@ def split_gaussians(
     """Replace each Gaussian where ``mask`` is True by ``n_split`` samples (3DGS split).
 
     Sample means are drawn from the parent Gaussian N(mu, R diag(s)^2 R^T); sample scales are
-    s / (0.8 * n_split); everything else (and every ``extra`` tensor) is copied from the parent.
+    s / (0.8 * n_split); every other per-Gaussian tensor is copied from the parent.
     The samples are appended at the end, then the parents removed.
     """
     idx = torch.nonzero(mask).squeeze(-1)
@@ -262,8 +252,8 @@ def split_gaussians(
         new_means = (params["means"][idx] + offsets).reshape(-1, 3)
         new_log_scales = torch.log(scales / (0.8 * n_split)).repeat(n_split, 1)
     overrides = {"means": new_means, "log_scales": new_log_scales}
-    duplicate_gaussians(params, optimizers, idx.repeat(n_split), extra, state, overrides=overrides)
-    remove_gaussians(params, optimizers, _pad(mask, n_split * idx.numel()), extra, state)
+    duplicate_gaussians(params, optimizers, idx.repeat(n_split), state, overrides=overrides)
+    remove_gaussians(params, optimizers, _pad(mask, n_split * idx.numel()), state)
 
 
 def reset_opacity(params: TensorDict, optimizers: Optimizers, value: float = 0.01) -> None:
@@ -277,20 +267,17 @@ def reset_opacity(params: TensorDict, optimizers: Optimizers, value: float = 0.0
 def _update_rows(
     params: TensorDict,
     optimizers: Optimizers,
-    extra: TensorDict | None,
     state: dict[str, Tensor] | None,
     values_fn: Callable[[str, Tensor], Tensor],
     moment_fn: Callable[[Tensor], Tensor],
     state_fn: Callable[[Tensor], Tensor],
 ) -> None:
-    """Apply one row operation to params, extras, their optimiser moments and the statistics."""
-    extra = {} if extra is None else extra
-    check_sanity(params, optimizers, extra, state)
-    for tensors in (params, extra):
-        for key in list(tensors):
-            with torch.no_grad():
-                new = values_fn(key, tensors[key].detach())
-            _replace_param(tensors, optimizers, key, new, moment_fn)
+    """Apply one row operation to the per-Gaussian tensors, their optimiser moments and the statistics."""
+    check_sanity(params, optimizers, state)
+    for key in list(params):
+        with torch.no_grad():
+            new = values_fn(key, params[key].detach())
+        _replace_param(params, optimizers, key, new, moment_fn)
     if state is not None:
         for key in list(state):
             state[key] = state_fn(state[key])

@@ -29,3 +29,15 @@ class MissingDependencyError(MoegsError):
     """An optional dependency or device is not available (exit code 4); the message says how to get it."""
 
     exit_code = 4
+
+
+class DamagedArtifactError(IncompatibleArtifactError):
+    """An artifact whose manifest or payload no longer matches what was committed (exit code 3)."""
+
+
+class StorageError(MoegsError):
+    """The workspace cannot be written: disk full, file-size limit, read-only, not a folder (exit code 1)."""
+
+
+class CheckpointError(MoegsError):
+    """A training checkpoint that cannot be read back (truncated, corrupt or from another run); exit code 1."""

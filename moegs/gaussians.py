@@ -79,12 +79,16 @@ def init_from_points(
     return _as_params({**tensors, "sh0": sh0, "shN": shN})
 
 
+def normalize_quats(q: Tensor) -> Tensor:
+    """Unit quaternions (any leading shape, last dim 4); zero quaternions stay finite."""
+    return q / q.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+
+
 def activated(params: Params) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """(means [N,3], unit quats [N,4] wxyz, scales [N,3], opacities [N]): what the rasteriser takes."""
-    quats = params["quats"]
     return (
         params["means"],
-        quats / quats.norm(dim=-1, keepdim=True).clamp_min(1e-12),
+        normalize_quats(params["quats"]),
         torch.exp(params["log_scales"]),
         torch.sigmoid(params["opacity_logits"]),
     )
@@ -92,14 +96,13 @@ def activated(params: Params) -> tuple[Tensor, Tensor, Tensor, Tensor]:
 
 def quat_to_rotmat(quats: Tensor) -> Tensor:
     """Rotation matrices [..., 3, 3] from quaternions [..., 4] (w, x, y, z; normalised here)."""
-    q = quats / quats.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-    w, x, y, z = q.unbind(-1)
+    w, x, y, z = normalize_quats(quats).unbind(-1)
     rows = [
         1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
         2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
         2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
     ]  # fmt: skip
-    return torch.stack(rows, dim=-1).reshape(*q.shape[:-1], 3, 3)
+    return torch.stack(rows, dim=-1).reshape(*quats.shape[:-1], 3, 3)
 
 
 def sh_coeffs(params: Params) -> Tensor:
@@ -126,36 +129,19 @@ def colors(params: Params, sh_degree_active: int, cam_center: Tensor, means: Ten
     return eval_sh(sh_degree_active, sh_coeffs(params), dirs)
 
 
-def sh_degree_schedule(step: int, every: int = 1000, max_degree: int = MAX_SH_DEGREE) -> int:
-    """Active SH degree at ``step``: one more band every ``every`` steps, capped at ``max_degree`` (3DGS)."""
-    if every <= 0:
-        raise InputError(f"every must be > 0, got {every}")
-    return min(max(step, 0) // every, max_degree)
-
-
 def expon_lr(
     step: int,
     lr_init: float,
     lr_final: float,
     max_steps: int,
-    delay_steps: int = 0,
-    delay_mult: float = 1.0,
 ) -> float:
-    """3DGS's log-linear learning-rate schedule from ``lr_init`` to ``lr_final`` over ``max_steps``.
-
-    With ``delay_steps > 0`` the rate is additionally scaled by a sine ramp from ``delay_mult`` to 1
-    over the first ``delay_steps`` steps (the warm-up option of the original; unused by its configs).
-    """
+    """3DGS's log-linear learning-rate schedule from ``lr_init`` to ``lr_final`` over ``max_steps``."""
     if step < 0 or (lr_init == 0.0 and lr_final == 0.0):
         return 0.0
     if lr_init <= 0.0 or lr_final <= 0.0 or max_steps <= 0:
         raise InputError(f"need lr_init, lr_final, max_steps > 0, got {lr_init}, {lr_final}, {max_steps}")
-    delay = 1.0
-    if delay_steps > 0:
-        ramp = min(max(step / delay_steps, 0.0), 1.0)
-        delay = delay_mult + (1.0 - delay_mult) * math.sin(0.5 * math.pi * ramp)
     t = min(max(step / max_steps, 0.0), 1.0)
-    return delay * math.exp((1.0 - t) * math.log(lr_init) + t * math.log(lr_final))
+    return math.exp((1.0 - t) * math.log(lr_init) + t * math.log(lr_final))
 
 
 def ply_property_names(sh_degree: int) -> list[str]:

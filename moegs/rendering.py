@@ -33,6 +33,6 @@ def render_expert(
     if background is None:
         background = ctx.tensor(expert.config.background)
     g = expert.gaussians_at(t, camera_center(camera, ctx.device), sh_degree)
-    return rasterize(g.means, g.quats, g.scales, g.opacities, g.colors,
+    return rasterize(g.means, g.quats, g.scales, g.opacities, g.features,
                      camera.viewmat_tensor(ctx.device), camera.K_tensor(ctx.device), camera.width, camera.height,
                      background, near=camera.near, far=camera.far, backend=ctx.backend, retain_means2d_grad=retain_grad)

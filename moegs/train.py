@@ -17,10 +17,11 @@ import torch
 from torch import Tensor
 
 from moegs.cameras import Camera
+from moegs.checkpoint import load_checkpoint, save_checkpoint
 from moegs.context import RenderContext
 from moegs.data.dataset import Dataset
 from moegs.data.views import StreamedViews
-from moegs.densify import DensifyConfig
+from moegs.errors import CheckpointError
 from moegs.experts.base import Expert
 from moegs.losses import photometric
 from moegs.progress import progress_bar
@@ -87,13 +88,7 @@ def train_expert(
     steps = cfg.iterations if steps is None else steps
     extent = dataset.scene_extent
     views = StreamedViews(dataset, dataset.train_cameras, ctx.device)
-    densify = DensifyConfig(
-        grad_threshold=cfg.densify_grad_threshold,
-        start=cfg.densify_from,
-        stop=cfg.densify_until,
-        every=cfg.densify_every,
-        opacity_reset_every=cfg.opacity_reset_every,
-    )
+    densify = cfg.densify
     optimizers, fields_opt = make_optimizers(expert, extent)
     state = densify.init_state(expert.num_gaussians, ctx.device)
     generator = torch.Generator().manual_seed(cfg.seed)
@@ -101,8 +96,13 @@ def train_expert(
     start = 0
     ckpt_path = Path(workdir) / CHECKPOINT
     if resume and ckpt_path.is_file():
-        start, state, optimizers, fields_opt = _restore_checkpoint(ckpt_path, expert, extent, generator)
-        log.info("%s: resumed at step %d", expert.family, start)
+        try:
+            payload = load_checkpoint(ckpt_path, map_location=expert.device)
+        except CheckpointError as exc:
+            log.warning("%s; training %s from step 0", exc, expert.family)
+        else:
+            start, state, optimizers, fields_opt = _restore_checkpoint(payload, expert, extent, generator)
+            log.info("%s: resumed at step %d", expert.family, start)
     background = ctx.tensor(cfg.background)
     began = time.perf_counter()
     loss_value = float("nan")
@@ -126,7 +126,7 @@ def train_expert(
                 loss = loss + teacher.beta * photometric(out.image, target, lambda_dssim=cfg.lambda_dssim, weight=weight)
             loss.backward()
             loss_value = float(loss.detach())
-            densifying = step < cfg.densify_until
+            densifying = step < densify.stop
             if densifying and out.means2d.grad is not None:
                 densify.accumulate(state, out.means2d.grad, out.radii, camera.width, camera.height)
             for opt in optimizers.values():
@@ -135,13 +135,10 @@ def train_expert(
             if fields_opt is not None:
                 fields_opt.step()
                 fields_opt.zero_grad(set_to_none=True)
-            if densifying and expert.num_gaussians < cfg.max_gaussians:
+            if densifying:
                 stats = densify.densify_step(expert.params, optimizers, state, step + 1, extent, generator=generator)
                 if stats["n_after"] != stats["n_before"]:
                     expert.after_densify()
-            elif densifying:
-                for value in state.values():
-                    value.zero_()
             if (local_step + 1) % checkpoint_every == 0 and local_step + 1 < steps:
                 _save_checkpoint(ckpt_path, local_step + 1, expert, optimizers, fields_opt, state, generator)
             bar.advance()
@@ -170,7 +167,6 @@ def _save_checkpoint(
     state: dict[str, Tensor],
     generator: torch.Generator,
 ) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "step": step,
         "tensors": expert.state_tensors(),
@@ -180,16 +176,13 @@ def _save_checkpoint(
         "generator": generator.get_state(),
         "torch_rng": torch.get_rng_state(),
     }
-    tmp = path.with_suffix(".tmp")
-    torch.save(payload, tmp)
-    tmp.replace(path)
+    save_checkpoint(path, payload)
 
 
 def _restore_checkpoint(
-    path: Path, expert: Expert, extent: float, generator: torch.Generator
+    payload: dict, expert: Expert, extent: float, generator: torch.Generator
 ) -> tuple[int, dict[str, Tensor], dict[str, torch.optim.Optimizer], torch.optim.Optimizer | None]:
     """Put the expert, fresh optimisers (with their saved moments) and the RNGs back as they were at the checkpoint."""
-    payload = torch.load(path, weights_only=True, map_location=expert.device)
     tensors = payload["tensors"]
     expert.params = {
         k[len("params."):]: torch.nn.Parameter(v.clone().to(expert.device)) for k, v in tensors.items() if k.startswith("params.")

@@ -48,3 +48,14 @@ def legend_image(names: list[str], swatch: int = 18) -> np.ndarray:
         draw.rectangle((8, y, 8 + swatch, y + swatch), fill=tuple(int(255 * c) for c in color))
         draw.text((16 + swatch, y + 3), name, fill=(0, 0, 0))
     return np.asarray(canvas)
+
+
+def tile_grid(tiles: list[np.ndarray], columns: int = 3) -> np.ndarray:
+    """Equal-sized uint8 tiles laid out row by row, ``columns`` wide (empty cells black)."""
+    h, w = tiles[0].shape[:2]
+    rows = (len(tiles) + columns - 1) // columns
+    canvas = np.zeros((rows * h, columns * w, 3), dtype=np.uint8)
+    for i, tile in enumerate(tiles):
+        r, c = divmod(i, columns)
+        canvas[r * h:(r + 1) * h, c * w:(c + 1) * w] = tile
+    return canvas

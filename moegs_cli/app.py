@@ -1,4 +1,4 @@
-"""The ``moegs`` command: one subcommand per pipeline stage, plus ``ls`` and ``info``."""
+"""The ``moegs`` command: one subcommand per pipeline stage, plus ``ls``, ``info`` and ``gc``."""
 
 from __future__ import annotations
 
@@ -7,12 +7,14 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from moegs import __version__
-from moegs.artifacts import list_artifacts, load_artifact
+from moegs.artifacts import COMPLETE, DAMAGED, load_artifact, scan_workspace
+from moegs.errors import MoegsError
 from moegs.progress import console
-from moegs_cli import data_commands, output_commands, train_commands
+from moegs_cli import cluster_commands, data_commands, maintenance_commands, output_commands, train_commands
 from moegs_cli.common import handle_errors, setup_logging, state
 
 app = typer.Typer(
@@ -50,21 +52,51 @@ def root(
 data_commands.register(app)
 train_commands.register(app)
 output_commands.register(app)
+cluster_commands.register(app)
+maintenance_commands.register(app)
 
 
 @app.command("ls")
 @handle_errors
-def ls(ctx: typer.Context) -> None:
-    """List the finished artifacts of the workspace: kind, id, scene, creation time, key metrics."""
-    artifacts = list_artifacts(state(ctx).workspace)
-    table = Table(title=f"artifacts in {state(ctx).workspace}")
-    for column in ("scene", "kind", "id", "created", "metrics"):
-        table.add_column(column)
-    for artifact in artifacts:
-        scalars = [(k, v) for k, v in artifact.metrics.items() if isinstance(v, (int, float))][:4]
-        metrics = ", ".join(f"{k}={_short(v)}" for k, v in scalars)
-        table.add_row(artifact.scene, artifact.kind, artifact.short_id, artifact.manifest.get("created_at", "")[:19], metrics)
-    console.print(table) if artifacts else console.print(f"no artifacts in {state(ctx).workspace}")
+def ls(
+    ctx: typer.Context,
+    verify: Annotated[bool, typer.Option("--verify", help="Also hash every file (finds modified payloads).")] = False,
+) -> None:
+    """List the artifacts of the workspace: kind, id, scene, creation time, key metrics; damaged ones are marked."""
+    workspace = state(ctx).workspace
+    rows, damage = [], []
+    for entry in scan_workspace(workspace):
+        if entry.state == COMPLETE and entry.artifact is not None:
+            artifact = entry.artifact
+            status = "ok"
+            if verify:
+                try:
+                    artifact.verify()
+                except MoegsError as exc:
+                    status = "DAMAGED"
+                    damage.append(str(exc))
+            scalars = [(k, v) for k, v in artifact.metrics.items() if isinstance(v, (int, float))][:4]
+            metrics = ", ".join(f"{k}={_short(v)}" for k, v in scalars)
+            rows.append((artifact.manifest.get("created_at", ""), artifact.scene, artifact.kind, artifact.short_id,
+                         metrics, status))
+        elif entry.state == DAMAGED:
+            rows.append(("", entry.path.parent.parent.name, entry.path.parent.name, entry.path.name, "", "DAMAGED"))
+            damage.append(f"{entry.path}: {entry.reason}")
+    if not rows:
+        console.print(f"no artifacts in {workspace}")
+        return
+    table = Table(title=f"artifacts in {workspace}")
+    for column in ("scene", "kind", "id", "created") + (("status",) if damage else ()):
+        table.add_column(column, no_wrap=True)
+    table.add_column("metrics", overflow="fold")
+    for created, scene, kind, short_id, metrics, status in sorted(rows, key=lambda r: (r[0] == "", r[0])):
+        cells = [escape(scene), kind, escape(short_id), created[:19]]
+        if damage:
+            cells.append("[red]DAMAGED[/red]" if status != "ok" else status)
+        table.add_row(*cells, metrics)
+    console.print(table)
+    for line in damage:
+        console.print(f"[red]damaged[/red] {escape(line)}", highlight=False, soft_wrap=True)
 
 
 @app.command("info")

@@ -56,7 +56,7 @@ def preprocess(
     max_width: Annotated[int | None, typer.Option(help="Cap each camera's width at this many pixels.", show_default=False)] = None,
     colmap_frames: Annotated[int | None, typer.Option(help="Triangulate initial points on this many frames (default 1).", show_default=False)] = None,
     truncate: Annotated[bool | None, typer.Option("--truncate", help="Cut videos of different lengths to the shortest instead of refusing.", show_default=False)] = None,
-    size_mismatch: Annotated[str | None, typer.Option(help="When frames differ from the calibrated size: scale or crop (default: refuse).", show_default=False)] = None,
+    size_mismatch: Annotated[str | None, typer.Option(help="When frames differ from the calibrated size: keep (keep the intrinsics, use the frames' size), scale (rescale intrinsics; same aspect ratio only) or crop (centre-crop frames). Default: refuse.", show_default=False)] = None,
     init: Annotated[str | None, typer.Option(help="Initial points: colmap (default) or random (only if you ask).", show_default=False)] = None,
     test_camera: Annotated[list[str] | None, typer.Option("--test-camera", help="Held-out camera name (repeatable); default per format.", show_default=False)] = None,
     config: ConfigOpt = None,

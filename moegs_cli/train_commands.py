@@ -8,6 +8,7 @@ import typer
 
 from moegs.config import resolve_config
 from moegs.progress import console
+from moegs_cli import cluster_commands as cluster
 from moegs_cli.common import ConfigOpt, ForceOpt, SetOpt, handle_errors, report, state
 
 
@@ -44,12 +45,20 @@ def train_experts(
     overrides: SetOpt = None,
     force: ForceOpt = False,
     resume: ResumeOpt = False,
+    executor: cluster.ExecutorOpt = None,
+    timeout_min: cluster.TimeoutOpt = None,
+    partition: cluster.PartitionOpt = None,
+    account: cluster.AccountOpt = None,
+    mem_gb: cluster.MemOpt = None,
+    cpus: cluster.CpusOpt = None,
 ) -> None:
     """Train one independent expert per family on a dataset; each becomes its own expert artifact.
 
     A family that fails does not stop the others; the command then lists the failures and exits 1.
     Per-family settings: --set hexplane.iterations=2000 or a train_experts: section in --config.
     Each expert is evaluated on the test cameras at the end (PSNR/SSIM per frame, preview.mp4).
+    With --executor local|slurm|debug each family is its own job (one SLURM job array); resources
+    come from the options or the config's executor: section; logs go to <workspace>/_jobs/.
     Example: moegs train-experts --dataset synth/dataset/latest --experts hexplane,polynomial
     """
     from stages import train_experts as train_experts_stage
@@ -61,6 +70,11 @@ def train_experts(
         overrides,
         explicit={"families": experts, "device": device, "backend": backend},
     )
+    ex = cluster.executor_config(config, None, cluster=executor, timeout_min=timeout_min, partition=partition,
+                                 account=account, mem_gb=mem_gb, cpus=cpus)
+    if ex.cluster != "none":
+        return cluster.train_experts_on_executor(state(ctx).workspace, dataset, cfg.families, config=config, overrides=overrides,
+                                                 force=force, resume=resume, backend=backend, cfg=ex, device=device)
     outcomes = train_experts_stage.run(cfg, dataset, state(ctx).workspace, force=force, resume=resume)
     failed = [o for o in outcomes if o.error is not None]
     for outcome in outcomes:

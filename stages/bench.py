@@ -2,49 +2,18 @@
 
 from __future__ import annotations
 
-import csv
 import json
-import platform
-from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-from matplotlib.figure import Figure
-
-from moegs.artifacts import Artifact, ArtifactWriter, load_artifact, require_same
-from moegs.context import RenderContext
+from moegs.artifacts import ArtifactWriter, load_artifact, require_same
+from moegs.benchmark import BenchConfig, bench_model, device_name, markdown_table, plot_psnr_fps, plot_regions, write_csv
 from moegs.data.dataset import Dataset
 from moegs.errors import InputError
-from moegs.evaluation import evaluate_renderer, measure_fps
 from moegs.metrics import lpips_available
 from moegs.models import dataset_of, load_model
-from moegs.renderable import Renderable
 from stages.common import StageResult, artifact_config, run_stage, stage_context
 
-COLUMNS = ["model", "kind", "id", "psnr", "ssim", "dssim", "lpips", "flip", "fps", "gaussians", "megabytes", "train_seconds"]
-
-
-@dataclass
-class BenchConfig:
-    """The ``bench`` section."""
-
-    flip: bool = True
-    lpips_weights: str | None = None
-    """Folder with AlexNet + LPIPS head weights; LPIPS is reported as unavailable without it."""
-    fps_repeats: int = 2
-    device: str = "auto"
-    backend: str = "auto"
-
-
-def model_label(artifact: Artifact) -> str:
-    """A short readable name: family (+ how it was made) or the mixture's families."""
-    if artifact.kind == "expert":
-        label = artifact.compat.get("family", "expert")
-        finetune = artifact.metrics.get("finetune")
-        return f"{label}+{finetune}" if finetune else label
-    families = artifact.compat.get("families") or []
-    label = "MoE(" + ",".join(f[:4] for f in families) + ")"
-    return label + " pruned" if artifact.compat.get("pruned") else label
+__all__ = ["BenchConfig", "markdown_table", "run"]
 
 
 def run(cfg: BenchConfig, model_refs: list[str], workspace: Path, *, force: bool = False, progress: bool = True) -> StageResult:
@@ -67,7 +36,7 @@ def run(cfg: BenchConfig, model_refs: list[str], workspace: Path, *, force: bool
     def build(directory: Path, w: ArtifactWriter) -> None:
         dataset = Dataset.load(dataset_artifact.path)
         rows = [bench_model(a, load_model(a, ctx), dataset, cfg, ctx, lpips_ok, progress) for a in artifacts]
-        device = _device_name(ctx)
+        device = device_name(ctx)
         results = {"rows": rows, "device": device, "backend": ctx.backend,
                    "lpips": "LPIPS-AlexNet" if lpips_ok else lpips_reason,
                    "dataset": dataset_artifact.id, "test_cameras": [c.name for c in dataset.test_cameras],
@@ -83,107 +52,3 @@ def run(cfg: BenchConfig, model_refs: list[str], workspace: Path, *, force: bool
         w.compat.update({"dataset_id": dataset_artifact.id})
 
     return run_stage(writer, build, ctx=ctx, force=force)
-
-
-def _device_name(ctx: RenderContext) -> str:
-    if ctx.device.type == "cuda":
-        return torch.cuda.get_device_name(ctx.device)
-    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
-
-
-def bench_model(artifact: Artifact, model: Renderable, dataset: Dataset, cfg: BenchConfig, ctx: RenderContext,
-                lpips_ok: bool, progress: bool) -> dict:
-    """Quality on every test frame plus render speed (warm-up excluded, blend included, no caches)."""
-    label = model_label(artifact)
-    scores = evaluate_renderer(
-        lambda camera, t: model.render_frame(camera, t, ctx).image, dataset,
-        with_flip=cfg.flip, lpips_weights=cfg.lpips_weights if lpips_ok else None, progress=progress,
-        label=f"bench {label}",
-    )
-    camera = dataset.test_cameras[0]
-    rays = camera.rays(ctx.device)
-    fps = measure_fps(lambda cam, t: model.render_frame(cam, t, ctx, rays=rays, cache=False).image, camera,
-                      [float(t) for t in dataset.times], repeats=cfg.fps_repeats)
-    return {
-        "model": label,
-        "kind": artifact.kind,
-        "id": artifact.short_id,
-        "psnr": scores["psnr"],
-        "ssim": scores["ssim"],
-        "dssim": (1.0 - scores["ssim"]) / 2.0,
-        "lpips": scores.get("lpips"),
-        "flip": scores.get("flip"),
-        "fps": fps,
-        "gaussians": model.num_gaussians,
-        "megabytes": model.megabytes(),
-        "train_seconds": _train_seconds(artifact),
-        "region_psnr": scores["region_psnr"],
-    }
-
-
-def _train_seconds(artifact: Artifact) -> float:
-    """Training time including what it was built from (a MoE counts its experts and the router)."""
-    own = float(artifact.metrics.get("train_seconds", 0.0))
-    if artifact.kind == "moe":
-        own += sum(float(artifact.resolve_input(e).metrics.get("train_seconds", 0.0)) for e in artifact.input_refs("expert"))
-    return own
-
-
-def write_csv(rows: list[dict], path: Path) -> None:
-    regions = sorted({r for row in rows for r in row["region_psnr"]})
-    with open(path, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(COLUMNS + [f"psnr_{r}" for r in regions])
-        for row in rows:
-            writer.writerow([row[c] for c in COLUMNS] + [row["region_psnr"].get(r) for r in regions])
-
-
-def markdown_table(rows: list[dict]) -> str:
-    """The results as a Markdown table (also what the CLI prints)."""
-    regions = sorted({r for row in rows for r in row["region_psnr"]})
-    head = ["model", "PSNR", "SSIM", "D-SSIM", "LPIPS", "FLIP", "FPS", "Gaussians", "MB", "train s"] + [f"PSNR {r}" for r in regions]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for row in rows:
-        cells = [row["model"], f"{row['psnr']:.2f}", f"{row['ssim']:.4f}", f"{row['dssim']:.4f}",
-                 "n/a" if row["lpips"] is None else f"{row['lpips']:.4f}",
-                 "n/a" if row["flip"] is None else f"{row['flip']:.4f}",
-                 f"{row['fps']:.1f}", str(row["gaussians"]), f"{row['megabytes']:.2f}", f"{row['train_seconds']:.0f}"]
-        cells += [f"{row['region_psnr'][r]:.2f}" if r in row["region_psnr"] else "" for r in regions]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def plot_psnr_fps(rows: list[dict], path: Path, device: str) -> None:
-    """PSNR against FPS, bubble area proportional to model size (the paper's teaser figure)."""
-    fig = Figure(figsize=(7, 4.5), dpi=120)
-    ax = fig.subplots()
-    largest = max(r["megabytes"] for r in rows) or 1.0
-    for row in rows:
-        is_moe = row["kind"] == "moe"
-        ax.scatter(row["fps"], row["psnr"], s=80 + 1500 * row["megabytes"] / largest, alpha=0.55,
-                   color="tab:red" if is_moe else "tab:blue", edgecolors="black")
-        ax.annotate(row["model"], (row["fps"], row["psnr"]), textcoords="offset points", xytext=(6, 6), fontsize=8)
-    ax.set_xlabel(f"frames per second ({device})")
-    ax.set_ylabel("test PSNR (dB)")
-    ax.set_title("quality vs speed (bubble area = size)")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path)
-
-
-def plot_regions(rows: list[dict], path: Path) -> None:
-    """Per-region PSNR of every model as grouped bars: which model wins where."""
-    regions = sorted({r for row in rows for r in row["region_psnr"]})
-    fig = Figure(figsize=(max(6, 1.4 * len(regions) * len(rows) / 3), 4), dpi=120)
-    ax = fig.subplots()
-    width = 0.8 / len(rows)
-    for i, row in enumerate(rows):
-        xs = [j + i * width for j in range(len(regions))]
-        ax.bar(xs, [row["region_psnr"].get(r, 0.0) for r in regions], width, label=row["model"])
-    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(regions))], regions)
-    ax.set_ylabel("PSNR (dB)")
-    ax.set_title("PSNR per scene region (test camera)")
-    ax.legend(fontsize=7, ncol=2)
-    ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path)

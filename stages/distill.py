@@ -12,7 +12,6 @@ from pathlib import Path
 from moegs.artifacts import Artifact, ArtifactWriter, load_artifact
 from moegs.context import RenderContext
 from moegs.data.dataset import Dataset
-from moegs.errors import InputError
 from moegs.expert_output import finish_expert
 from moegs.experts.io import load_expert
 from moegs.moe.distill import DistillConfig, MoETeacher, finetune_config, resolve_student
@@ -27,8 +26,6 @@ log = logging.getLogger("moegs")
 def run(cfg: DistillConfig, moe_ref: str, student: str, workspace: Path, *, force: bool = False, progress: bool = True
         ) -> tuple[StageResult, StageResult | None]:
     """Write the distilled student (and the GT-only baseline) as expert artifacts."""
-    if cfg.steps < 1 or cfg.beta < 0:
-        raise InputError(f"need steps >= 1 and beta >= 0, got steps={cfg.steps}, beta={cfg.beta}")
     moe = load_artifact(moe_ref, workspace, expected_kind="moe")
     student_artifact, index = resolve_student(moe, student, workspace)
     dataset_artifact = student_artifact.resolve_input(student_artifact.input_refs("dataset")[0])

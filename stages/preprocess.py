@@ -26,7 +26,7 @@ class PreprocessConfig:
     max_width: int | None = None
     """Also cap each camera's width at this many pixels."""
     truncate: bool = False
-    size_mismatch: Literal["refuse", "scale", "crop"] = "refuse"
+    size_mismatch: Literal["refuse", "keep", "scale", "crop"] = "refuse"
     init: Literal["colmap", "random"] = "colmap"
     colmap_frames: int = 1
     test_cameras: list[str] | None = None

@@ -7,7 +7,6 @@ from pathlib import Path
 
 from moegs.artifacts import ArtifactWriter, load_artifact
 from moegs.data.dataset import Dataset
-from moegs.errors import InputError
 from moegs.moe.evaluate import evaluate_moe
 from moegs.moe.io import load_moe, save_pruned_experts, save_router
 from moegs.moe.prune import PruneConfig, apply_pruning, gate_aware_scores, keep_masks, snapshot
@@ -18,14 +17,8 @@ __all__ = ["PruneConfig", "run"]
 
 
 def run(cfg: PruneConfig, moe_ref: str, workspace: Path, *, force: bool = False, progress: bool = True) -> StageResult:
-    if cfg.keep_fraction is not None and cfg.threshold is not None:
-        raise InputError("give one of --keep-fraction and --threshold, not both")
-    if cfg.threshold is None:
-        cfg = dataclasses.replace(cfg, keep_fraction=0.5 if cfg.keep_fraction is None else cfg.keep_fraction)
-        if not 0 < cfg.keep_fraction <= 1:
-            raise InputError(f"keep_fraction must be in (0, 1], got {cfg.keep_fraction}")
-    if cfg.frame_stride < 1:
-        raise InputError(f"frame_stride must be >= 1, got {cfg.frame_stride}")
+    if cfg.threshold is None and cfg.keep_fraction is None:
+        cfg = dataclasses.replace(cfg, keep_fraction=0.5)
     source = load_artifact(moe_ref, workspace, expected_kind="moe")
     ctx = stage_context(cfg)
     inputs = [("source", source)] + [(e["role"], source.resolve_input(e)) for e in source.manifest["inputs"]

@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from moegs.artifacts import Artifact, ArtifactWriter, load_artifact
-from moegs.config import build_config, to_dict
+from moegs.config import to_dict
 from moegs.context import RenderContext
-from moegs.data.dataset import FRAME_CACHE_MB, Dataset
-from moegs.errors import InputError, MoegsError
+from moegs.data.dataset import Dataset
+from moegs.errors import MoegsError
 from moegs.expert_output import finish_expert
-from moegs.experts import DYNAMIC_FAMILIES, get_family
+from moegs.experts import get_family
+from moegs.experts.base import ExpertConfig
+from moegs.experts.settings import TrainExpertsConfig, family_config
 from moegs.train import train_expert
 from stages.common import StageResult, run_stage, stage_context
 
@@ -21,33 +22,10 @@ log = logging.getLogger("moegs")
 
 
 @dataclass
-class TrainExpertsConfig:
-    """The ``train_experts`` section: which families, and per-family settings (``hexplane: {iterations: ...}``)."""
-
-    families: list[str] = field(default_factory=lambda: list(DYNAMIC_FAMILIES))
-    device: str = "auto"
-    backend: str = "auto"
-    checkpoint_every: int = 500
-    export_ply: bool = False
-    frame_cache_mb: float = FRAME_CACHE_MB
-    """Budget of the dataset's decoded frames (LRU)."""
-    hexplane: dict[str, Any] = field(default_factory=dict)
-    embedding: dict[str, Any] = field(default_factory=dict)
-    polynomial: dict[str, Any] = field(default_factory=dict)
-    keyframe: dict[str, Any] = field(default_factory=dict)
-    static: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
 class FamilyOutcome:
     family: str
     result: StageResult | None
     error: str | None
-
-
-def family_config(cfg: TrainExpertsConfig, family: str) -> Any:
-    cls = get_family(family)
-    return build_config(cls.config_class, getattr(cfg, family), prefix=f"{family}.")
 
 
 def run(
@@ -61,9 +39,7 @@ def run(
 ) -> list[FamilyOutcome]:
     """Train every requested family; a family that fails is reported and the others still run."""
     dataset_artifact = load_artifact(dataset_ref, workspace, expected_kind="dataset")
-    if not cfg.families:
-        raise InputError("no expert families requested (--experts)")
-    configs = {family: family_config(cfg, family) for family in cfg.families}  # validate all before training any
+    configs = {family: family_config(cfg, family) for family in cfg.families}
     ctx = stage_context(cfg)
     dataset = Dataset.load(dataset_artifact.path, cfg.frame_cache_mb)
     outcomes = []
@@ -83,7 +59,7 @@ def run(
 
 def train_one(
     family: str,
-    family_cfg: Any,
+    family_cfg: ExpertConfig,
     dataset: Dataset,
     dataset_artifact: Artifact,
     workspace: Path,

@@ -30,8 +30,6 @@ def run(
     progress: bool = True,
 ) -> StageResult:
     """Train the router over frozen experts and evaluate the blend on the test cameras."""
-    if cfg.tau <= 0:
-        raise InputError(f"tau must be positive, got {cfg.tau}")
     expert_artifacts = [load_artifact(ref, workspace, expected_kind="expert") for ref in expert_refs]
     dataset_id = check_mixable(expert_artifacts)
     dataset_artifact = _dataset_of(expert_artifacts[0], dataset_ref, workspace, dataset_id)

@@ -97,7 +97,7 @@ def test_frozen_experts_keep_deformed_gaussians_within_their_budget() -> None:
         frozen.at(0, t, camera)
     assert frozen._cache.keys() == [(0, 0.25), (0, 0.5)] and frozen._cache.bytes_used == 2 * one
     again = frozen.at(0, 0.0, camera)  # evicted: deformed again, same values
-    assert torch.equal(again.means, first.means) and torch.equal(again.colors, first.colors)
+    assert torch.equal(again.means, first.means) and torch.equal(again.features, first.features)
     frozen.use_cache = False
     frozen.at(0, 0.75, camera)
     assert (0, 0.75) not in frozen._cache

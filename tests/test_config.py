@@ -1,4 +1,5 @@
-"""Config layering (defaults < YAML < --set < explicit options) and strict key checking."""
+"""Config layering (defaults < YAML < --set < explicit options), strict section and key checking, and
+the numeric limits every stage config enforces however it is made."""
 
 from __future__ import annotations
 
@@ -7,8 +8,16 @@ from typing import Literal
 
 import pytest
 
+import dataclasses
+
 from moegs.config import resolve_config
 from moegs.errors import InputError
+from moegs.experts.settings import TrainExpertsConfig
+from moegs.moe.distill import DistillConfig
+from moegs.moe.prune import PruneConfig
+from moegs.moe.train import TrainRouterConfig
+from stages.bench import BenchConfig
+from stages.render import RenderConfig
 
 
 @dataclass
@@ -28,8 +37,8 @@ class Outer:
 
 def test_layers(tmp_path):
     cfg_file = tmp_path / "c.yaml"
-    cfg_file.write_text("stage:\n  name: b\n  train:\n    steps: 20\n")
-    cfg = resolve_config(Outer, cfg_file, "stage", ["train.lr=0.5", "mode=y"], explicit={"name": "c", "stop": None})
+    cfg_file.write_text("bench:\n  name: b\n  train:\n    steps: 20\n")
+    cfg = resolve_config(Outer, cfg_file, "bench", ["train.lr=0.5", "mode=y"], explicit={"name": "c", "stop": None})
     assert cfg == Outer(name="c", mode="y", stop=None, train=Inner(lr=0.5, steps=20))
 
 
@@ -63,3 +72,46 @@ def test_bad_yaml_file(tmp_path):
         resolve_config(Outer, bad, "stage", [])
     with pytest.raises(InputError, match="config file not found"):
         resolve_config(Outer, tmp_path / "missing.yaml", "stage", [])
+
+
+def test_misspelled_section_is_refused_by_name(tmp_path):
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text("train_router:\n  iterations: 10\ntrian_router:\n  tau: 0.5\n")
+    with pytest.raises(InputError, match="unknown section 'trian_router' \\(did you mean 'train_router'"):
+        resolve_config(TrainRouterConfig, cfg_file, "train_router")
+
+
+@pytest.mark.parametrize(
+    ("cls", "section", "override", "message"),
+    [
+        (TrainRouterConfig, "train_router", "iterations=0", "iterations: must be >= 1, got 0"),
+        (TrainRouterConfig, "train_router", "tau=0", "tau: must be > 0, got 0"),
+        (TrainRouterConfig, "train_router", "tau=-0.5", "tau: must be > 0"),
+        (TrainRouterConfig, "train_router", "lr_gates=.nan", "lr_gates: must be a finite number"),
+        (RenderConfig, "render", "tau=0", "tau: must be > 0"),
+        (RenderConfig, "render", "tau=-1", "tau: must be > 0"),
+        (TrainExpertsConfig, "train_experts", "checkpoint_every=0", "checkpoint_every: must be >= 1"),
+        (TrainExpertsConfig, "train_experts", "hexplane.iterations=0", "hexplane.iterations: must be >= 1"),
+        (TrainExpertsConfig, "train_experts", "static.densify.every=0", "static.densify.every: must be >= 1"),
+        (TrainExpertsConfig, "train_experts", "keyframe.background=[0,0]", "background: must be 3 numbers"),
+        (TrainExpertsConfig, "train_experts", "polynomial.densify.stopp=1", "unknown config key polynomial.densify.stopp"),
+        (TrainExpertsConfig, "train_experts", "families=hexplane,nope", "unknown expert family 'nope'"),
+        (PruneConfig, "prune", "keep_fraction=1.5", "keep_fraction: must be <= 1"),
+        (DistillConfig, "distill", "steps=0", "steps: must be >= 1"),
+        (BenchConfig, "bench", "fps_repeats=0", "fps_repeats: must be >= 1"),
+    ],
+)
+def test_numbers_outside_their_limits_are_refused(cls, section, override, message):
+    with pytest.raises(InputError, match=message):
+        resolve_config(cls, None, section, [override])
+
+
+def test_limits_hold_however_a_config_is_made():
+    with pytest.raises(InputError, match="iterations: must be >= 1"):
+        TrainRouterConfig(iterations=0)
+    with pytest.raises(InputError, match="tau: must be > 0"):
+        dataclasses.replace(TrainRouterConfig(), tau=0.0)
+    with pytest.raises(InputError, match="not both"):
+        PruneConfig(keep_fraction=0.5, threshold=1.0)
+    densify = resolve_config(TrainExpertsConfig, None, "train_experts", ["hexplane.densify.stop=700"]).hexplane
+    assert densify == {"densify": {"stop": 700}}

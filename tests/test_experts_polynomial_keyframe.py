@@ -8,9 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from moegs.densify import duplicate_gaussians, remove_gaussians
 from moegs.errors import InputError
-from moegs.experts.base import Expert
 from moegs.experts.keyframe import KeyframeConfig, KeyframeExpert, catmull_rom
 from moegs.experts.polynomial import PolynomialConfig, PolynomialExpert
 from moegs.experts.temporal import normalize_quats, slerp, temporal_rbf, two_sided_temporal_opacity
@@ -216,73 +214,3 @@ def test_keyframe_count_mismatch_is_refused():
     expert = _keyframe(n=8)
     with pytest.raises(InputError, match="keyframes"):
         KeyframeExpert.from_state(KeyframeConfig(keyframe_interval=2), expert.state_tensors(), N_FRAMES)
-
-
-# ---- both families -------------------------------------------------------------------------------
-BUILDERS = {"polynomial": _polynomial, "keyframe": _keyframe}
-MOTION_KEYS = {"polynomial": ("t_center", "motion", "omega"), "keyframe": ("key_offsets", "key_quats", "velocity")}
-
-
-@pytest.mark.parametrize("family", sorted(BUILDERS))
-def test_state_round_trip_is_bit_identical(family: str):
-    expert = BUILDERS[family](n=40)
-    if family == "keyframe":
-        with torch.no_grad():
-            expert.params["dynamic"][::2] = 0.0
-    loaded = type(expert).from_state(expert.config, expert.state_tensors(), N_FRAMES)
-    for t in (0.0, 0.41, 0.97):
-        a, b = expert.gaussians_at(t, CAM), loaded.gaussians_at(t, CAM)
-        for name in ("means", "quats", "scales", "opacities", "colors"):
-            assert torch.equal(getattr(a, name), getattr(b, name)), name
-
-
-@pytest.mark.parametrize("family", sorted(BUILDERS))
-def test_densification_keeps_per_gaussian_tensors_row_aligned(family: str):
-    n = 30
-    expert: Expert = BUILDERS[family](n=n)
-    lrs = expert.param_lrs(extent=1.0)
-    optimizers = {k: torch.optim.Adam([p], lr=lrs[k], eps=1e-15) for k, p in expert.params.items()}
-    g = expert.gaussians_at(0.3, CAM)
-    (g.means.sum() + g.opacities.sum() + g.quats.sum() + expert.regularisation(0.3)).backward()
-    for opt in optimizers.values():
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-    before = {k: v.detach().clone() for k, v in expert.params.items()}
-    idx = torch.tensor([2, 7, 7, 19])
-    duplicate_gaussians(expert.params, optimizers, idx)
-    keep = torch.ones(n + len(idx), dtype=torch.bool)
-    keep[[0, 5, n + 1]] = False
-    remove_gaussians(expert.params, optimizers, ~keep)
-    expert.after_densify()
-    rows = torch.cat([torch.arange(n), idx])[keep]
-    for key, value in expert.params.items():
-        assert torch.equal(value.detach(), before[key][rows]), key
-        assert optimizers[key].param_groups[0]["params"][0] is value
-    out = expert.gaussians_at(0.6, CAM)
-    assert len(out) == len(rows) and torch.isfinite(out.means).all() and torch.isfinite(out.opacities).all()
-    ref = BUILDERS[family](n=n)
-    ref.params = {k: torch.nn.Parameter(v) for k, v in before.items()}
-    torch.testing.assert_close(out.means, ref.gaussians_at(0.6, CAM).means[rows])
-    for key in MOTION_KEYS[family]:
-        assert expert.params[key].shape[0] == len(rows)
-
-
-@pytest.mark.parametrize("family", sorted(BUILDERS))
-def test_rendered_gradients_reach_the_motion_tensors(family: str):
-    from moegs.raster import rasterize
-
-    expert = BUILDERS[family](n=40)
-    if family == "keyframe":
-        with torch.no_grad():
-            expert.params["dynamic"][::2] = 0.0
-            expert.params["key_offsets"].mul_(0.1)
-    viewmat = torch.eye(4)
-    viewmat[2, 3] = 5.0  # camera at CAM looking along +z
-    K = torch.tensor([[30.0, 0.0, 16.0], [0.0, 30.0, 12.0], [0.0, 0.0, 1.0]])
-    g = expert.gaussians_at(0.45, CAM)
-    out = rasterize(g.means, g.quats, g.scales, g.opacities, g.colors, viewmat, K, 32, 24, backend="torch")
-    assert out.image.shape == (24, 32, 3)
-    out.image.sum().backward()
-    for key in MOTION_KEYS[family]:
-        grad = expert.params[key].grad
-        assert grad is not None and torch.isfinite(grad).all() and grad.abs().sum() > 0, key

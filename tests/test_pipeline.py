@@ -121,6 +121,22 @@ def test_render_writes_videos_and_gate_maps(tiny_demo):
     assert probe_video(render.file("cam00_gates.mp4")).n_frames == 8
 
 
+def test_render_grid_shows_ground_truth_beside_the_experts(tiny_demo):
+    import imageio.v3 as iio
+
+    grid = iio.imread(tiny_demo.renders[0].artifact.file("cam00_grid.png"))
+    gt = Dataset.load(tiny_demo.steps["dataset"].artifact.path).frame("cam00", 0)
+    h, w = gt.shape[:2]
+    assert grid.shape == (3 * h, 3 * w, 3)  # ground truth, 4 experts, the blend, the gates
+    assert np.array_equal(grid[h // 2:h, :w], gt[h // 2:])  # the first tile, below its label, is the capture
+
+
+def test_manifests_record_where_they_ran(tiny_demo):
+    for name in ("expert hexplane", "moe", "pruned", "distilled"):
+        assert tiny_demo.steps[name].artifact.manifest["context"] == {"device": "cpu", "backend": "cpu"}, name
+    assert tiny_demo.bench.artifact.manifest["context"] == {"device": "cpu", "backend": "cpu"}
+
+
 def test_export_ply_has_standard_3dgs_properties(tiny_demo, demo_workspace):
     from plyfile import PlyData
 

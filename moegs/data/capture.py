@@ -21,7 +21,10 @@ from moegs.cameras import Camera
 from moegs.errors import InputError
 
 Format = Literal["n3v", "technicolor", "multiview"]
-SizeMismatch = Literal["scale", "crop"] | None
+SizeMismatch = Literal["keep", "scale", "crop"] | None
+SIZE_MISMATCH_CHOICES: tuple[str, ...] = ("keep", "scale", "crop")
+ASPECT_TOLERANCE_PX = 1.0
+"""``scale`` accepts a size whose aspect ratio differs from the calibration's by at most this many pixels."""
 FORMATS: tuple[str, ...] = ("n3v", "technicolor", "multiview")
 
 FrameReader = Callable[[str, int, int, "tuple[int, int] | None"], Iterator[np.ndarray]]
@@ -111,8 +114,8 @@ def open_capture(src: Path, fmt: Format, *, truncate: bool = False, size_mismatc
     src = Path(src)
     if fmt not in FORMATS:
         raise InputError(f"unknown input format {fmt!r}; expected one of {', '.join(FORMATS)}")
-    if size_mismatch not in (None, "scale", "crop"):
-        raise InputError(f"unknown size_mismatch {size_mismatch!r}; expected 'scale' or 'crop'")
+    if size_mismatch is not None and size_mismatch not in SIZE_MISMATCH_CHOICES:
+        raise InputError(f"unknown size_mismatch {size_mismatch!r}; expected one of {', '.join(SIZE_MISMATCH_CHOICES)}")
     if not src.is_dir():
         raise InputError(f"{src}: input folder not found")
     if fmt == "n3v":
@@ -168,25 +171,62 @@ def _common_frame_count(src: Path, names: list[str], counts: dict[str, int], tru
 
 def _match_sizes(cameras: list[Camera], sources: dict[str, str], sizes: dict[str, tuple[int, int]],
                  size_mismatch: SizeMismatch) -> tuple[list[Camera], dict[str, tuple[int, int]]]:
-    out, crops = [], {}
+    """Reconcile each camera's calibrated size with its frames' real size, per ``size_mismatch``.
+
+    ``keep``: the intrinsics stay and the camera takes the frames' size (the usual case: a video
+    cut at its right or bottom edge). ``scale``: intrinsics rescale to the frames, only when the
+    aspect ratio agrees within a pixel. ``crop``: frames are centre-cropped to the calibration.
+    Every camera that cannot be reconciled is named in one error.
+    """
+    out, crops, problems = [], {}, []
     for cam in cameras:
         width, height = sizes[cam.name]
         if (width, height) == (cam.width, cam.height):
             out.append(cam)
             continue
-        where = f"{sources[cam.name]}: camera {cam.name}"
+        where = f"{sources[cam.name]} (camera {cam.name}): frames {width}x{height}, calibration {cam.width}x{cam.height}"
         if size_mismatch is None:
-            raise InputError(f"{where}: frames are {width}x{height} but the calibration says {cam.width}x{cam.height}; "
-                             "use --size-mismatch scale (rescale intrinsics) or crop (centre-crop frames)")
-        if size_mismatch == "scale":
-            out.append(cam.resized(width, height))
-            continue
-        if width < cam.width or height < cam.height:
-            raise InputError(f"{where}: cannot crop {width}x{height} frames to the larger calibration size "
-                             f"{cam.width}x{cam.height}")
-        crops[cam.name] = ((width - cam.width) // 2, (height - cam.height) // 2)
-        out.append(cam)
+            problems.append(where)
+        elif size_mismatch == "keep":
+            cx, cy = cam.K[0, 2], cam.K[1, 2]
+            if not (0 < cx < width and 0 < cy < height):
+                problems.append(f"{where}: principal point ({cx:.1f}, {cy:.1f}) lies outside the frames")
+            else:
+                out.append(_with_size(cam, width, height))
+        elif size_mismatch == "scale":
+            off = aspect_mismatch_px(cam.width, cam.height, width, height)
+            if off > ASPECT_TOLERANCE_PX:
+                problems.append(f"{where}: aspect ratio {width / height:.4f} vs {cam.width / cam.height:.4f} "
+                                f"({off:.1f} px off)")
+            else:
+                out.append(cam.resized(width, height))
+        elif width < cam.width or height < cam.height:
+            problems.append(f"{where}: cannot crop to a larger size")
+        else:
+            crops[cam.name] = ((width - cam.width) // 2, (height - cam.height) // 2)
+            out.append(cam)
+    if problems:
+        advice = {
+            None: "use --size-mismatch keep (keep the intrinsics, use the frames' size), scale (rescale the "
+                  "intrinsics) or crop (centre-crop the frames)",
+            "keep": "check the calibration, or use --size-mismatch scale or crop",
+            "scale": "scaling would make the intrinsics anisotropic; use --size-mismatch keep or crop",
+            "crop": "use --size-mismatch keep or scale",
+        }[size_mismatch]
+        count = f"{len(problems)} of {len(cameras)} cameras" if len(cameras) > 1 else "the camera"
+        raise InputError(f"frame size differs from the calibration for {count}: " + "; ".join(problems) + f"; {advice}")
     return out, crops
+
+
+def _with_size(cam: Camera, width: int, height: int) -> Camera:
+    """The same intrinsics and pose for frames of another size (pixels keep their coordinates)."""
+    return Camera(cam.name, width, height, cam.K.copy(), cam.R.copy(), cam.t.copy(),
+                  None if cam.dist is None else cam.dist.copy(), cam.near, cam.far)
+
+
+def aspect_mismatch_px(calib_width: int, calib_height: int, width: int, height: int) -> float:
+    """How many pixels the frames' height (or width) differs from the calibration's aspect ratio at the frames' size."""
+    return max(abs(calib_height * width / calib_width - height), abs(calib_width * height / calib_height - width))
 
 
 def _find_labels(src: Path, names: list[str], counts: dict[str, int],

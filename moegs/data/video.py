@@ -1,20 +1,26 @@
 """Video reading and writing through imageio-ffmpeg's bundled ffmpeg (no system ffmpeg needed).
 
-Every failure becomes an :class:`~moegs.errors.InputError` naming the file, so a corrupt or
-missing video never surfaces as an ffmpeg traceback.
+Every read failure becomes an :class:`~moegs.errors.InputError` naming the file, so a corrupt or
+missing video never surfaces as an ffmpeg traceback; a write is confirmed by reading it back.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
+import signal
+import subprocess
+import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
+from typing import IO
 
 import imageio_ffmpeg
 import numpy as np
 
-from moegs.errors import InputError
+from moegs.errors import InputError, MoegsError
 
 
 @dataclass(frozen=True)
@@ -74,35 +80,87 @@ def read_video(path: Path, start: int = 0, stop: int | None = None) -> np.ndarra
     return np.stack(frames)
 
 
-def write_video(path: Path, frames: Iterable[np.ndarray], fps: float = 30.0, quality: int = 8) -> None:
-    """Encode uint8 [H, W, 3] frames as H.264 MP4.
+def write_video(path: Path, frames: Iterable[np.ndarray], fps: float = 30.0, quality: int = 8) -> int:
+    """Encode uint8 [H, W, 3] frames as H.264 MP4 and return the frame count, confirmed by reading the file back.
 
-    yuv420p chroma needs even sizes, so an odd row or column at the bottom/right is cropped; the
-    macro-block rule is set to 2 so an even size comes back unchanged instead of being rescaled.
+    yuv420p chroma needs even sizes, so an odd row or column at the bottom/right is cropped. A
+    failed encode (ffmpeg's exit status, or fewer frames in the file than were sent) removes the
+    file and raises: an ``OSError`` with ENOSPC/EFBIG when the disk or the file-size limit ran out
+    (so the artifact layer cleans up), else a ``MoegsError`` with ffmpeg's message.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    writer = None
-    try:
-        for frame in frames:
-            height, width = frame.shape[:2]
-            frame = np.ascontiguousarray(frame[: height - height % 2, : width - width % 2], dtype=np.uint8)
-            if writer is None:
+    with tempfile.TemporaryFile() as log:
+        encoder, sent, shape = None, 0, None
+        try:
+            for frame in frames:
                 height, width = frame.shape[:2]
-                writer = imageio_ffmpeg.write_frames(
-                    str(path),
-                    (width, height),
-                    fps=fps,
-                    codec="libx264",
-                    quality=quality,
-                    macro_block_size=2,
-                    ffmpeg_log_level="error",
-                )
-                writer.send(None)
-            writer.send(frame)
-    finally:
-        if writer is not None:
-            writer.close()
+                frame = np.ascontiguousarray(frame[: height - height % 2, : width - width % 2], dtype=np.uint8)
+                if encoder is None:
+                    shape = frame.shape
+                    encoder = _start_encoder(path, frame.shape[1], frame.shape[0], fps, quality, log)
+                elif frame.shape != shape:
+                    raise InputError(f"{path}: frame {sent} is {frame.shape[1]}x{frame.shape[0]}, the first was "
+                                     f"{shape[1]}x{shape[0]}")
+                try:
+                    encoder.stdin.write(frame.tobytes())
+                except BrokenPipeError:
+                    break  # ffmpeg died; its exit status says why
+                sent += 1
+            if encoder is None:
+                raise InputError(f"{path}: no frames to write")
+            try:
+                encoder.stdin.close()
+            except BrokenPipeError:
+                pass
+            code = encoder.wait()
+        except BaseException:
+            if encoder is not None:
+                encoder.kill()
+                encoder.wait()
+            path.unlink(missing_ok=True)
+            raise
+        if code != 0:
+            path.unlink(missing_ok=True)
+            log.seek(0)
+            raise _encoder_failure(path, code, log.read().decode(errors="replace"))
+    written = _frames_in(path)
+    if written != sent:
+        path.unlink(missing_ok=True)
+        raise MoegsError(f"{path}: the encoded video holds {written} frames but {sent} were written; removed it")
+    return sent
+
+
+def _start_encoder(path: Path, width: int, height: int, fps: float, quality: int, log: IO[bytes]) -> subprocess.Popen:
+    """ffmpeg reading raw RGB frames on stdin; the same settings imageio-ffmpeg used (crf from quality 1-10)."""
+    if not 1 <= quality <= 10:
+        raise InputError(f"video quality must be within 1..10, got {quality}")
+    crf = int((1 - quality / 10.0) * 51)
+    command = [
+        imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-f", "rawvideo", "-vcodec", "rawvideo", "-s", f"{width}x{height}",
+        "-pix_fmt", "rgb24", "-r", str(Fraction(fps).limit_denominator()), "-i", "-", "-an",
+        "-vcodec", "libx264", "-pix_fmt", "yuv420p", "-crf", str(crf), "-v", "error", str(path),
+    ]
+    return subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=log)
+
+
+def _encoder_failure(path: Path, code: int, stderr: str) -> Exception:
+    """The exception for a failed encode: OSError for lack of room (the cleanup path), MoegsError otherwise."""
+    if code == -signal.SIGXFSZ or "File too large" in stderr:
+        return OSError(errno.EFBIG, "the file-size limit is reached while encoding", str(path))
+    if "No space left" in stderr:
+        return OSError(errno.ENOSPC, "the disk is full while encoding", str(path))
+    detail = next((line for line in stderr.splitlines() if line.strip()), "no message")
+    how = f"killed by signal {-code}" if code < 0 else f"exit status {code}"
+    return MoegsError(f"{path}: ffmpeg failed to encode the video ({how}: {detail})")
+
+
+def _frames_in(path: Path) -> int:
+    """Frames in an encoded file, counted by demuxing (no decoding); 0 when unreadable."""
+    try:
+        return int(imageio_ffmpeg.count_frames_and_secs(str(path))[0])
+    except (RuntimeError, OSError, ValueError):
+        return 0
 
 
 def _open(path: Path, size: tuple[int, int] | None = None) -> tuple[Iterator[bytes], dict]:

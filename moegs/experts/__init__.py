@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 
 from moegs.errors import InputError
-from moegs.experts.base import DeformedGaussians, Expert, ExpertConfig
+from moegs.experts.base import Expert, ExpertConfig
 
 _FAMILIES = {
     "static": "moegs.experts.static:StaticExpert",
@@ -30,4 +30,4 @@ def get_family(name: str) -> type[Expert]:
     return getattr(importlib.import_module(module), cls)
 
 
-__all__ = ["DYNAMIC_FAMILIES", "DeformedGaussians", "Expert", "ExpertConfig", "family_names", "get_family"]
+__all__ = ["DYNAMIC_FAMILIES", "Expert", "ExpertConfig", "family_names", "get_family"]

@@ -8,13 +8,12 @@ An expert owns:
 - ``fields``: an ``nn.Module`` of everything that is not per Gaussian (HexPlane grids, MLPs,
   temporal embeddings), optimised separately.
 
-Given a normalised time t in [0, 1) it returns :class:`DeformedGaussians`, ready for
-:func:`moegs.raster.rasterize`. That is all the router, pruning, distillation and rendering need.
+Given a normalised time t in [0, 1) it returns its Gaussians as a :class:`moegs.raster.GaussianSet`
+(features = view-dependent colours), ready for :func:`moegs.raster.rasterize_multi`. That is all the router, pruning, distillation and rendering need.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -25,55 +24,49 @@ from torch import Tensor, nn
 
 from moegs import gaussians as core
 from moegs.cameras import Camera
+from moegs.config import ConfigValueError, bounded, build_config, check_config
+from moegs.densify import DensifyConfig
+from moegs.raster import GaussianSet
+from moegs.sh import MAX_SH_DEGREE
 from moegs.context import RenderContext
 from moegs.renderable import Frame
 from moegs.rendering import render_expert
 
 
-@dataclass
-class DeformedGaussians:
-    """One expert's Gaussians at time t, activated (what the rasteriser takes)."""
-
-    means: Tensor  # [N, 3]
-    quats: Tensor  # [N, 4] unit, wxyz
-    scales: Tensor  # [N, 3]
-    opacities: Tensor  # [N]
-    colors: Tensor  # [N, 3]
-
-    def detach(self) -> DeformedGaussians:
-        return DeformedGaussians(*(getattr(self, f.name).detach() for f in dataclasses.fields(self)))
-
-    def __len__(self) -> int:
-        return self.means.shape[0]
+def _expert_densify() -> DensifyConfig:
+    """Density control on this toolkit's short schedules (3DGS's own defaults assume 30k steps)."""
+    return DensifyConfig(start=300, stop=2000, every=100, opacity_reset_every=100000, max_gaussians=60000)
 
 
 @dataclass
 class ExpertConfig:
     """Settings every family shares; families subclass this with their own fields."""
 
-    iterations: int = 3000
-    sh_degree: int = 1
-    sh_every: int = 500
-    init_opacity: float = 0.1
+    iterations: int = bounded(3000, ge=1)
+    sh_degree: int = bounded(1, ge=0, le=MAX_SH_DEGREE)
+    sh_every: int = bounded(500, ge=0)
+    """Add one SH band every this many steps (0: all bands from the start)."""
+    init_opacity: float = bounded(0.1, gt=0.0, lt=1.0)
     # 3DGS learning rates (position ones are multiplied by the scene extent).
-    lr_means: float = 1.6e-4
-    lr_means_final: float = 1.6e-6
-    lr_log_scales: float = 5e-3
-    lr_quats: float = 1e-3
-    lr_opacity: float = 5e-2
-    lr_sh0: float = 2.5e-3
-    lr_shN: float = 2.5e-3 / 20
-    lr_fields: float = 1.6e-3
-    lr_fields_final: float = 1.6e-4
-    lambda_dssim: float = 0.2
-    densify_from: int = 300
-    densify_until: int = 2000
-    densify_every: int = 100
-    densify_grad_threshold: float = 2e-4
-    opacity_reset_every: int = 100000
-    max_gaussians: int = 60000
-    background: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])
-    seed: int = 0
+    lr_means: float = bounded(1.6e-4, ge=0.0)
+    lr_means_final: float = bounded(1.6e-6, ge=0.0)
+    lr_log_scales: float = bounded(5e-3, ge=0.0)
+    lr_quats: float = bounded(1e-3, ge=0.0)
+    lr_opacity: float = bounded(5e-2, ge=0.0)
+    lr_sh0: float = bounded(2.5e-3, ge=0.0)
+    lr_shN: float = bounded(2.5e-3 / 20, ge=0.0)
+    lr_fields: float = bounded(1.6e-3, ge=0.0)
+    lr_fields_final: float = bounded(1.6e-4, ge=0.0)
+    lambda_dssim: float = bounded(0.2, ge=0.0, le=1.0)
+    densify: DensifyConfig = field(default_factory=_expert_densify)
+    """3DGS density control: ``densify: {start: 300, stop: 2000, max_gaussians: 60000, ...}``."""
+    background: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0], metadata={"limits": {"ge": 0.0, "le": 1.0}})
+    seed: int = bounded(0, ge=0)
+
+    def __post_init__(self) -> None:
+        check_config(self)
+        if len(self.background) != 3:
+            raise ConfigValueError("background", f"must be 3 numbers (RGB), got {len(self.background)}")
 
 
 class Expert(nn.Module):
@@ -90,7 +83,6 @@ class Expert(nn.Module):
         self.register_buffer("aabb", aabb.detach().clone().float())  # [2, 3] min/max of the initial points
         self.params: dict[str, nn.Parameter] = {k: _as_param(v) for k, v in params.items()}
         self.fields: nn.Module = self.build_fields()
-        self.step = 0  # training step, for families with schedules (warm-up, annealing, progressive frames)
 
     @property
     def device(self) -> torch.device:
@@ -136,7 +128,7 @@ class Expert(nn.Module):
         p = self.params
         return {"means": p["means"], "log_scales": p["log_scales"], "quats": p["quats"], "opacity_logits": p["opacity_logits"]}
 
-    def gaussians_at(self, t: float, cam_center: Tensor, sh_degree: int | None = None) -> DeformedGaussians:
+    def gaussians_at(self, t: float, cam_center: Tensor, sh_degree: int | None = None) -> GaussianSet:
         """The deformed, activated Gaussians at normalised time ``t`` seen from ``cam_center``."""
         raw = self.deform(float(t))
         quats = raw["quats"]
@@ -145,12 +137,12 @@ class Expert(nn.Module):
             opacities = opacities * raw["opacity_factor"]
         degree = self.config.sh_degree if sh_degree is None else sh_degree
         colors = core.colors(self.params, degree, cam_center, means=raw["means"])
-        return DeformedGaussians(
+        return GaussianSet(
             means=raw["means"],
-            quats=quats / quats.norm(dim=-1, keepdim=True).clamp_min(1e-12),
+            quats=core.normalize_quats(quats),
             scales=torch.exp(raw["log_scales"]),
             opacities=opacities,
-            colors=colors,
+            features=colors,
         )
 
     def regularisation(self, t: float) -> Tensor:
@@ -165,8 +157,7 @@ class Expert(nn.Module):
         """Family hook: refresh caches that depend on the Gaussian count."""
 
     def on_step(self, step: int) -> None:
-        """Family hook called before each training step (schedules). Base keeps the counter."""
-        self.step = step
+        """Family hook called before each training step (warm-ups, annealing, progressive frames)."""
 
     # ---- optimisation ----------------------------------------------------------------------------
     def param_lrs(self, extent: float) -> dict[str, float]:
@@ -258,8 +249,6 @@ class Expert(nn.Module):
 
 
 def config_from_dict(cls: type[Expert], values: dict[str, Any]) -> ExpertConfig:
-    from moegs.config import build_config
-
     return build_config(cls.config_class, values)
 
 

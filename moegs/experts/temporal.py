@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from moegs.gaussians import normalize_quats
+
 SLERP_DOT_LIMIT = 1.0 - 1e-4
 """Ex4DGS clamps the quaternion dot product to +-(1 - 1e-4) before ``acos``: it keeps the gradient of
 ``acos`` finite for (nearly) identical keyframe rotations, where slerp degenerates to lerp anyway."""
@@ -33,11 +35,6 @@ def two_sided_temporal_opacity(t: float, bounds: Tensor, log_widths: Tensor) -> 
     dt = torch.where(before, t - start, torch.clamp_min(t - end, 0.0))
     log_width = torch.where(before, log_widths[:, 0], log_widths[:, 1])
     return temporal_rbf(dt, log_width)
-
-
-def normalize_quats(q: Tensor) -> Tensor:
-    """Unit quaternions (any leading shape, last dim 4); zero quaternions stay finite."""
-    return q / q.norm(dim=-1, keepdim=True).clamp_min(1e-12)
 
 
 def slerp(q0: Tensor, q1: Tensor, u: float | Tensor) -> Tensor:

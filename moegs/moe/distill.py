@@ -18,6 +18,7 @@ from moegs.artifacts import Artifact, load_artifact
 from moegs.cache import ByteLRUCache, budget_bytes
 from moegs.camera_path import spiral_path
 from moegs.cameras import Camera
+from moegs.config import bounded, check_config
 from moegs.context import RenderContext
 from moegs.data.dataset import FRAME_CACHE_MB, Dataset
 from moegs.errors import InputError
@@ -35,25 +36,28 @@ TEACHER_CACHE_MB = 512
 class DistillConfig:
     """The ``distill`` section."""
 
-    steps: int = 1000
+    steps: int = bounded(1000, ge=1)
     """Fine-tuning steps (for the distilled student and for the GT-only baseline alike)."""
-    beta: float = 1.0
+    beta: float = bounded(1.0, ge=0.0)
     gate_weighting: bool = False
     """Weight the teacher term per pixel by 1 - gate of the student's own expert in the MoE."""
     baseline: bool = True
     """Also fine-tune the same student on ground truth only (the fair comparison)."""
-    novel_views: int = 16
+    novel_views: int = bounded(16, ge=0)
     """Extra views on a spiral inside the rig where only the MoE supervises (0 = training views only)."""
-    novel_radius: float = 0.5
+    novel_radius: float = bounded(0.5, gt=0.0)
     """Size of that spiral relative to the rig."""
-    teacher_cache_mb: float = TEACHER_CACHE_MB
+    teacher_cache_mb: float = bounded(TEACHER_CACHE_MB, ge=0.0)
     """Budget of the teacher's rendered targets (LRU; 0 renders every target again)."""
-    deformed_cache_mb: float = DEFORMED_CACHE_MB
+    deformed_cache_mb: float = bounded(DEFORMED_CACHE_MB, ge=0.0)
     """Budget of the frozen experts' deformed Gaussians (LRU)."""
-    frame_cache_mb: float = FRAME_CACHE_MB
+    frame_cache_mb: float = bounded(FRAME_CACHE_MB, ge=0.0)
     """Budget of the dataset's decoded frames (LRU)."""
     device: str = "auto"
     backend: str = "auto"
+
+    def __post_init__(self) -> None:
+        check_config(self)
 
 
 class MoETeacher:
@@ -104,4 +108,5 @@ def resolve_student(moe: Artifact, student: str, workspace: Path) -> tuple[Artif
 def finetune_config(expert: Expert) -> ExpertConfig:
     """Continue at the end of the original schedule: final learning rates, no densification, full SH."""
     c = expert.config
-    return dataclasses.replace(c, lr_means=c.lr_means_final, lr_fields=c.lr_fields_final, densify_until=0, sh_every=0)
+    return dataclasses.replace(c, lr_means=c.lr_means_final, lr_fields=c.lr_fields_final,
+                               densify=dataclasses.replace(c.densify, stop=0), sh_every=0)

@@ -94,6 +94,4 @@ def load_moe(artifact: Artifact, ctx: RenderContext, tau: float | None = None,
                 f"which has {expert.num_gaussians} Gaussians ({WEIGHTS} changed?)"
             )
     tau = float(artifact.compat["tau"] if tau is None else tau)
-    if not tau > 0:
-        raise InputError(f"tau must be positive, got {tau}")
     return MoEModel(FrozenExperts(experts, cache_mb=cache_mb), router.to(ctx.device), tau, expert_artifacts)

@@ -11,7 +11,9 @@ from dataclasses import dataclass
 
 import torch
 
+from moegs.config import bounded, check_config
 from moegs.context import RenderContext
+from moegs.errors import InputError
 from moegs.data.dataset import Dataset
 from moegs.densify import remove_gaussians
 from moegs.evaluation import measure_fps
@@ -24,17 +26,22 @@ from moegs.raster import GaussianSet, rasterize_multi
 class PruneConfig:
     """The ``prune`` section: give keep_fraction or threshold."""
 
-    keep_fraction: float | None = None
+    keep_fraction: float | None = bounded(None, gt=0.0, le=1.0)
     """Keep this share of all Gaussians, ranked jointly across experts by their blended contribution
     (0.5 when neither this nor ``threshold`` is given)."""
-    threshold: float | None = None
+    threshold: float | None = bounded(None, ge=0.0)
     """Instead: remove Gaussians whose contribution per training view is below this (in pixels)."""
-    frame_stride: int = 1
+    frame_stride: int = bounded(1, ge=1)
     """Score on every n-th frame of every training camera."""
-    finetune_steps: int = 0
+    finetune_steps: int = bounded(0, ge=0)
     """Router fine-tuning steps after pruning (0 = none)."""
     device: str = "auto"
     backend: str = "auto"
+
+    def __post_init__(self) -> None:
+        check_config(self)
+        if self.keep_fraction is not None and self.threshold is not None:
+            raise InputError("give one of --keep-fraction and --threshold, not both")
 
 
 @torch.no_grad()

@@ -17,7 +17,7 @@ from moegs import gaussians as core
 from moegs.cache import ByteLRUCache, budget_bytes
 from moegs.cameras import Camera
 from moegs.context import RenderContext
-from moegs.experts.base import DeformedGaussians, Expert
+from moegs.experts.base import Expert
 from moegs.moe.router import PixelRouter
 from moegs.raster import GaussianSet, rasterize, rasterize_multi
 from moegs.rendering import camera_center
@@ -44,7 +44,7 @@ class FrozenExperts:
         self.experts = list(experts)
         for expert in self.experts:
             expert.eval()
-        self._cache: ByteLRUCache[DeformedGaussians] = ByteLRUCache(budget_bytes(cache_mb, "deformed_cache_mb"))
+        self._cache: ByteLRUCache[GaussianSet] = ByteLRUCache(budget_bytes(cache_mb, "deformed_cache_mb"))
         self.use_cache = cache
         """Turn off to time rendering honestly (deformation included)."""
 
@@ -52,7 +52,7 @@ class FrozenExperts:
         return len(self.experts)
 
     @torch.no_grad()
-    def at(self, k: int, t: float, camera: Camera) -> DeformedGaussians:
+    def at(self, k: int, t: float, camera: Camera) -> GaussianSet:
         expert = self.experts[k]
         center = camera_center(camera, expert.device)
         key = (k, float(t))
@@ -63,7 +63,7 @@ class FrozenExperts:
                 self._cache.put(key, g)
             return g  # its colours are already this camera's
         colors = core.colors(expert.params, expert.config.sh_degree, center, means=g.means)
-        return DeformedGaussians(g.means, g.quats, g.scales, g.opacities, colors.detach())
+        return GaussianSet(g.means, g.quats, g.scales, g.opacities, colors.detach())
 
     def backgrounds(self, ctx: RenderContext) -> Tensor:
         """Each expert's background colour [K, 3] on the context's device."""
@@ -86,7 +86,7 @@ def render_moe(
 ) -> MoEOutput:
     """Blend the K experts' images of ``camera`` at time ``t`` with the router's per-pixel gates."""
     gs = [experts.at(k, t, camera) for k in range(len(experts))]
-    features = [torch.cat([g.colors, router.gate_features(k, t)], dim=-1) for k, g in enumerate(gs)]
+    features = [torch.cat([g.features, router.gate_features(k, t)], dim=-1) for k, g in enumerate(gs)]
     rgb_bg = experts.backgrounds(ctx)
     backgrounds = torch.cat([rgb_bg, torch.ones_like(rgb_bg)], dim=-1)  # [K, 6]
     viewmat, K = camera.viewmat_tensor(ctx.device), camera.K_tensor(ctx.device)

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
+from moegs.config import bounded, check_config
 from moegs.context import RenderContext
 from moegs.data.dataset import FRAME_CACHE_MB, Dataset
 from moegs.data.views import StreamedViews
@@ -21,26 +22,29 @@ from moegs.progress import progress_bar
 class TrainRouterConfig:
     """The ``train_router`` section. Defaults follow the official N3V configs (RAdam, 5k steps)."""
 
-    iterations: int = 5000
-    tau: float = 0.01
+    iterations: int = bounded(5000, ge=1)
+    tau: float = bounded(0.01, gt=0.0)
     """Softmax temperature, used the same way in training and evaluation."""
-    official_eval_tau: float = 1.0
+    official_eval_tau: float = bounded(1.0, gt=0.0)
     """Also report PSNR at this test-time temperature (the official code evaluates at tau = 1)."""
-    lr_gates: float = 0.5
-    lr_gates_final_ratio: float = 0.01
-    lr_gates_decay_steps: int = 10000
-    lr_time: float = 0.05
-    lr_mlp: float = 0.05
-    lambda_dssim: float = 0.2
+    lr_gates: float = bounded(0.5, ge=0.0)
+    lr_gates_final_ratio: float = bounded(0.01, gt=0.0, le=1.0)
+    lr_gates_decay_steps: int = bounded(10000, ge=1)
+    lr_time: float = bounded(0.05, ge=0.0)
+    lr_mlp: float = bounded(0.05, ge=0.0)
+    lambda_dssim: float = bounded(0.2, ge=0.0, le=1.0)
     single_pass: bool = True
-    deformed_cache_mb: float = DEFORMED_CACHE_MB
+    deformed_cache_mb: float = bounded(DEFORMED_CACHE_MB, ge=0.0)
     """Budget of the frozen experts' deformed Gaussians (LRU; they are reused across cameras and steps)."""
-    frame_cache_mb: float = FRAME_CACHE_MB
+    frame_cache_mb: float = bounded(FRAME_CACHE_MB, ge=0.0)
     """Budget of the dataset's decoded frames (LRU)."""
     device: str = "auto"
     backend: str = "auto"
-    log_every: int = 50
-    seed: int = 0
+    log_every: int = bounded(50, ge=1)
+    seed: int = bounded(0, ge=0)
+
+    def __post_init__(self) -> None:
+        check_config(self)
 
 
 def router_optimizer(router: PixelRouter, cfg: TrainRouterConfig) -> torch.optim.Optimizer:

@@ -18,6 +18,13 @@ class GaussianSet:
     opacities: Tensor  # [N]
     features: Tensor  # [N, C]
 
+    def detach(self) -> GaussianSet:
+        return GaussianSet(self.means.detach(), self.quats.detach(), self.scales.detach(),
+                           self.opacities.detach(), self.features.detach())
+
+    def __len__(self) -> int:
+        return self.means.shape[0]
+
 
 @dataclass
 class RasterOutput:

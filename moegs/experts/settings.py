@@ -1,0 +1,46 @@
+"""The ``train_experts`` section: which families to train, and one settings mapping per registered
+family (``hexplane: {iterations: 2000, densify: {stop: 1500}}``), checked by that family's config."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from moegs.config import bounded, build_config, check_config
+from moegs.data.dataset import FRAME_CACHE_MB
+from moegs.errors import InputError
+from moegs.experts import DYNAMIC_FAMILIES, family_names, get_family
+from moegs.experts.base import ExpertConfig
+
+
+@dataclass
+class _TrainExpertsSettings:
+    families: list[str] = field(default_factory=lambda: list(DYNAMIC_FAMILIES))
+    device: str = "auto"
+    backend: str = "auto"
+    checkpoint_every: int = bounded(500, ge=1)
+    export_ply: bool = False
+    frame_cache_mb: float = bounded(FRAME_CACHE_MB, ge=0.0)
+    """Budget of the dataset's decoded frames (LRU; 0 turns it off)."""
+
+    def __post_init__(self) -> None:
+        check_config(self)
+        if not self.families:
+            raise InputError("no expert families requested (--experts)")
+        for family in [*self.families, *family_names()]:
+            family_config(self, family)  # every section is checked, requested or not
+
+
+def family_config(cfg: Any, family: str) -> ExpertConfig:
+    """The typed config of ``family`` from its section of ``cfg`` (unknown family or key: InputError)."""
+    cls = get_family(family)
+    return build_config(cls.config_class, getattr(cfg, family), prefix=f"{family}.")
+
+
+TrainExpertsConfig = dataclasses.make_dataclass(
+    "TrainExpertsConfig",
+    [(name, dict[str, Any], field(default_factory=dict)) for name in family_names()],
+    bases=(_TrainExpertsSettings,),
+    namespace={"__doc__": __doc__, "__module__": __name__},
+)
