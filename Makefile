@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.moegs-installed
 
-.PHONY: install demo test bench bench-scale clean
+.PHONY: install demo test bench bench-step bench-scale clean
 
 install: $(STAMP)
 
@@ -26,6 +26,9 @@ test: install
 
 bench: install
 	$(BIN)/python -m moegs.raster.bench
+
+bench-step: install
+	$(BIN)/python -m moegs.bench_step
 
 bench-scale: install
 	$(BIN)/python -m moegs.bench_scale

@@ -1,9 +1,11 @@
 """Training losses: L1, Gaussian-window SSIM and the 3DGS photometric mix.
 
 Images are channel-last, [H, W, C] or [B, H, W, C], values in [0, 1], as the rasteriser returns
-them. SSIM uses pytorch_msssim (11x11 Gaussian window, sigma 1.5, K = (0.01, 0.03), valid
+them. SSIM is pytorch_msssim's (11x11 Gaussian window, sigma 1.5, K = (0.01, 0.03), valid
 convolution), which equals scikit-image's ``structural_similarity(gaussian_weights=True,
-sigma=1.5, use_sample_covariance=False, data_range=1)``, i.e. the SSIM papers report.
+sigma=1.5, use_sample_covariance=False, data_range=1)``, i.e. the SSIM papers report. On CPU,
+when only the prediction needs a gradient (training), it runs as `moegs.ssim_cpu`'s kernels with
+an analytic backward (same values to float rounding, ~3x faster than pytorch_msssim's convolutions).
 """
 
 from __future__ import annotations
@@ -13,9 +15,11 @@ from pytorch_msssim import ssim as _msssim_ssim
 from torch import Tensor
 
 from moegs.errors import InputError
+from moegs.ssim_cpu import SSIMCPU
 
 SSIM_WIN_SIZE = 11
 SSIM_SIGMA = 1.5
+SSIM_K = (0.01, 0.03)
 DEFAULT_LAMBDA_DSSIM = 0.2
 
 
@@ -41,9 +45,14 @@ def ssim(img: Tensor, gt: Tensor) -> Tensor:
     h, w = img.shape[-3], img.shape[-2]
     if min(h, w) < SSIM_WIN_SIZE:
         raise InputError(f"SSIM needs images of at least {SSIM_WIN_SIZE}x{SSIM_WIN_SIZE} px, got {h}x{w}")
+    dtype = torch.promote_types(img.dtype, torch.float32)
+    if img.device.type == "cpu" and gt.device.type == "cpu" and not gt.requires_grad:
+        return SSIMCPU.apply(_batched(img).to(dtype), _batched(gt).to(dtype), SSIM_WIN_SIZE, SSIM_SIGMA, *SSIM_K)
     x = _to_bchw(img)
     y = _to_bchw(gt).to(x)
-    return _msssim_ssim(x, y, data_range=1.0, size_average=True, win_size=SSIM_WIN_SIZE, win_sigma=SSIM_SIGMA)
+    return _msssim_ssim(
+        x, y, data_range=1.0, size_average=True, win_size=SSIM_WIN_SIZE, win_sigma=SSIM_SIGMA, K=SSIM_K
+    )
 
 
 def d_ssim(img: Tensor, gt: Tensor) -> Tensor:
@@ -74,6 +83,10 @@ def _check_pair(img: Tensor, gt: Tensor) -> None:
         raise InputError(f"images must be [H, W, C] or [B, H, W, C], got {tuple(img.shape)}")
 
 
+def _batched(img: Tensor) -> Tensor:
+    return img if img.ndim == 4 else img.unsqueeze(0)
+
+
 def _to_bchw(img: Tensor) -> Tensor:
-    x = img if img.ndim == 4 else img.unsqueeze(0)
+    x = _batched(img)
     return x.permute(0, 3, 1, 2).to(torch.promote_types(x.dtype, torch.float32))

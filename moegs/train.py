@@ -117,6 +117,7 @@ def train_expert(
             camera = teacher.novel_cameras[cam_index % len(teacher.novel_cameras)] if novel else views.cameras[cam_index]
             t = float(dataset.times[frame])
             sh_degree = cfg.sh_degree if cfg.sh_every <= 0 else min(step // cfg.sh_every, cfg.sh_degree)
+            expert.set_view(None if novel else cam_index)
             out = render_expert(expert, camera, t, ctx, background, sh_degree=sh_degree, retain_grad=True)
             loss = expert.regularisation(t)
             if not novel:
@@ -144,6 +145,7 @@ def train_expert(
             bar.advance()
             if local_step % 50 == 0:
                 bar.set_postfix(f"loss={loss_value:.4f} N={expert.num_gaussians}")
+    expert.set_view(None)  # renders after training are of any view (test cameras, paths)
     return TrainResult(time.perf_counter() - began, steps - start, loss_value, expert.num_gaussians)
 
 

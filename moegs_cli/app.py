@@ -14,7 +14,7 @@ from moegs import __version__
 from moegs.artifacts import COMPLETE, DAMAGED, load_artifact, scan_workspace
 from moegs.errors import MoegsError
 from moegs.progress import console
-from moegs_cli import cluster_commands, data_commands, maintenance_commands, output_commands, train_commands
+from moegs_cli import cluster_commands, data_commands, maintenance_commands, output_commands, train_commands, view_commands
 from moegs_cli.common import handle_errors, setup_logging, state
 
 app = typer.Typer(
@@ -54,6 +54,7 @@ train_commands.register(app)
 output_commands.register(app)
 cluster_commands.register(app)
 maintenance_commands.register(app)
+view_commands.register(app)
 
 
 @app.command("ls")

@@ -99,6 +99,7 @@ def train_router(
     config: ConfigOpt = None,
     overrides: SetOpt = None,
     force: ForceOpt = False,
+    resume: ResumeOpt = False,
 ) -> None:
     """Train the Volume-aware Pixel Router over frozen experts -> a moe artifact.
 
@@ -114,7 +115,9 @@ def train_router(
     cfg = resolve_config(stage.TrainRouterConfig, config, "train_router", overrides,
                          explicit={"iterations": iterations, "tau": tau, "device": device, "backend": backend,
                                    "single_pass": False if naive else None})
-    report(stage.run(cfg, refs, state(ctx).workspace, dataset, force=force))
+    result = stage.run(cfg, refs, state(ctx).workspace, dataset, force=force, resume=resume)
+    report(result)
+    console.print(_moe_summary(result.artifact.metrics), highlight=False)
 
 
 @handle_errors
@@ -129,6 +132,7 @@ def prune(
     config: ConfigOpt = None,
     overrides: SetOpt = None,
     force: ForceOpt = False,
+    resume: ResumeOpt = False,
 ) -> None:
     """Gate-aware pruning: drop the Gaussians that add least to the blended image -> a new moe artifact.
 
@@ -141,7 +145,7 @@ def prune(
 
     explicit = {"keep_fraction": keep_fraction, "threshold": threshold, "finetune_steps": finetune_steps, "device": device, "backend": backend}
     cfg = resolve_config(stage.PruneConfig, config, "prune", overrides, explicit=explicit)
-    report(stage.run(cfg, moe, state(ctx).workspace, force=force))
+    report(stage.run(cfg, moe, state(ctx).workspace, force=force, resume=resume))
 
 
 @handle_errors
@@ -157,6 +161,7 @@ def distill(
     config: ConfigOpt = None,
     overrides: SetOpt = None,
     force: ForceOpt = False,
+    resume: ResumeOpt = False,
 ) -> None:
     """Distil the MoE into one expert -> an ordinary expert artifact (same format and speed, better quality).
 
@@ -168,7 +173,17 @@ def distill(
 
     cfg = resolve_config(stage.DistillConfig, config, "distill", overrides,
                          explicit={"steps": steps, "beta": beta, "gate_weighting": gate_weighting, "device": device, "backend": backend})
-    distilled, baseline = stage.run(cfg, moe, student, state(ctx).workspace, force=force)
+    distilled, baseline = stage.run(cfg, moe, student, state(ctx).workspace, force=force, resume=resume)
     if baseline is not None:
         report(baseline, label="GT-only baseline")
     report(distilled, label="distilled")
+
+
+def _moe_summary(metrics: dict) -> str:
+    """One line: the blend's PSNR beside each expert's and the gain over the best one."""
+    experts = [(f, p) for f, p in zip(metrics.get("families", []), metrics.get("expert_psnr", [])) if p is not None]
+    line = f"MoE {metrics['psnr']:.2f} dB"
+    if experts:
+        best = max(p for _, p in experts)
+        line += " | " + ", ".join(f"{f} {p:.2f}" for f, p in experts) + f" | {metrics['psnr'] - best:+.2f} dB over the best expert"
+    return line

@@ -24,14 +24,14 @@ class StageResult:
     up_to_date: bool
 
 
-PLACEMENT_KEYS = ("device", "backend")
+PLACEMENT_KEYS = ("device", "backend", "checkpoint_every")
+"""Config keys that say where or how a stage runs, not what it makes: kept out of artifact ids."""
 BUDGET_KEYS = ("frame_cache_mb", "deformed_cache_mb", "teacher_cache_mb")
 """Memory budgets of caches: like placement, they change memory and speed, never results."""
-"""Config keys that say where a stage runs, not what it makes: kept out of artifact ids."""
 
 
 def artifact_config(cfg: Any) -> dict:
-    """The stage config as it goes into the manifest and the id (without placement and cache budgets)."""
+    """The stage config as it goes into the manifest and the id (without placement keys and cache budgets)."""
     return {k: v for k, v in to_dict(cfg).items() if k not in PLACEMENT_KEYS + BUDGET_KEYS}
 
 

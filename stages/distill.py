@@ -23,8 +23,8 @@ __all__ = ["DistillConfig", "run"]
 log = logging.getLogger("moegs")
 
 
-def run(cfg: DistillConfig, moe_ref: str, student: str, workspace: Path, *, force: bool = False, progress: bool = True
-        ) -> tuple[StageResult, StageResult | None]:
+def run(cfg: DistillConfig, moe_ref: str, student: str, workspace: Path, *, force: bool = False, resume: bool = False,
+        progress: bool = True) -> tuple[StageResult, StageResult | None]:
     """Write the distilled student (and the GT-only baseline) as expert artifacts."""
     moe = load_artifact(moe_ref, workspace, expected_kind="moe")
     student_artifact, index = resolve_student(moe, student, workspace)
@@ -35,10 +35,10 @@ def run(cfg: DistillConfig, moe_ref: str, student: str, workspace: Path, *, forc
     baseline = None
     if cfg.baseline:
         baseline = _finetune(student_artifact, dataset, dataset_artifact, workspace, ctx, cfg,
-                             {"teacher": None, **settings, "beta": 0.0}, None, [], force, progress, "baseline")
+                             {"teacher": None, **settings, "beta": 0.0}, None, [], force, resume, progress, "baseline")
     teacher = MoETeacher(load_moe(moe, ctx, cache_mb=cfg.deformed_cache_mb), dataset, cfg, ctx, index)
     distilled = _finetune(student_artifact, dataset, dataset_artifact, workspace, ctx, cfg,
-                          {"teacher": moe.id, **settings}, teacher, [("teacher", moe)], force, progress, "distill")
+                          {"teacher": moe.id, **settings}, teacher, [("teacher", moe)], force, resume, progress, "distill")
     if baseline is not None:
         gain = distilled.artifact.metrics["psnr"] - baseline.artifact.metrics["psnr"]
         log.info("distilled %s: %.2f dB vs GT-only baseline %.2f dB (%+.2f dB)", student_artifact.compat.get("family"),
@@ -57,6 +57,7 @@ def _finetune(
     teacher: MoETeacher | None,
     extra_inputs: list[tuple[str, Artifact]],
     force: bool,
+    resume: bool,
     progress: bool,
     label: str,
 ) -> StageResult:
@@ -69,7 +70,8 @@ def _finetune(
         expert = load_expert(student, ctx)
         original_config = expert.config
         expert.config = finetune_config(expert)
-        result = train_expert(expert, dataset, directory, ctx, progress=progress, steps=cfg.steps,
+        result = train_expert(expert, dataset, directory, ctx, progress=progress, steps=cfg.steps, resume=resume,
+                              checkpoint_every=cfg.checkpoint_every,
                               step_offset=student.config["iterations"], teacher=teacher,
                               label=f"{label} {expert.family}")
         expert.config = original_config  # the artifact keeps the family's own config
@@ -79,4 +81,4 @@ def _finetune(
                           "finetune_steps": cfg.steps})
         w.extra["finetune"] = recipe
 
-    return run_stage(writer, build, ctx=ctx, force=force)
+    return run_stage(writer, build, ctx=ctx, force=force, resume=resume)

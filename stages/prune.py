@@ -16,7 +16,8 @@ from stages.common import StageResult, artifact_config, run_stage, stage_context
 __all__ = ["PruneConfig", "run"]
 
 
-def run(cfg: PruneConfig, moe_ref: str, workspace: Path, *, force: bool = False, progress: bool = True) -> StageResult:
+def run(cfg: PruneConfig, moe_ref: str, workspace: Path, *, force: bool = False, resume: bool = False,
+        progress: bool = True) -> StageResult:
     if cfg.threshold is None and cfg.keep_fraction is None:
         cfg = dataclasses.replace(cfg, keep_fraction=0.5)
     source = load_artifact(moe_ref, workspace, expected_kind="moe")
@@ -33,7 +34,8 @@ def run(cfg: PruneConfig, moe_ref: str, workspace: Path, *, force: bool = False,
         if cfg.finetune_steps > 0:
             known = TrainRouterConfig.__dataclass_fields__
             router_cfg = TrainRouterConfig(**{k: v for k, v in source.config.items() if k in known})
-            train_router(model, dataset, router_cfg, ctx, progress=progress, iterations=cfg.finetune_steps)
+            train_router(model, dataset, router_cfg, ctx, progress=progress, iterations=cfg.finetune_steps,
+                         workdir=directory, resume=resume, label="fine-tune router")
         save_router(model.router, directory)
         save_pruned_experts(model.experts.experts, directory)
         metrics = evaluate_moe(model, dataset, directory, ctx, None, progress=progress)
@@ -54,4 +56,4 @@ def run(cfg: PruneConfig, moe_ref: str, workspace: Path, *, force: bool = False,
         w.metrics.update(metrics)
         w.compat.update({**source.compat, "pruned": True})
 
-    return run_stage(writer, build, ctx=ctx, force=force)
+    return run_stage(writer, build, ctx=ctx, force=force, resume=resume)

@@ -27,6 +27,7 @@ def run(
     dataset_ref: str | None = None,
     *,
     force: bool = False,
+    resume: bool = False,
     progress: bool = True,
 ) -> StageResult:
     """Train the router over frozen experts and evaluate the blend on the test cameras."""
@@ -43,7 +44,7 @@ def run(
         experts = FrozenExperts([load_expert(a, ctx) for a in expert_artifacts], cache_mb=cfg.deformed_cache_mb)
         router = PixelRouter([e.num_gaussians for e in experts.experts]).to(ctx.device)
         model = MoEModel(experts, router, cfg.tau, expert_artifacts)
-        history, seconds = train_router(model, dataset, cfg, ctx, progress=progress)
+        history, seconds = train_router(model, dataset, cfg, ctx, progress=progress, workdir=directory, resume=resume)
         save_router(router, directory)
         (directory / "router_log.json").write_text(json.dumps(history, indent=2))
         w.metrics.update(evaluate_moe(model, dataset, directory, ctx, cfg.official_eval_tau, progress=progress))
@@ -54,7 +55,7 @@ def run(
              "families": [a.compat["family"] for a in expert_artifacts]}
         )
 
-    return run_stage(writer, build, ctx=ctx, force=force)
+    return run_stage(writer, build, ctx=ctx, force=force, resume=resume)
 
 
 def _dataset_of(expert: Artifact, dataset_ref: str | None, workspace: Path, dataset_id: str) -> Artifact:

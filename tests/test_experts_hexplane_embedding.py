@@ -11,6 +11,7 @@ import torch
 
 from moegs.config import build_config
 from moegs.errors import InputError
+from moegs.experts.base import Expert
 from moegs.experts.deform_mlp import ScaledLinear
 from moegs.experts.embedding import EmbeddingConfig, EmbeddingExpert, knn_graph
 from moegs.experts.hexplane import PLANE_AXES, HexPlaneConfig, HexPlaneExpert, HexPlaneField, sample_plane
@@ -129,9 +130,8 @@ def test_hexplane_zero_in_warmup_then_deforms_with_gradients() -> None:
 
     e.on_step(5)
     raw = e.deform(0.3)
-    for key in ("means", "log_scales", "quats"):
+    for key in ("means", "log_scales", "quats", "opacity_logits", "sh0"):  # the paper's N3V default
         assert not torch.equal(raw[key], e.params[key])
-    assert torch.equal(raw["opacity_logits"], e.params["opacity_logits"])  # not in deform_attrs
     g = e.gaussians_at(0.3, CAM)
     reg = e.regularisation(0.3)
     assert reg.item() > 0.0  # L1-to-one is zero at init, plane smoothness is not
@@ -153,7 +153,7 @@ def test_hexplane_config_rejects_unknown_attribute() -> None:
     cfg = build_config(HexPlaneConfig, {"deform_attrs": "means,quats", "multires": [1, 2, 4]})
     assert cfg.deform_attrs == ["means", "quats"] and cfg.multires == [1, 2, 4]
     with pytest.raises(InputError, match="deform_attrs"):
-        _hexplane(deform_attrs=["means", "sh0"])
+        _hexplane(deform_attrs=["means", "shN"])
 
 
 # ---- embedding -----------------------------------------------------------------------------------
@@ -161,6 +161,7 @@ def test_embedding_gradients_flow_from_zero_embeddings() -> None:
     e = _embedding()
     assert torch.all(e.params["embedding"] == 0)
     e.on_step(10_000)
+    e.set_view(2)  # a training camera: its time offset gets a gradient too
     g = e.gaussians_at(0.4, CAM)
     _loss(g).backward()
     assert e.params["embedding"].grad.abs().sum() > 0  # type: ignore[union-attr]
@@ -174,7 +175,7 @@ def test_embedding_annealing_schedule() -> None:
     raw = e.deform(0.5)
     assert all(torch.equal(raw[k], e.params[k]) for k in ("means", "log_scales", "quats"))
     e.on_step(5)
-    assert e.offset_weights() == {"means": 0.5, "quats": 0.5, "log_scales": 0.0, "opacity_logits": 0.0}
+    assert e.offset_weights() == {"means": 0.5, "quats": 0.5, "log_scales": 0.0, "opacity_logits": 0.0, "sh0": 0.0}
     raw = e.deform(0.5)
     assert not torch.equal(raw["means"], e.params["means"]) and torch.equal(raw["log_scales"], e.params["log_scales"])
     e.on_step(25)
@@ -211,7 +212,7 @@ def test_embedding_decoder_is_smooth_in_time() -> None:
 
 
 def test_embedding_smoothness_regulariser() -> None:
-    e = _embedding()
+    e = _embedding(lambda_opacity=0.0)
     z = e.params["embedding"]
     reg = e.regularisation(0.1)
     assert reg.item() == 0.0  # all embeddings equal at init
@@ -220,7 +221,77 @@ def test_embedding_smoothness_regulariser() -> None:
     with torch.no_grad():
         z.copy_(torch.randn(z.shape, generator=torch.Generator().manual_seed(0)))
     assert e.regularisation(0.1).item() > 0.0
-    assert float(_embedding(lambda_embedding_smooth=0.0).regularisation(0.1)) == 0.0
+    assert float(_embedding(lambda_embedding_smooth=0.0, lambda_opacity=0.0).regularisation(0.1)) == 0.0
+
+
+def test_embedding_opacity_regulariser_pulls_opacities_down() -> None:
+    e = _embedding(lambda_embedding_smooth=0.0, lambda_opacity=1e-4)
+    logits = e.params["opacity_logits"]
+    reg = e.regularisation(0.1)
+    assert math.isclose(reg.item(), 1e-4 * torch.sigmoid(logits.detach().mean()).item(), rel_tol=1e-6)
+    reg.backward()
+    assert torch.all(logits.grad > 0)  # type: ignore[operator]  # descent lowers every opacity
+
+
+def test_embedding_time_offsets_shift_the_lookup_per_camera() -> None:
+    e = _embedding()
+    reference = _embedding(lr_time_offset=0.0)  # same seed and sizes: the same decoders and table
+    reference.fields.load_state_dict(e.fields.state_dict())
+    for x in (e, reference):
+        x.on_step(10_000)
+        with torch.no_grad():
+            x.params["embedding"].copy_(torch.randn(x.params["embedding"].shape, generator=torch.Generator().manual_seed(3)))
+    fields = e.fields
+    with torch.no_grad():
+        fields.time_offsets[1] = 0.05 / fields.time_offset_mult  # type: ignore[index, operator]
+        fields.time_offsets[3] = 0.15 / fields.time_offset_mult  # type: ignore[index, operator]
+    with torch.no_grad():
+        e.set_view(1)
+        assert torch.allclose(e.deform(0.3)["means"], reference.deform(0.35)["means"], atol=1e-6)
+        e.set_view(0)  # a camera not trained on yet: no offset
+        assert torch.allclose(e.deform(0.3)["means"], reference.deform(0.3)["means"], atol=1e-6)
+        e.set_view(None)  # test and novel views: the mean of the learnt offsets
+        assert torch.allclose(e.deform(0.3)["means"], reference.deform(0.4)["means"], atol=1e-6)
+        reference.set_view(1)  # offsets off: the camera changes nothing
+        assert torch.equal(reference.deform(0.3)["means"], reference.deform(0.3)["means"])
+    e.set_view(3)
+    _loss(e.gaussians_at(0.3, CAM)).backward()
+    grad = fields.time_offsets.grad  # type: ignore[union-attr]
+    assert grad[3] != 0 and torch.count_nonzero(grad) == 1  # type: ignore[index]
+    assert not reference.fields.time_offsets.requires_grad  # type: ignore[union-attr]
+    e.set_view(64)
+    with pytest.raises(InputError, match="max_cameras"):
+        e.deform(0.3)
+
+
+@pytest.mark.parametrize("family", ["hexplane", "embedding"])
+def test_colour_and_opacity_heads_change_appearance_over_time(family: str) -> None:
+    """Default: colour (DC) and opacity vary with t and get gradients; geometry-only is the old model."""
+    make = _hexplane if family == "hexplane" else _embedding
+    e = make()
+    e.on_step(10_000)
+    if isinstance(e, HexPlaneExpert):  # its space-time planes start at 1: no change over time yet
+        with torch.no_grad():
+            for plane in e.fields.hexplane.planes((3, 4, 5)):  # type: ignore[union-attr, operator]
+                plane.uniform_(0.5, 1.5, generator=torch.Generator().manual_seed(1))
+    a, b = e.gaussians_at(0.1, CAM), e.gaussians_at(0.7, CAM)
+    assert not torch.allclose(a.features, b.features) and not torch.allclose(a.opacities, b.opacities)
+    assert torch.equal(e.export_params_at(0.7)["sh0"], e.deform(0.7)["sh0"].detach())
+    _loss(b).backward()
+    assert e.params["sh0"].grad.abs().sum() > 0  # type: ignore[union-attr]
+    heads = [p.grad for name, p in e.fields.named_parameters() if ".heads.sh0." in name or ".heads.opacity_logits." in name]
+    assert heads and all(g is not None and g.abs().sum() > 0 for g in heads)
+
+    old = make(deform_attrs=["means", "log_scales", "quats"])
+    old.on_step(10_000)
+    with torch.no_grad():
+        for t in (0.1, 0.7):
+            g = old.gaussians_at(t, CAM)
+            raw = old.deform(t)
+            assert torch.equal(raw["sh0"], old.params["sh0"]) and torch.equal(raw["opacity_logits"], old.params["opacity_logits"])
+            base = Expert.gaussians_at(old, t, CAM)  # the base class's colouring from stored SH
+            for x, y in zip(_tensors(g), _tensors(base)):
+                assert torch.equal(x, y)
 
 
 def test_knn_graph_excludes_self_even_with_duplicates() -> None:

@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 import torch
 
+from moegs.densify import duplicate_gaussians, remove_gaussians
 from moegs.errors import InputError
-from moegs.experts.keyframe import KeyframeConfig, KeyframeExpert, catmull_rom
-from moegs.experts.polynomial import PolynomialConfig, PolynomialExpert
+from moegs.experts.keyframe import FWHM_PER_SIGMA, KeyframeConfig, KeyframeExpert, catmull_rom
+from moegs.experts.polynomial import PolynomialConfig, PolynomialExpert, repeated_rows
 from moegs.experts.temporal import normalize_quats, slerp, temporal_rbf, two_sided_temporal_opacity
 
 N_FRAMES = 20
@@ -23,9 +24,9 @@ def _points(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return xyz, rng.random((n, 3)).astype(np.float32), rng.random(n).astype(np.float32)
 
 
-def _polynomial(n: int = 64, seed: int = 0) -> PolynomialExpert:
+def _polynomial(n: int = 64, seed: int = 0, **overrides: object) -> PolynomialExpert:
     xyz, rgb, times = _points(n, seed)
-    expert = PolynomialExpert.from_points(PolynomialConfig(), xyz, rgb, times, N_FRAMES)
+    expert = PolynomialExpert.from_points(PolynomialConfig(**overrides), xyz, rgb, times, N_FRAMES)
     g = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
         expert.params["motion"].copy_(torch.randn(n, 3, 3, generator=g))
@@ -87,6 +88,42 @@ def test_polynomial_temporal_centre_gets_no_gradient_through_motion():
 
 
 # ---- shared temporal helpers ---------------------------------------------------------------------
+def test_repeated_rows_marks_every_later_occurrence():
+    ids = torch.tensor([0.0, 1.0, 2.0, 3.0, 1.0, 3.0, 3.0, 5.0, 5.0])
+    assert repeated_rows(ids).tolist() == [False, False, False, False, True, True, True, False, True]
+
+
+def test_polynomial_copies_get_a_random_temporal_centre():
+    """STG: a clone draws mu_tau ~ U(0, 1); its parent and every other row keep theirs."""
+    n = 30
+    results = []
+    for _ in range(2):
+        expert = _polynomial(n=n)
+        optimizers = {k: torch.optim.Adam([p], lr=1e-3) for k, p in expert.params.items()}
+        before = expert.params["t_center"].detach().clone()
+        idx = torch.tensor([2, 7, 7, 19])
+        duplicate_gaussians(expert.params, optimizers, idx)
+        drop = torch.zeros(n + len(idx), dtype=torch.bool)
+        drop[[0, n + 1]] = True  # a parent and one copy of row 7 removed
+        remove_gaussians(expert.params, optimizers, drop)
+        expert.after_densify()
+        centres = expert.params["t_center"].detach()
+        assert torch.equal(centres[: n - 1], before[1:])  # originals keep their centres
+        copies = centres[n - 1 :]
+        assert copies.shape == (3,) and torch.all((copies >= 0) & (copies < 1))
+        assert not torch.isclose(copies, before[[2, 7, 19]]).any()
+        assert torch.equal(expert.params["row_id"], torch.arange(n + 2, dtype=torch.float32))
+        expert.after_densify()  # nothing new: nothing redrawn
+        assert torch.equal(expert.params["t_center"].detach(), centres)
+        results.append(centres)
+    assert torch.equal(results[0], results[1])  # seeded: a resumed run draws the same centres
+    off = _polynomial(n=n, clone_random_center=False)
+    optimizers = {k: torch.optim.Adam([p], lr=1e-3) for k, p in off.params.items()}
+    duplicate_gaussians(off.params, optimizers, torch.tensor([4]))
+    off.after_densify()
+    assert off.params["t_center"][-1] == off.params["t_center"][4]
+
+
 def test_slerp_halfway_matches_the_closed_form():
     q0 = torch.tensor([1.0, 0.0, 0.0, 0.0], dtype=torch.float64)
     q1 = torch.tensor([math.cos(math.pi / 4), 0.0, 0.0, math.sin(math.pi / 4)], dtype=torch.float64)  # 90 deg about z
@@ -108,6 +145,27 @@ def test_two_sided_opacity_reduces_to_the_temporal_rbf():
     torch.testing.assert_close(two_sided_temporal_opacity(0.8, bounds, log_w)[0], torch.tensor(math.exp(-1.0)))
     single = temporal_rbf(torch.tensor(0.3), torch.tensor(-1.0))  # equal bounds and widths: STG's RBF
     torch.testing.assert_close(two_sided_temporal_opacity(0.8, bounds, log_w)[1], single)
+    # Ex4DGS's width floor: w = exp(b) + min_width
+    floored = two_sided_temporal_opacity(0.1, bounds, log_w, min_width=0.1)[0]
+    torch.testing.assert_close(floored, torch.tensor(math.exp(-1.0)))
+    assert torch.equal(temporal_rbf(torch.tensor(0.3), torch.tensor(-1.0), 0.0), single)
+
+
+def test_keyframe_var_pad_floors_the_fade_width():
+    expert = _keyframe(var_pad=2.0)
+    p = expert.params
+    with torch.no_grad():
+        p["opacity_log_widths"].fill_(-30.0)  # learnt widths collapsed to ~0
+    floor = 2.0 / (FWHM_PER_SIGMA * N_FRAMES)
+    assert expert.min_fade_width == pytest.approx(floor)
+    opacity = expert.gaussians_at(0.6 + floor, CAM).opacities
+    torch.testing.assert_close(opacity, torch.sigmoid(p["opacity_logits"]) * math.exp(-1.0))
+    no_floor = _keyframe(var_pad=0.0)
+    with torch.no_grad():
+        no_floor.params["opacity_log_widths"].fill_(-30.0)
+    assert torch.all(no_floor.gaussians_at(0.6 + floor, CAM).opacities == 0)
+    with pytest.raises(InputError, match="var_pad"):
+        _keyframe(var_pad=-1.0)
 
 
 # ---- keyframe ------------------------------------------------------------------------------------
@@ -174,6 +232,26 @@ def test_window_growth_extrapolates_untrained_keyframes_linearly():
     steps = after[:, last:].diff(dim=1)
     torch.testing.assert_close(steps, steps[:, :1].expand_as(steps), rtol=0, atol=1e-5)
     torch.testing.assert_close(steps[:, 0], (before[:, last] - before[:, 0]) / last, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("on_extend", [True, False])
+def test_conversion_follows_every_window_extension(on_extend: bool):
+    """Ex4DGS converts after each extension; the periodic schedule alone misses most of them."""
+    expert = _keyframe(n=100, dynamic=False, convert_every=1000, convert_until=1000, convert_fraction=0.05,
+                       progressive_start_frames=5, progressive_steps=300, convert_on_extend=on_extend)
+    with torch.no_grad():
+        expert.params["velocity"].copy_(torch.randn(100, 3, generator=torch.Generator().manual_seed(4)))
+    growths = [s for s in range(1, 400) if expert.frame_limit(s) > expert.frame_limit(s - 1)]
+    assert len(growths) == 3
+    counts = []
+    for step in range(400):
+        expert.on_step(step)
+        counts.append(int(expert.params["dynamic"].sum()))
+    changes = [s for s in range(1, 400) if counts[s] != counts[s - 1]]
+    assert changes == (growths if on_extend else [])
+    if on_extend:
+        dynamic = expert.params["dynamic"] > 0.5
+        assert torch.all(expert.params["opacity_bounds"][dynamic, 1] <= 1.0)
 
 
 def test_conversion_picks_the_fastest_static_gaussians_and_keeps_their_path():

@@ -13,7 +13,8 @@ import torch
 from moegs.errors import InputError, MissingDependencyError
 from moegs.raster import GaussianSet, available_backends, rasterize, rasterize_multi, resolve_backend
 from moegs.raster.bench import make_scene
-from moegs.raster.cpu_backend import _FASTMATH, _consts, _exp_neg, _exp_tuple
+from moegs.raster.cpu_backend import _consts, _exp_neg, _exp_tuple
+from moegs.raster.cpu_common import FASTMATH
 from moegs.raster.grad_sink import grad_sink
 
 # cpu and torch both compute in float32 here, in different orders (and cpu's exp is a polynomial
@@ -169,7 +170,7 @@ def test_cpu_exp_accuracy(dtype, rel_tol):
     """The cpu kernels' vectorisable exp is as exact as libm on [-10, 0] (float32: ~2 ulp; float64:
     close enough for gradcheck) and clamps outside it."""
 
-    @numba.njit(fastmath=_FASTMATH)
+    @numba.njit(fastmath=FASTMATH)
     def evaluate(x, consts):
         ec = _exp_tuple(consts)
         out = np.empty_like(x)

@@ -123,7 +123,8 @@ class Expert(nn.Module):
 
     # ---- evaluation ----------------------------------------------------------------------------
     def deform(self, t: float) -> dict[str, Tensor]:
-        """Family hook: raw (pre-activation) ``means, log_scales, quats, opacity_logits`` at time t,
+        """Family hook: raw (pre-activation) ``means, log_scales, quats, opacity_logits`` at time t
+        (optionally deformed ``sh0``/``shN`` colour coefficients),
         plus an optional ``opacity_factor`` [N] multiplying the activated opacity (temporal opacity)."""
         p = self.params
         return {"means": p["means"], "log_scales": p["log_scales"], "quats": p["quats"], "opacity_logits": p["opacity_logits"]}
@@ -136,7 +137,7 @@ class Expert(nn.Module):
         if "opacity_factor" in raw:
             opacities = opacities * raw["opacity_factor"]
         degree = self.config.sh_degree if sh_degree is None else sh_degree
-        colors = core.colors(self.params, degree, cam_center, means=raw["means"])
+        colors = core.colors(self._colour_params(raw), degree, cam_center, means=raw["means"])
         return GaussianSet(
             means=raw["means"],
             quats=core.normalize_quats(quats),
@@ -148,6 +149,10 @@ class Expert(nn.Module):
     def regularisation(self, t: float) -> Tensor:
         """Family hook: the method's regulariser at this step (scalar)."""
         return torch.zeros(())
+
+    def set_view(self, camera: int | None) -> None:
+        """Family hook: the training camera (index in the dataset's training cameras) the next renders
+        are for, or None for any other view (families with per-camera parameters select them here)."""
 
     def frame_limit(self, step: int) -> int:
         """Family hook: train on frames ``< frame_limit`` at ``step`` (progressive schedules)."""
@@ -243,9 +248,13 @@ class Expert(nn.Module):
             "log_scales": raw["log_scales"].detach(),
             "quats": raw["quats"].detach(),
             "opacity_logits": logits.detach(),
-            "sh0": self.params["sh0"].detach(),
-            "shN": self.params["shN"].detach(),
+            "sh0": self._colour_params(raw)["sh0"].detach(),
+            "shN": self._colour_params(raw)["shN"].detach(),
         }
+
+    def _colour_params(self, raw: dict[str, Tensor]) -> dict[str, Tensor]:
+        """The SH coefficients at this time: a family's ``deform`` may return deformed ``sh0``/``shN``."""
+        return {**self.params, **{k: raw[k] for k in ("sh0", "shN") if k in raw}}
 
 
 def config_from_dict(cls: type[Expert], values: dict[str, Any]) -> ExpertConfig:

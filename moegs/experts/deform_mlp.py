@@ -6,8 +6,10 @@ per-Gaussian offsets with the same network: a trunk ``Linear(in -> W)`` followed
 ``ReLU -> Linear(W -> W) -> ReLU -> Linear(W -> k)``. The offsets are added to the *raw*
 (pre-activation) parameters, the quaternion by plain addition (4DGaussians' ``apply_rotation`` off).
 
-Colour (SH) offsets are not offered: :meth:`moegs.experts.base.Expert.deform` returns geometry and
-opacity only, and the core computes colours from the stored SH.
+Appearance over time: a head may deform the opacity logit and the DC colour coefficient ``sh0``
+(both papers' N3V configurations deform opacity and SH; we deform the DC term, which carries the
+colour, and keep the view-dependent bands static). :meth:`Expert.gaussians_at` colours the Gaussians
+from the deformed ``sh0`` that ``deform`` returns.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from torch import Tensor, nn
 
 from moegs.errors import InputError
 
-ATTR_DIMS: dict[str, int] = {"means": 3, "log_scales": 3, "quats": 4, "opacity_logits": 1}
+ATTR_DIMS: dict[str, int] = {"means": 3, "log_scales": 3, "quats": 4, "opacity_logits": 1, "sh0": 3}
 """Attributes a head can deform and the size of its offset (raw-parameter names of the core)."""
 
 
@@ -110,7 +112,7 @@ class DeformHeads(nn.Module):
 def apply_offsets(
     params: dict[str, nn.Parameter], offsets: list[dict[str, Tensor]], weights: dict[str, float]
 ) -> dict[str, Tensor]:
-    """Raw ``means, log_scales, quats, opacity_logits`` = stored + sum of weighted offsets.
+    """Raw ``means, log_scales, quats, opacity_logits, sh0`` = stored + sum of weighted offsets.
 
     ``weights[attr]`` scales every offset of ``attr`` (E-D3DGS's annealing; 1 for 4DGaussians); an
     attribute without offsets, or with weight 0, is returned as the stored tensor itself.

@@ -6,8 +6,10 @@ embedding z_t. Two decoders of the same architecture, coarse and fine, map (z_t,
 offsets that are summed: theta_t = theta + F_c(z_g, z_t^c) + F_f(z_g, z_t^f). The Gaussian's
 position is *not* an input (the paper shows it hurts).
 
-Left out: the per-camera time offsets (Sync-NeRF style), because :meth:`Expert.deform` is given
-no camera; colour offsets (see :mod:`moegs.experts.deform_mlp`).
+Per-camera time offsets (Sync-NeRF style): training camera c reads the temporal table at
+t + delta_c; any other view (test, novel, the router) at t + the mean of the offsets learnt so far.
+The camera is named through :meth:`EmbeddingExpert.set_view`; a training loop that never calls it
+trains every view at the mean offset (0), i.e. without per-camera offsets.
 """
 
 from __future__ import annotations
@@ -63,8 +65,18 @@ class EmbeddingConfig(ExpertConfig):
     """Neighbours per Gaussian in the smoothness term (paper 20)."""
     knn_falloff: float = 2000.0
     """w_ij = exp(-knn_falloff * |mu_i - mu_j|^2), in 1 / world units^2 (paper 2000)."""
-    deform_attrs: list[str] = field(default_factory=lambda: ["means", "log_scales", "quats"])
-    """Raw parameters the decoders deform; add ``opacity_logits`` for the paper's N3V setting."""
+    deform_attrs: list[str] = field(
+        default_factory=lambda: ["means", "log_scales", "quats", "opacity_logits", "sh0"]
+    )
+    """Raw parameters the decoders deform. Default: the paper's N3V setting (opacity and colour too;
+    colour as the DC term); its Technicolor setting drops ``sh0``."""
+    lambda_opacity: float = 1e-4
+    """Weight of sigmoid(mean raw opacity logit), E-D3DGS's stand-in for the opacity reset (paper 1e-4)."""
+    max_cameras: int = 64
+    """Rows of the per-camera time-offset table (training camera indices must be below it)."""
+    lr_time_offset: float = 2e-5
+    """Learning rate of the per-camera time offsets, in normalised time (paper N3V 2e-5, Technicolor 0:
+    0 switches the offsets off)."""
 
 
 def resample_rows(table: Tensor, rows: int) -> Tensor:
@@ -74,8 +86,14 @@ def resample_rows(table: Tensor, rows: int) -> Tensor:
     return F.interpolate(table.T[None], size=rows, mode="linear", align_corners=True)[0].T
 
 
-def lerp_row(table: Tensor, t: float) -> Tensor:
-    """The row of ``table`` [M, D] at normalised time t in [0, 1], linearly interpolated -> [D]."""
+def lerp_row(table: Tensor, t: float | Tensor) -> Tensor:
+    """The row of ``table`` [M, D] at normalised time t in [0, 1], linearly interpolated -> [D].
+
+    A tensor ``t`` (time plus a learnt camera offset) gets its gradient through the weight."""
+    if isinstance(t, Tensor):  # hat-function weights: no host sync, the same value as below
+        x = t.clamp(0.0, 1.0) * (table.shape[0] - 1)
+        rows = torch.arange(table.shape[0], device=table.device, dtype=table.dtype)
+        return (1.0 - (x - rows).abs()).clamp_min(0.0) @ table
     i0, i1, w = grid_time(t, table.shape[0])
     return table[i0] * (1.0 - w) + table[i1] * w
 
@@ -121,6 +139,21 @@ class EmbeddingFields(nn.Module):
         self.coarse = DeformHeads(in_dim, config.mlp_width, config.mlp_depth, config.deform_attrs, generator)
         self.fine = DeformHeads(in_dim, config.mlp_width, config.mlp_depth, config.deform_attrs, generator)
         self.progress = StepCounter()
+        # Stored as offset / m and used as m * stored (ScaledLinear's trick): the fields' Adam rate
+        # (lr_fields x extent, decaying) then moves the offsets at lr_time_offset x extent, decaying alike.
+        self.time_offset_mult = config.lr_time_offset / config.lr_fields
+        self.time_offsets = nn.Parameter(torch.zeros(config.max_cameras), requires_grad=config.lr_time_offset > 0)
+
+    def time_offset(self, camera: int | None) -> Tensor:
+        """delta_c of training camera ``camera``; for any other view the mean of the non-zero offsets
+        (the official code's test-time rule: cameras never trained on still hold 0)."""
+        offsets = self.time_offsets * self.time_offset_mult
+        if camera is not None:
+            if not 0 <= camera < offsets.shape[0]:
+                raise InputError(f"embedding: camera index {camera} outside the {offsets.shape[0]} time offsets (max_cameras)")
+            return offsets[camera]
+        learnt = (offsets.detach() != 0).sum().clamp_min(1)
+        return offsets.sum() / learnt  # the zero rows add nothing to the sum
 
 
 class EmbeddingExpert(Expert):
@@ -134,6 +167,12 @@ class EmbeddingExpert(Expert):
     def __init__(self, config: ExpertConfig, params: dict[str, Tensor], n_frames: int, aabb: Tensor) -> None:
         super().__init__(config, params, n_frames, aabb)
         self._knn: tuple[Tensor, Tensor] | None = None  # (indices, sqrt weights) of the smoothness term
+        self._view: int | None = None  # training camera being rendered; None: any other view
+
+    def set_view(self, camera: int | None) -> None:
+        """Name the training camera (its index in the dataset's training cameras) the next renders
+        are for, or None for any other view; it selects the per-camera time offset."""
+        self._view = camera
 
     @classmethod
     def init_per_gaussian(
@@ -148,6 +187,11 @@ class EmbeddingExpert(Expert):
         if min(c.gaussian_dim, c.temporal_dim, c.knn) < 1 or min(c.c2f_iters, c.anneal_iters, c.deform_from) < 0:
             raise InputError(
                 "embedding: need gaussian_dim, temporal_dim, knn >= 1 and c2f_iters, anneal_iters, deform_from >= 0"
+            )
+        if c.max_cameras < 1 or c.lr_time_offset < 0 or (c.lr_time_offset > 0 and c.lr_fields <= 0):
+            raise InputError(
+                f"embedding: need max_cameras >= 1, lr_time_offset >= 0 and lr_fields > 0 when the offsets are on; "
+                f"got {c.max_cameras}, {c.lr_time_offset}, {c.lr_fields}"
             )
         return EmbeddingFields(c, self.n_frames)
 
@@ -168,7 +212,7 @@ class EmbeddingExpert(Expert):
         c, step = self.config, self._fields.progress.value
         motion = _ramp(step, c.anneal_iters)
         appearance = motion * _ramp(step - c.deform_from, c.anneal_iters)
-        return {"means": motion, "quats": motion, "log_scales": appearance, "opacity_logits": appearance}
+        return {"means": motion, "quats": motion, "log_scales": appearance, "opacity_logits": appearance, "sh0": appearance}
 
     def fine_rows(self) -> int:
         """Rows of the fine decoder's table now: coarse_rows growing linearly to all rows over c2f_iters."""
@@ -179,7 +223,7 @@ class EmbeddingExpert(Expert):
         frac = min(f.progress.value, c.c2f_iters) / c.c2f_iters
         return int(f.coarse_rows + (rows - f.coarse_rows) * frac)
 
-    def temporal_embeddings(self, t: float) -> tuple[Tensor, Tensor]:
+    def temporal_embeddings(self, t: float | Tensor) -> tuple[Tensor, Tensor]:
         """(z_t^c, z_t^f) [D] each: the table resampled to the coarse / fine row counts, read at t."""
         table, coarse_rows = self._fields.temporal, self._fields.coarse_rows
         return lerp_row(resample_rows(table, coarse_rows), t), lerp_row(resample_rows(table, self.fine_rows()), t)
@@ -189,7 +233,10 @@ class EmbeddingExpert(Expert):
         if all(weights[a] == 0.0 for a in self.config.deform_attrs):
             return super().deform(t)
         z_g = self.params["embedding"]
-        z_c, z_f = self.temporal_embeddings(t)
+        shifted: float | Tensor = t
+        if self.config.lr_time_offset > 0:
+            shifted = t + self._fields.time_offset(self._view)
+        z_c, z_f = self.temporal_embeddings(shifted)
         offsets = [self._fields.coarse(z_g, context=z_c), self._fields.fine(z_g, context=z_f)]  # input concat(z_t, z_g)
         return apply_offsets(self.params, offsets, weights)
 
@@ -198,7 +245,16 @@ class EmbeddingExpert(Expert):
         self._knn = knn_graph(self.params["means"], self.config.knn, self.config.knn_falloff)
 
     def regularisation(self, t: float) -> Tensor:
-        """Local embedding smoothness: mean over i and its kNN j of sqrt(w_ij) * |z_i - z_j|."""
+        """E-D3DGS's two terms: ``lambda_opacity`` sigmoid(mean raw opacity logit) (keeps opacities low
+        without resets) + the local embedding smoothness."""
+        c = self.config
+        smoothness = self.embedding_smoothness()
+        if c.lambda_opacity == 0.0:
+            return smoothness
+        return smoothness + c.lambda_opacity * torch.sigmoid(self.params["opacity_logits"].mean())
+
+    def embedding_smoothness(self) -> Tensor:
+        """Mean over i and its kNN j of sqrt(w_ij) * |z_i - z_j|, weighted by ``lambda_embedding_smooth``."""
         c = self.config
         if c.lambda_embedding_smooth == 0.0:
             return torch.zeros(())

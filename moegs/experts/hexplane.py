@@ -1,6 +1,6 @@
 """The ``hexplane`` family: 4DGaussians (Wu et al., CVPR 2024).
 
-Canonical 3DGS Gaussians plus a deformation field F(mu, t) -> (d_mu, d_s, d_q[, d_o]): a
+Canonical 3DGS Gaussians plus a deformation field F(mu, t) -> (d_mu, d_s, d_q, d_o, d_sh0): a
 multi-resolution HexPlane encodes (mu, t), a small MLP decodes the feature into offsets that are
 added to the raw parameters. The paper's separate 3000-iteration static "coarse" stage is the
 first ``warmup`` steps of the same run here: no deformation, no regulariser.
@@ -54,8 +54,12 @@ class HexPlaneConfig(ExpertConfig):
     """Smoothness along time of the space-time planes (paper N3V 1e-3)."""
     lambda_time_l1: float = 1e-4
     """L1 of (1 - plane) on the space-time planes, i.e. "static unless needed" (paper 1e-4)."""
-    deform_attrs: list[str] = field(default_factory=lambda: ["means", "log_scales", "quats"])
-    """Raw parameters the field deforms; add ``opacity_logits`` for the paper's N3V setting."""
+    deform_attrs: list[str] = field(
+        default_factory=lambda: ["means", "log_scales", "quats", "opacity_logits", "sh0"]
+    )
+    """Raw parameters the field deforms. Default: the paper's N3V setting (``no_do=False``,
+    ``no_dshs=False``: opacity and colour too; colour as the DC term); ``means,log_scales,quats``
+    is its D-NeRF setting (geometry only)."""
 
 
 class HexPlaneField(nn.Module):
@@ -139,7 +143,8 @@ class HexPlaneFields(nn.Module):
 
 
 class HexPlaneExpert(Expert):
-    """4DGaussians: mu' = mu + d_mu, s' = s + d_s, q' = q + d_q with (d_mu, d_s, d_q) = MLP(HexPlane(mu, t)).
+    """4DGaussians: theta' = theta + d_theta for the raw mean, scale, rotation, opacity and DC colour,
+    with the offsets d_theta = MLP(HexPlane(mu, t)).
 
     Spatial coordinates are normalised to [-1, 1] by ``self.aabb`` (the initial points' bounds, as
     the paper); Gaussians that leave it read the border. Time t in [0, 1) is mapped to 2t - 1 so

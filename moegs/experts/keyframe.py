@@ -12,15 +12,17 @@ One model holds two populations, told apart by the per-Gaussian ``dynamic`` flag
   a split (which moves the canonical mean) moves the whole track with it.
 
 Training is progressive over frames (:meth:`KeyframeExpert.frame_limit`): when the window grows,
-keyframes past the trained ones are extrapolated linearly as in Ex4DGS. Every ``convert_every``
-steps the static Gaussians with the largest ||d|| become dynamic, their keyframes continuing their
-linear motion exactly, so the image does not change at the conversion.
+keyframes past the trained ones are extrapolated linearly as in Ex4DGS. After every window
+extension (as Ex4DGS) and every ``convert_every`` steps, the static Gaussians with the largest
+||d|| become dynamic, their keyframes continuing their linear motion exactly, so the image does not
+change at the conversion.
 
 Simplifications, on purpose: the conversion score is ||d|| (Ex4DGS divides by the squared distance
 to the camera of the worst view and considers visible Gaussians only, which the expert hooks do
 not see); static and dynamic Gaussians share the core learning rates (Ex4DGS gives static
-rotations 1e-5 and dynamic opacities 0.01) and the densification threshold; no minimum temporal
-width (``var_pad``) and no point backtracking (pruning by accumulated error).
+rotations 1e-5 and dynamic opacities 0.01) and the densification threshold; no point backtracking
+(pruning by accumulated error: it needs per-Gaussian error sums from the rasteriser, which the
+expert hooks do not get).
 """
 
 from __future__ import annotations
@@ -36,6 +38,10 @@ from moegs import gaussians as core
 from moegs.errors import InputError
 from moegs.experts.base import Expert, ExpertConfig
 from moegs.experts.temporal import normalize_quats, slerp, two_sided_temporal_opacity
+
+
+FWHM_PER_SIGMA = 2.36
+"""Ex4DGS divides ``var_pad`` by 2.36 (~ 2 sqrt(2 ln 2)) before adding it to the fade width."""
 
 
 @dataclass
@@ -56,6 +62,12 @@ class KeyframeConfig(ExpertConfig):
     convert_until: int = 2000
     convert_fraction: float = 0.02
     """Fraction of the static Gaussians converted each time (Ex4DGS ``extract_percentile`` 0.98)."""
+    convert_on_extend: bool = True
+    """Also convert right after every progressive window extension (Ex4DGS); False: on the
+    ``convert_every`` period only."""
+    var_pad: float = 1.0
+    """Floor of the temporal opacity width in frames (Ex4DGS ``var_pad``): a fade is never sharper
+    than width exp(b) + var_pad / 2.36 frames (2.36: full width at half maximum over sigma); 0: no floor."""
     lr_velocity: float = 1e-4
     lr_key_offsets: float = 1.6e-4
     """Keyframe positions, times the scene extent, decaying log-linearly to ``lr_key_offsets_final``."""
@@ -154,7 +166,7 @@ class KeyframeExpert(Expert):
         n, u = self.segment(t)
         offsets = catmull_rom(p["key_offsets"][:, n - 1 : n + 3], u)
         rotation = slerp(p["key_quats"][:, n], p["key_quats"][:, n + 1], u)
-        fade = two_sided_temporal_opacity(t, p["opacity_bounds"], p["opacity_log_widths"])
+        fade = two_sided_temporal_opacity(t, p["opacity_bounds"], p["opacity_log_widths"], self.min_fade_width)
         return {
             "means": torch.where(dynamic[:, None], p["means"] + offsets, p["means"] + t * p["velocity"]),
             "log_scales": p["log_scales"],
@@ -176,6 +188,11 @@ class KeyframeExpert(Expert):
         reg_dynamic = (dynamic * steps).sum() / dynamic.sum().clamp_min(1.0)
         return c.lambda_velocity * reg_static + c.lambda_keyframe * reg_dynamic
 
+    @property
+    def min_fade_width(self) -> float:
+        """``var_pad`` in normalised time, as the floor Ex4DGS adds to the fade width."""
+        return self.config.var_pad / (FWHM_PER_SIGMA * self.n_frames)
+
     # ---- schedules -----------------------------------------------------------------------------
     def frame_limit(self, step: int) -> int:
         """Ex4DGS's progressive window: ``progressive_start_frames``, then one keyframe interval more per
@@ -192,9 +209,11 @@ class KeyframeExpert(Expert):
         """Window growth and conversions depend on ``step`` alone, so a resumed run repeats them exactly."""
         super().on_step(step)
         c = self.config
-        if step > 0 and self.frame_limit(step) > self.frame_limit(step - 1):
+        extended = step > 0 and self.frame_limit(step) > self.frame_limit(step - 1)
+        if extended:
             self.extend_keyframes(self.frame_limit(step - 1))
-        if c.convert_every > 0 and 0 < step < c.convert_until and step % c.convert_every == 0:
+        periodic = c.convert_every > 0 and 0 < step < c.convert_until and step % c.convert_every == 0
+        if periodic or (extended and c.convert_on_extend):
             self.convert_to_dynamic(self.frame_limit(step))
 
     @torch.no_grad()
@@ -285,6 +304,8 @@ def _check_config(c: KeyframeConfig) -> None:
             f"keyframe: need keyframe_interval, time_pad, progressive_start_frames >= 1, got "
             f"{c.keyframe_interval}, {c.time_pad}, {c.progressive_start_frames}"
         )
+    if c.var_pad < 0:
+        raise InputError(f"keyframe: need var_pad >= 0 frames, got {c.var_pad}")
     if c.progressive_steps < 0 or c.convert_every < 0 or not 0.0 <= c.convert_fraction <= 1.0:
         raise InputError(
             f"keyframe: need progressive_steps, convert_every >= 0 and convert_fraction in [0, 1], got "

@@ -12,8 +12,10 @@ swapped STG's features for SH colour to fit a common 3DGS rasteriser, and STG's 
 
 Differences from the official code, on purpose:
 
-- STG gives clones and splits a random mu_tau ~ U(0, 1); our shared densification copies the parent's
-  row, so children start at their parent's temporal centre and drift apart by optimisation.
+- STG gives clones and splits a random mu_tau ~ U(0, 1). Our shared densification copies the parent's
+  row; :meth:`PolynomialExpert.after_densify` then finds the copies (a frozen per-Gaussian
+  ``row_id``, duplicated with its row) and redraws their mu_tau. A clone's parent keeps its centre, as
+  in STG; of a split's two samples the first keeps the parent's centre (STG redraws both).
 - No N3V-specific pruning (z < 4.5, bounding box), no omega freezing at 8k steps and no guided
   sampling: they are dataset heuristics outside the motion model.
 """
@@ -23,6 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import cast
 
+import torch
 from torch import Tensor
 
 from moegs.errors import InputError
@@ -42,13 +45,17 @@ class PolynomialConfig(ExpertConfig):
     lr_motion: float = 2.8e-4
     """Polynomial coefficients b1..b3; multiplied by the scene extent (STG: 1.6e-4 * E * 0.5 * 3.5), constant."""
     lr_omega: float = 1e-4
+    clone_random_center: bool = True
+    """Densification children get mu_tau ~ U(0, 1) (STG), so new Gaussians cover other instants;
+    False: they keep their parent's."""
 
 
 class PolynomialExpert(Expert):
     """Per-Gaussian polynomial motion and temporal RBF opacity: no network, so very fast to evaluate.
 
     Per-Gaussian tensors beyond the core: ``t_center`` [N] (mu_tau), ``t_log_scale`` [N] (s_tau),
-    ``motion`` [N, 3, 3] (rows b1, b2, b3) and ``omega`` [N, 4].
+    ``motion`` [N, 3, 3] (rows b1, b2, b3), ``omega`` [N, 4] and ``row_id`` [N] (frozen: learning rate 0;
+    unique after every densification, so a repeated id marks a new copy).
     """
 
     family = "polynomial"
@@ -71,6 +78,7 @@ class PolynomialExpert(Expert):
             "t_log_scale": times.new_full((n,), config.init_t_log_scale),
             "motion": times.new_zeros((n, 3, 3)),
             "omega": times.new_zeros((n, 4)),
+            "row_id": torch.arange(n, dtype=times.dtype, device=times.device),
         }
 
     def deform(self, t: float) -> dict[str, Tensor]:
@@ -96,4 +104,30 @@ class PolynomialExpert(Expert):
             "t_log_scale": c.lr_t_log_scale,
             "motion": c.lr_motion * extent,
             "omega": c.lr_omega,
+            "row_id": 0.0,
         }
+
+    @torch.no_grad()
+    def after_densify(self) -> None:
+        """Give the rows densification just copied a random temporal centre (STG), then renumber rows."""
+        p = self.params
+        ids = p["row_id"]
+        if self.config.clone_random_center:
+            copies = repeated_rows(ids)
+            n_copies = int(copies.sum())
+            if n_copies:
+                # seeded by the count, so a resumed run draws the same centres
+                generator = torch.Generator().manual_seed(self.config.seed * 1_000_003 + ids.shape[0])
+                p["t_center"][copies] = torch.rand(n_copies, generator=generator).to(ids)
+        ids.copy_(torch.arange(ids.shape[0], dtype=ids.dtype, device=ids.device))
+
+
+def repeated_rows(ids: Tensor) -> Tensor:
+    """Mask [N] of the rows whose id also occurs in an earlier row (the first occurrence stays False)."""
+    order = torch.sort(ids, stable=True).indices
+    sorted_ids = ids[order]
+    repeated_sorted = torch.zeros_like(sorted_ids, dtype=torch.bool)
+    repeated_sorted[1:] = sorted_ids[1:] == sorted_ids[:-1]
+    mask = torch.zeros_like(repeated_sorted)
+    mask[order] = repeated_sorted
+    return mask

@@ -17,14 +17,17 @@ SLERP_DOT_LIMIT = 1.0 - 1e-4
 ``acos`` finite for (nearly) identical keyframe rotations, where slerp degenerates to lerp anyway."""
 
 
-def temporal_rbf(dt: Tensor, log_scale: Tensor) -> Tensor:
-    """STG's temporal radial basis exp(-(dt / exp(s))^2): 1 at dt = 0, a Gaussian in time around it."""
-    return torch.exp(-(dt * torch.exp(-log_scale)).square())
+def temporal_rbf(dt: Tensor, log_scale: Tensor, min_width: float = 0.0) -> Tensor:
+    """STG's temporal radial basis exp(-(dt / w)^2) with w = exp(s) (+ ``min_width``, Ex4DGS's floor):
+    1 at dt = 0, a Gaussian in time around it."""
+    if min_width == 0.0:
+        return torch.exp(-(dt * torch.exp(-log_scale)).square())
+    return torch.exp(-(dt / (torch.exp(log_scale) + min_width)).square())
 
 
-def two_sided_temporal_opacity(t: float, bounds: Tensor, log_widths: Tensor) -> Tensor:
+def two_sided_temporal_opacity(t: float, bounds: Tensor, log_widths: Tensor, min_width: float = 0.0) -> Tensor:
     """Ex4DGS's temporal opacity [N]: 1 while ``bounds`` [N, 2] (appear, vanish) contain t, outside a
-    temporal RBF from the nearer bound with that side's width (``log_widths`` [N, 2]).
+    temporal RBF from the nearer bound with that side's width (``log_widths`` [N, 2]) plus ``min_width``.
 
     With both bounds equal and equal widths it is exactly STG's single temporal Gaussian. The
     bounds are sorted here, so the optimiser may push them past each other without breaking it.
@@ -34,7 +37,7 @@ def two_sided_temporal_opacity(t: float, bounds: Tensor, log_widths: Tensor) -> 
     before = t < start
     dt = torch.where(before, t - start, torch.clamp_min(t - end, 0.0))
     log_width = torch.where(before, log_widths[:, 0], log_widths[:, 1])
-    return temporal_rbf(dt, log_width)
+    return temporal_rbf(dt, log_width, min_width)
 
 
 def slerp(q0: Tensor, q1: Tensor, u: float | Tensor) -> Tensor:

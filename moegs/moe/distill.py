@@ -47,6 +47,8 @@ class DistillConfig:
     """Extra views on a spiral inside the rig where only the MoE supervises (0 = training views only)."""
     novel_radius: float = bounded(0.5, gt=0.0)
     """Size of that spiral relative to the rig."""
+    checkpoint_every: int = bounded(500, ge=1)
+    """Fine-tuning steps between checkpoints for --resume (not part of the id)."""
     teacher_cache_mb: float = bounded(TEACHER_CACHE_MB, ge=0.0)
     """Budget of the teacher's rendered targets (LRU; 0 renders every target again)."""
     deformed_cache_mb: float = bounded(DEFORMED_CACHE_MB, ge=0.0)

@@ -1,21 +1,32 @@
-"""Training the router over frozen experts: RAdam groups, the gate schedule, the loop."""
+"""Training the router over frozen experts: RAdam groups, the gate schedule, the loop.
+
+The loop checkpoints like expert training (router, optimiser moments, sampler RNG, log, step), so
+an interrupted train-router or prune fine-tune continues with ``--resume`` exactly where it stopped.
+"""
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
+from moegs.checkpoint import load_checkpoint, save_checkpoint
 from moegs.config import bounded, check_config
 from moegs.context import RenderContext
 from moegs.data.dataset import FRAME_CACHE_MB, Dataset
 from moegs.data.views import StreamedViews
+from moegs.errors import CheckpointError
 from moegs.losses import photometric
 from moegs.moe.model import MoEModel
 from moegs.moe.render import DEFORMED_CACHE_MB
 from moegs.moe.router import PixelRouter
 from moegs.progress import progress_bar
+
+log = logging.getLogger("moegs")
+ROUTER_CHECKPOINT = "checkpoints/router.pt"
 
 
 @dataclass
@@ -41,6 +52,8 @@ class TrainRouterConfig:
     device: str = "auto"
     backend: str = "auto"
     log_every: int = bounded(50, ge=1)
+    checkpoint_every: int = bounded(500, ge=1)
+    """Steps between checkpoints for --resume (does not change the result, so not part of the id)."""
     seed: int = bounded(0, ge=0)
 
     def __post_init__(self) -> None:
@@ -71,18 +84,40 @@ def train_router(
     *,
     progress: bool = True,
     iterations: int | None = None,
+    workdir: Path | None = None,
+    resume: bool = False,
+    label: str = "train router",
 ) -> tuple[list[dict], float]:
-    """Optimise the router with 0.8 L1 + 0.2 D-SSIM; returns the log of mean gates per expert and the time taken."""
+    """Optimise the router with 0.8 L1 + 0.2 D-SSIM; returns the log of mean gates per expert and the time taken.
+
+    With ``workdir`` a checkpoint is written there every ``cfg.checkpoint_every`` steps, and
+    ``resume`` continues from it (a damaged one is reported and training starts over).
+    """
     views = StreamedViews(dataset, dataset.train_cameras, ctx.device)
     rays = {cam.name: cam.rays(ctx.device) for cam in views.cameras}
     optimizer = router_optimizer(model.router, cfg)
     generator = torch.Generator().manual_seed(cfg.seed)
     steps = cfg.iterations if iterations is None else iterations
     history: list[dict] = []
-    began = time.perf_counter()
     gate_sums = torch.zeros(len(model.experts), device=ctx.device)
-    with progress_bar("train router", steps, enabled=progress) as bar:
-        for step in range(steps):
+    start, earlier_seconds = 0, 0.0
+    ckpt_path = None if workdir is None else Path(workdir) / ROUTER_CHECKPOINT
+    if resume and ckpt_path is not None and ckpt_path.is_file():
+        try:
+            payload = load_checkpoint(ckpt_path, map_location=ctx.device)
+        except CheckpointError as exc:
+            log.warning("%s; training the router from step 0", exc)
+        else:
+            model.router.load_state_dict(payload["router"])
+            optimizer.load_state_dict(payload["optimizer"])
+            generator.set_state(payload["generator"])
+            gate_sums.copy_(payload["gate_sums"])
+            start, history, earlier_seconds = int(payload["step"]), payload["history"], float(payload["seconds"])
+            log.info("router: resumed at step %d", start)
+    began = time.perf_counter()
+    with progress_bar(label, steps, enabled=progress) as bar:
+        bar.advance(start)
+        for step in range(start, steps):
             optimizer.param_groups[0]["lr"] = gate_lr(cfg, step)
             cam_index, frame = views.sample(generator, dataset.n_frames)
             camera = views.cameras[cam_index]
@@ -99,5 +134,11 @@ def train_router(
                 history.append({"step": step + 1, "loss": float(loss.detach()), "mean_gate": mean_gates})
                 bar.set_postfix("loss={:.4f} gates={}".format(float(loss.detach()), "/".join(f"{g:.2f}" for g in mean_gates)))
                 gate_sums.zero_()
+            if ckpt_path is not None and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < steps:
+                save_checkpoint(ckpt_path, {
+                    "step": step + 1, "router": model.router.state_dict(), "optimizer": optimizer.state_dict(),
+                    "generator": generator.get_state(), "gate_sums": gate_sums, "history": history,
+                    "seconds": earlier_seconds + time.perf_counter() - began,
+                })
             bar.advance()
-    return history, time.perf_counter() - began
+    return history, earlier_seconds + time.perf_counter() - began

@@ -18,11 +18,15 @@ Speed comes from SIMD: the loops are Gaussian-major, and each tile-list entry, i
 updates the pixels of its tile within its {alpha >= 1/255} ellipse's rows and 8-column tile
 halves (entries whose ellipse misses the tile are skipped) as one branch-free loop over them:
 every test is a select and per-pixel state lives in tile-local arrays, so LLVM vectorises it.
-libm's exp would stop that, so `_exp_neg` evaluates exp on [-10, 0] with Cody-Waite reduction
-and a degree-12 Taylor polynomial (float32: ~1e-7 relative, as exact as libm's expf; float64:
-~5e-16). fastmath allows only reassociation and contraction (the sums over pixels in the
-backward), never finite-math assumptions. Measured on 2 cores at 256x192 with 20k Gaussians:
-`python -m moegs.raster.bench`.
+libm's exp would stop that, so `_exp_neg` evaluates exp on [-10, 0] with Cody-Waite reduction,
+a Taylor polynomial of degree 7 in float32 (8.6e-8 relative, as exact as libm's expf) and 12 in
+float64 (5e-16), and 2^-n built from its exponent bits. The same code is fast on AVX2 (8 float32
+lanes, 16 registers) and AVX-512: tile state in one buffer (no run-time alias checks), tags and
+counts in the compute dtype (no int64 lanes), no select chains. fastmath allows only
+reassociation and contraction (the sums over pixels in the backward), never finite-math
+assumptions. Measured on 2 cores at 256x192 with 20k Gaussians: `python -m moegs.raster.bench`;
+AVX2 code is generated on any x86 machine with NUMBA_CPU_NAME=haswell NUMBA_CPU_FEATURES=""
+(the name alone keeps the host's AVX-512 features).
 """
 
 from __future__ import annotations
@@ -31,10 +35,13 @@ import math
 
 import numpy as np
 import torch
-from numba import njit, prange
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.extending import intrinsic, overload
 from torch import Tensor
 
-from moegs.raster.cpu_common import as_numpy, compute_dtype, threads_for
+from moegs.errors import InputError
+from moegs.raster.cpu_common import FASTMATH, as_numpy, compute_dtype, threads_for
 from moegs.raster.projection import ALPHA_MAX, ALPHA_MIN, T_MIN, TILE, TileBins
 
 # Below this many tile-list entries (~ a 64x48 image of a few hundred Gaussians) one thread is faster.
@@ -44,25 +51,34 @@ _PARALLEL_MIN_GAUSSIANS = 50_000
 # Tile-local arrays hold the left and right 8 columns of a tile as two row-major blocks, so an
 # entry whose ellipse stays in one half visits only rows x 8 pixels (a third fewer in all).
 _HALF = TILE // 2
+_NPIX = TILE * TILE
+# Per-set tile state: one buffer of fields _NPIX long at these offsets (see `_composite_span`).
+# Tags ("last": list position + 1) are stored in the compute dtype, exact below 2^24 entries per
+# tile even in float32 (`_MAX_TILE_ENTRIES`).
+_XS, _YS, _TRANS, _LAST, _W = (f * _NPIX for f in range(5))
+_DONE = 5 * _NPIX  # forward: 1 where the pixel saturated (or lies outside the image)
+_FWD_FIELDS = 6
+_REST, _FG = 5 * _NPIX, 6 * _NPIX  # backward: sum of later terms; f . dL/dacc of the current entry
+_BWD_FIELDS = 7
+_MAX_TILE_ENTRIES = 2**24
 # Slack on the power below which alpha < 1/255: far above float32 rounding of power (~1e-6).
 _BOUND_MARGIN = 1e-4
-# Row sums may be reassociated (vectorised) and multiply-adds fused; NaN/inf semantics stay exact.
-_FASTMATH = {"reassoc", "contract", "nsz"}
 # exp(x) = 2^-n exp(r), n = round(-x log2 e) <= 15 for x >= -10; ln 2 split so n * _LN2_HI is exact.
 _EXP_CLAMP = -10.0
 _LN2_HI = 0.693359375
 _LN2_LO = math.log(2.0) - _LN2_HI
+# Taylor degree of exp(r) on |r| <= ln(2) / 2: the remainder r^(d+1) / (d+1)! is 7e-9 for d = 7
+# (below float32's half ulp, 6e-8) and 6e-16 for d = 12 (float64, for gradcheck).
 _TAYLOR_DEGREE = 12
 
 
 def _consts(dtype: np.dtype) -> np.ndarray:
     """The kernels' constants in the compute dtype (see the module docstring): compositing
     (0.5, 1, ALPHA_MIN, ALPHA_MAX, T_MIN), then `_exp_neg`'s (clamp, log2 e, ln2 hi, ln2 lo,
-    1/12!, ..., 1/1!, 2^-1, 2^-2, 2^-4, 2^-8)."""
+    1/12!, ..., 1/1!)."""
     taylor = [1.0 / math.factorial(k) for k in range(_TAYLOR_DEGREE, 0, -1)]
     return np.array(
-        [0.5, 1.0, ALPHA_MIN, ALPHA_MAX, T_MIN, _EXP_CLAMP, 1.0 / math.log(2.0), _LN2_HI, _LN2_LO]
-        + taylor + [0.5, 0.25, 1.0 / 16.0, 1.0 / 256.0],
+        [0.5, 1.0, ALPHA_MIN, ALPHA_MAX, T_MIN, _EXP_CLAMP, 1.0 / math.log(2.0), _LN2_HI, _LN2_LO] + taylor,
         dtype,
     )
 
@@ -74,47 +90,80 @@ def _exp_tuple(consts):
     return (
         consts[5], consts[6], consts[7], consts[8], consts[9], consts[10], consts[11], consts[12],
         consts[13], consts[14], consts[15], consts[16], consts[17], consts[18], consts[19], consts[20],
-        consts[21], consts[22], consts[23], consts[24], consts[1], consts[0],
+        consts[1], consts[0],
     )
 
 
-@njit(cache=True, inline="always", fastmath=_FASTMATH)
+@intrinsic
+def _times_pow2_neg(typingctx, y, n):
+    """y * 2^-n for an integer-valued n in [0, 126] of y's float type: 2^-n is built from its
+    exponent bits (convert, shift, bit cast), which vectorises on AVX2 and AVX-512 alike, where a
+    chain of selects cost ~16 instructions per value. The conversion goes through int32 because
+    AVX2 has no packed float64 -> int64 conversion."""
+    if not isinstance(y, types.Float) or y != n:
+        return None
+
+    def codegen(context, builder, signature, args):
+        value, count = args
+        bits = ir.IntType(y.bitwidth)
+        bias, shift = (127, 23) if y.bitwidth == 32 else (1023, 52)
+        k = builder.fptosi(count, ir.IntType(32))
+        if y.bitwidth == 64:
+            k = builder.sext(k, bits)
+        exponent = builder.shl(builder.sub(ir.Constant(bits, bias), k), ir.Constant(bits, shift))
+        return builder.fmul(value, builder.bitcast(exponent, context.get_value_type(y)))
+
+    return y(y, n), codegen
+
+
+def _exp_poly(r, ec):
+    """exp(r) for |r| <= ln(2) / 2 as a Taylor polynomial whose degree suits r's dtype (numba only)."""
+    raise TypeError("_exp_poly runs inside numba kernels only")
+
+
+@overload(_exp_poly, inline="always", jit_options={"fastmath": FASTMATH})
+def _exp_poly_numba(r, ec):
+    if isinstance(r, types.Float) and r.bitwidth == 32:
+
+        def degree_7(r, ec):  # ec[9] = 1/7!
+            y = ec[9] * r + ec[10]
+            y = y * r + ec[11]
+            y = y * r + ec[12]
+            y = y * r + ec[13]
+            y = y * r + ec[14]
+            y = y * r + ec[15]
+            return y * r + ec[16]
+
+        return degree_7
+
+    def degree_12(r, ec):  # ec[4] = 1/12!
+        y = ec[4] * r + ec[5]
+        y = y * r + ec[6]
+        y = y * r + ec[7]
+        y = y * r + ec[8]
+        y = y * r + ec[9]
+        y = y * r + ec[10]
+        y = y * r + ec[11]
+        y = y * r + ec[12]
+        y = y * r + ec[13]
+        y = y * r + ec[14]
+        y = y * r + ec[15]
+        return y * r + ec[16]
+
+    return degree_12
+
+
+@njit(cache=True, inline="always", fastmath=FASTMATH)
 def _exp_neg(x, ec):
     """exp(x) for x in [-10, 0] (clamped to it) without a libm call, so pixel loops vectorise.
 
     Written out in full: a loop over the tuple here would keep the caller's loop scalar."""
-    one = ec[20]
+    one = ec[16]
     zero = one - one
-    two = one + one
-    four = two + two
-    eight = four + four
     x = min(max(x, ec[0]), zero)
-    n = np.floor(-x * ec[1] + ec[21])  # round(-x / ln 2), 0..15
+    n = np.floor(-x * ec[1] + ec[17])  # round(-x / ln 2), 0..15
     r = x + n * ec[2] + n * ec[3]  # x + n ln 2, in [-0.35, 0.35]
-    y = ec[4] * r + ec[5]
-    y = y * r + ec[6]
-    y = y * r + ec[7]
-    y = y * r + ec[8]
-    y = y * r + ec[9]
-    y = y * r + ec[10]
-    y = y * r + ec[11]
-    y = y * r + ec[12]
-    y = y * r + ec[13]
-    y = y * r + ec[14]
-    y = y * r + ec[15]
-    y = y * r + one
-    # times 2^-n, n = 8 b3 + 4 b2 + 2 b1 + b0, as selects (thresholds in the compute dtype: int
-    # literals would promote the comparisons to float64)
-    t = n >= eight
-    y = y * (ec[19] if t else one)
-    n = n - (eight if t else zero)
-    t = n >= four
-    y = y * (ec[18] if t else one)
-    n = n - (four if t else zero)
-    t = n >= two
-    y = y * (ec[17] if t else one)
-    n = n - (two if t else zero)
-    return y * (ec[16] if n >= one else one)
+    return _times_pow2_neg(_exp_poly(r, ec), n)
 
 
 @njit(parallel=True, cache=True, error_model="numpy")
@@ -144,10 +193,10 @@ def _ellipses(conics, opac):
 @njit(cache=True, inline="always")
 def _gather_tile(gids, start, n, means2d, conics, opac, feats, set_ids, ellipses):
     """Contiguous copies of one tile's Gaussians (the inner loops then stream through memory):
-    g = (mx, my, a, b, c, opacity, power bound) in the compute dtype, half extents (width, height)
-    of the ellipses in float64."""
+    g = (mx, my, a, b, c, opacity, power bound, list position j) in the compute dtype, half extents
+    (width, height) of the ellipses in float64."""
     d = feats.shape[1]
-    g = np.empty((n, 7), feats.dtype)
+    g = np.empty((n, 8), feats.dtype)
     half = np.empty((n, 2))
     f = np.empty((n, d), feats.dtype)
     s = np.empty(n, np.int64)
@@ -160,6 +209,7 @@ def _gather_tile(gids, start, n, means2d, conics, opac, feats, set_ids, ellipses
         g[j, 4] = conics[gid, 2]
         g[j, 5] = opac[gid]
         g[j, 6] = ellipses[gid, 0]
+        g[j, 7] = j
         half[j, 0] = ellipses[gid, 1]
         half[j, 1] = ellipses[gid, 2]
         s[j] = set_ids[gid]
@@ -186,16 +236,18 @@ def _slot(ly, lx):
 
 
 @njit(cache=True, inline="always")
-def _tile_centres(x0, y0, dtype):
-    """Pixel centres (x, y) of a tile's 256 pixels in `_slot` order, in the compute dtype (an
-    int + float32 sum would be float64)."""
-    xs = np.empty(TILE * TILE, dtype)
-    ys = np.empty(TILE * TILE, dtype)
-    for ly in range(TILE):
-        for lx in range(TILE):
-            xs[_slot(ly, lx)] = x0 + lx + 0.5
-            ys[_slot(ly, lx)] = y0 + ly + 0.5
-    return xs, ys
+def _init_state(state, x0, y0, n_fields, n_sets, one):
+    """Per set: the pixel centres in `_slot` order (in the compute dtype: an int + float32 sum
+    would be float64), transmittance 1 and last 0; other fields are left to the caller."""
+    for k in range(n_sets):
+        v = state[k * n_fields * _NPIX:]
+        for ly in range(TILE):
+            for lx in range(TILE):
+                p = _slot(ly, lx)
+                v[_XS + p] = x0 + lx + 0.5
+                v[_YS + p] = y0 + ly + 0.5
+                v[_TRANS + p] = one
+                v[_LAST + p] = one - one
 
 
 @njit(cache=True, inline="always")
@@ -221,37 +273,40 @@ def _entry_spans(g, half, j, x0, y0, m, y_end):
     return (col_lo - x0) // _HALF, (col_hi - 1 - x0) // _HALF, (row_lo - y0) * _HALF, (row_hi - y0) * _HALF
 
 
-@njit(cache=True, inline="always", fastmath=_FASTMATH)
-def _composite_span(xs, ys, trans, done, last, w_out, mx, my, a, b, c, o, bound, tag, consts, ec):
-    """Composite one Gaussian into a span of tile pixels (whole rows; the arrays are views of
-    it): w_out[p] = alpha_p T_p (0 where it is not composited); updates T, the saturation flags
-    and `last`; returns how many pixels saturated.
+@njit(cache=True, inline="always", fastmath=FASTMATH)
+def _composite_span(v, n, mx, my, a, b, c, o, bound, tag, consts, ec):
+    """Composite one Gaussian into n consecutive tile pixels (whole rows): v is the set's state
+    from the span's first pixel on (fields at the constant offsets `_XS`..`_DONE`). Sets
+    w[p] = alpha_p T_p (0 where it is not composited), updates T, the saturation flags and last;
+    returns how many pixels saturated.
 
-    Loops over views from index 0: a range(p0, p1) index might be negative as far as numba
-    knows, and its wraparound select keeps the loop scalar."""
+    One buffer with fields at compile-time offsets, rather than one array per field, spares the
+    pairwise run-time alias checks LLVM puts before a vector loop over several arrays (they made
+    short spans cost 3-5x per pixel). The loop runs over range(n) of a view: a range(p0, p1) index
+    might be negative as far as numba knows, and its wraparound select keeps the loop scalar."""
     half, one, alpha_min, alpha_max, t_min = consts[0], consts[1], consts[2], consts[3], consts[4]
     zero = one - one
-    n_sat = 0
-    for p in range(xs.shape[0]):
-        dx = mx - xs[p]
-        dy = my - ys[p]
+    n_sat = zero  # counted in the compute dtype: an int64 count halves the vector width on AVX2
+    for p in range(n):
+        dx = mx - v[_XS + p]
+        dy = my - v[_YS + p]
         power = -half * (a * dx * dx + c * dy * dy) - b * dx * dy
         raw = o * _exp_neg(power, ec)
         alpha = raw if raw < alpha_max else alpha_max
-        t_now = trans[p]
+        t_now = v[_TRANS + p]
         t_next = t_now * (one - alpha)
-        ok = (power <= zero) & (power >= bound) & (alpha >= alpha_min) & (done[p] == zero)
+        ok = (power <= zero) & (power >= bound) & (alpha >= alpha_min) & (v[_DONE + p] == zero)
         sat = ok & (t_next < t_min)
         use = ok & (t_next >= t_min)
-        w_out[p] = alpha * t_now if use else zero
-        trans[p] = t_next if use else t_now
-        last[p] = tag if use else last[p]
-        done[p] = one if sat else done[p]
-        n_sat += 1 if sat else 0
-    return n_sat
+        v[_W + p] = alpha * t_now if use else zero
+        v[_TRANS + p] = t_next if use else t_now
+        v[_LAST + p] = tag if use else v[_LAST + p]
+        v[_DONE + p] = one if sat else v[_DONE + p]
+        n_sat += one if sat else zero
+    return int(n_sat)
 
 
-@njit(parallel=True, cache=True, error_model="numpy", fastmath=_FASTMATH)
+@njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
 def _forward_kernel(
     means2d, conics, opac, feats, set_ids, offsets, gids, order, width, height, tiles_x, n_sets,
     ellipses, consts, contrib_weight, want_contrib, out_acc, out_trans, out_last, out_contrib,
@@ -268,36 +323,37 @@ def _forward_kernel(
         n = offsets[t + 1] - start
         g, half, f, s = _gather_tile(gids, start, n, means2d, conics, opac, feats, set_ids, ellipses)
         x0, y0, m, y_end = _tile_box(t, tiles_x, width, height)
-        xs, ys = _tile_centres(x0, y0, feats.dtype)
-        # per-pixel state in `_slot` order; pixels outside the image start saturated, so they
-        # are never composited nor counted
-        trans = np.ones((n_sets, TILE * TILE), feats.dtype)
-        done = np.ones((n_sets, TILE * TILE), feats.dtype)
+        # per-set state in `_slot` order; pixels outside the image start saturated, so they are
+        # never composited nor counted
+        state = np.empty(n_sets * _FWD_FIELDS * _NPIX, feats.dtype)
+        _init_state(state, x0, y0, _FWD_FIELDS, n_sets, one)
         for k in range(n_sets):
+            v = state[k * _FWD_FIELDS * _NPIX:]
+            for p in range(_NPIX):
+                v[_DONE + p] = one
             for ly in range(y_end - y0):
                 for i in range(m):
-                    done[k, _slot(ly, i)] = zero
-        last = np.zeros((n_sets, TILE * TILE), np.int32)
-        acc = np.zeros((n_sets, d, TILE * TILE), feats.dtype)
-        w = np.empty(TILE * TILE, feats.dtype)
+                    v[_DONE + _slot(ly, i)] = zero
+        acc = np.zeros((n_sets, d, _NPIX), feats.dtype)
         alive = n_sets * m * (y_end - y0)  # (set, pixel) pairs not yet saturated
         for j in range(n):
             h0, h1, q0, q1 = _entry_spans(g, half, j, x0, y0, m, y_end)
             if h1 < h0:
                 continue
             k, bound = s[j], g[j, 6]
+            tag = g[j, 7] + one
             contrib = zero
             for hf in range(h0, h1 + 1):
-                p0, p1 = hf * TILE * _HALF + q0, hf * TILE * _HALF + q1
-                w_span = w[p0:p1]
+                p0 = hf * TILE * _HALF + q0
+                v = state[k * _FWD_FIELDS * _NPIX + p0:]
                 alive -= _composite_span(
-                    xs[p0:p1], ys[p0:p1], trans[k, p0:p1], done[k, p0:p1], last[k, p0:p1], w_span,
-                    g[j, 0], g[j, 1], g[j, 2], g[j, 3], g[j, 4], g[j, 5], bound, j + 1, consts, ec,
+                    v, q1 - q0, g[j, 0], g[j, 1], g[j, 2], g[j, 3], g[j, 4], g[j, 5], bound, tag, consts, ec,
                 )
+                w_span = v[_W:_W + q1 - q0]
                 for ch in range(d):
                     fj = f[j, ch]
-                    acc_span = acc[k, ch, p0:p1]
-                    for q in range(p1 - p0):
+                    acc_span = acc[k, ch, p0:p0 + q1 - q0]
+                    for q in range(q1 - q0):
                         acc_span[q] += w_span[q] * fj
                 if want_contrib:
                     for q in range(q1 - q0):
@@ -309,52 +365,57 @@ def _forward_kernel(
             if alive == 0:
                 break
         for k in range(n_sets):
+            v = state[k * _FWD_FIELDS * _NPIX:]
             for ly in range(y_end - y0):
                 for i in range(m):
                     p = _slot(ly, i)
-                    out_trans[k, y0 + ly, x0 + i] = trans[k, p]
-                    out_last[k, y0 + ly, x0 + i] = last[k, p]
+                    out_trans[k, y0 + ly, x0 + i] = v[_TRANS + p]
+                    out_last[k, y0 + ly, x0 + i] = int(v[_LAST + p])
                     for ch in range(d):
                         out_acc[k, y0 + ly, x0 + i, ch] = acc[k, ch, p]
 
 
-@njit(cache=True, inline="always", fastmath=_FASTMATH)
-def _backprop_span(xs, ys, trans, rest, last, fg, w_out, mx, my, a, b, c, o, bound, j, consts, ec):
-    """One Gaussian's gradient terms from a span of tile pixels (views, as in `_composite_span`),
-    walking back to front: recovers its T_p (updating trans and rest), sets w_out[p] = alpha_p T_p
-    (0 where not composited) and returns the sums of d/d(mx, my, a, b, c, opacity)."""
+@njit(cache=True, inline="always", fastmath=FASTMATH)
+def _backprop_span(v, n, mx, my, a, b, c, o, bound, j, consts, ec):
+    """One Gaussian's gradient terms from n consecutive tile pixels (v as in `_composite_span`,
+    fields `_XS`..`_FG`), walking back to front: recovers its T_p (updating T and rest), sets
+    w[p] = alpha_p T_p (0 where not composited) and returns the sums of d/d(mx, my, a, b, c, opacity)."""
     half, one, alpha_min, alpha_max = consts[0], consts[1], consts[2], consts[3]
     zero = one - one
-    g_mx, g_my, g_a, g_b, g_c, g_opac = zero, zero, zero, zero, zero, zero
-    for p in range(xs.shape[0]):
-        dx = mx - xs[p]
-        dy = my - ys[p]
+    # d/d(mx, my, a, b, c) are linear in the moments of d_power over (dx, dy): sum those and apply
+    # the conic afterwards (half the multiplies per pixel, and fewer live registers on AVX2)
+    s_x, s_y, s_xx, s_xy, s_yy, g_opac = zero, zero, zero, zero, zero, zero
+    for p in range(n):
+        dx = mx - v[_XS + p]
+        dy = my - v[_YS + p]
         power = -half * (a * dx * dx + c * dy * dy) - b * dx * dy
         gauss = _exp_neg(power, ec)
         raw = o * gauss
         alpha = raw if raw < alpha_max else alpha_max
-        used = (j < last[p]) & (power <= zero) & (power >= bound) & (alpha >= alpha_min)
-        one_minus = one - alpha
-        t_after = trans[p]
-        t_i = t_after / one_minus
+        used = (j < v[_LAST + p]) & (power <= zero) & (power >= bound) & (alpha >= alpha_min)
+        inv = one / (one - alpha)
+        t_after = v[_TRANS + p]
+        t_i = t_after * inv
         w = alpha * t_i
-        r = rest[p]
-        d_alpha = t_i * fg[p] - r / one_minus
-        trans[p] = t_i if used else t_after
-        rest[p] = r + w * fg[p] if used else r
-        w_out[p] = w if used else zero
+        r = v[_REST + p]
+        fg = v[_FG + p]
+        d_alpha = t_i * fg - r * inv
+        v[_TRANS + p] = t_i if used else t_after
+        v[_REST + p] = r + w * fg if used else r
+        v[_W + p] = w if used else zero
         smooth = used & (raw <= alpha_max)  # alpha = o * gauss, not the 0.99 clamp
         d_power = alpha * d_alpha if smooth else zero
         g_opac += gauss * d_alpha if smooth else zero
-        g_mx -= d_power * (a * dx + b * dy)
-        g_my -= d_power * (b * dx + c * dy)
-        g_a -= half * d_power * dx * dx
-        g_b -= d_power * dx * dy
-        g_c -= half * d_power * dy * dy
-    return g_mx, g_my, g_a, g_b, g_c, g_opac
+        dp_x = d_power * dx
+        s_x += dp_x
+        s_y += d_power * dy
+        s_xx += dp_x * dx
+        s_xy += dp_x * dy
+        s_yy += d_power * dy * dy
+    return -(a * s_x + b * s_y), -(b * s_x + c * s_y), -half * s_xx, -s_xy, -half * s_yy, g_opac
 
 
-@njit(parallel=True, cache=True, error_model="numpy", fastmath=_FASTMATH)
+@njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
 def _backward_kernel(
     means2d, conics, opac, feats, set_ids, offsets, gids, order, width, height, tiles_x, n_sets,
     ellipses, consts, trans_final, last_final, grad_acc, grad_trans, out_grad,
@@ -370,27 +431,26 @@ def _backward_kernel(
         n = offsets[t + 1] - start
         g, half, f, s = _gather_tile(gids, start, n, means2d, conics, opac, feats, set_ids, ellipses)
         x0, y0, m, y_end = _tile_box(t, tiles_x, width, height)
-        xs, ys = _tile_centres(x0, y0, feats.dtype)
-        # tile-local copies in `_slot` order; rest = sum_{j>i} w_j (f_j . dL/dacc) + T_final dL/dT_final;
+        # per-set state in `_slot` order; rest = sum_{j>i} w_j (f_j . dL/dacc) + T_final dL/dT_final;
         # pixels outside the image keep last = 0, so no entry is ever used there
-        trans = np.ones((n_sets, TILE * TILE), feats.dtype)
-        rest = np.zeros((n_sets, TILE * TILE), feats.dtype)
-        last = np.zeros((n_sets, TILE * TILE), np.int32)
-        g_acc = np.zeros((n_sets, d, TILE * TILE), feats.dtype)
+        state = np.empty(n_sets * _BWD_FIELDS * _NPIX, feats.dtype)
+        _init_state(state, x0, y0, _BWD_FIELDS, n_sets, one)
+        g_acc = np.zeros((n_sets, d, _NPIX), feats.dtype)
         j_end = 0
         for k in range(n_sets):
+            v = state[k * _BWD_FIELDS * _NPIX:]
+            for p in range(_NPIX):
+                v[_REST + p] = zero
             for ly in range(y_end - y0):
                 for i in range(m):
                     p = _slot(ly, i)
                     t_final = trans_final[k, y0 + ly, x0 + i]
-                    trans[k, p] = t_final
-                    rest[k, p] = t_final * grad_trans[k, y0 + ly, x0 + i]
-                    last[k, p] = last_final[k, y0 + ly, x0 + i]
-                    j_end = max(j_end, last[k, p])
+                    v[_TRANS + p] = t_final
+                    v[_REST + p] = t_final * grad_trans[k, y0 + ly, x0 + i]
+                    v[_LAST + p] = last_final[k, y0 + ly, x0 + i]
+                    j_end = max(j_end, last_final[k, y0 + ly, x0 + i])
                     for ch in range(d):
                         g_acc[k, ch, p] = grad_acc[k, y0 + ly, x0 + i, ch]
-        fg = np.empty(TILE * TILE, feats.dtype)
-        w = np.empty(TILE * TILE, feats.dtype)
         for j in range(j_end - 1, -1, -1):
             h0, h1, q0, q1 = _entry_spans(g, half, j, x0, y0, m, y_end)
             if h1 < h0:
@@ -398,25 +458,27 @@ def _backward_kernel(
             k, bound = s[j], g[j, 6]
             out = out_grad[start + j]  # preset to 0; the halves add up
             for hf in range(h0, h1 + 1):
-                p0, p1 = hf * TILE * _HALF + q0, hf * TILE * _HALF + q1
-                fg_span, w_span = fg[p0:p1], w[p0:p1]
-                for q in range(p1 - p0):
+                p0 = hf * TILE * _HALF + q0
+                v = state[k * _BWD_FIELDS * _NPIX + p0:]
+                fg_span = v[_FG:_FG + q1 - q0]
+                for q in range(q1 - q0):
                     fg_span[q] = zero
                 for ch in range(d):
                     fj = f[j, ch]
-                    g_span = g_acc[k, ch, p0:p1]
-                    for q in range(p1 - p0):
+                    g_span = g_acc[k, ch, p0:p0 + q1 - q0]
+                    for q in range(q1 - q0):
                         fg_span[q] += fj * g_span[q]
                 sums = _backprop_span(
-                    xs[p0:p1], ys[p0:p1], trans[k, p0:p1], rest[k, p0:p1], last[k, p0:p1], fg_span, w_span,
-                    g[j, 0], g[j, 1], g[j, 2], g[j, 3], g[j, 4], g[j, 5], bound, j, consts, ec,
+                    v, q1 - q0, g[j, 0], g[j, 1], g[j, 2], g[j, 3], g[j, 4], g[j, 5], bound,
+                    g[j, 7], consts, ec,
                 )
                 for q in range(6):
                     out[q] += sums[q]
+                w_span = v[_W:_W + q1 - q0]
                 for ch in range(d):
-                    g_span = g_acc[k, ch, p0:p1]
+                    g_span = g_acc[k, ch, p0:p0 + q1 - q0]
                     total = zero
-                    for q in range(p1 - p0):
+                    for q in range(q1 - q0):
                         total += w_span[q] * g_span[q]
                     out[6 + ch] += total
 
@@ -456,6 +518,9 @@ class _CompositeCPU(torch.autograd.Function):
             as_numpy(set_ids, torch.int64), as_numpy(bins.offsets, torch.int64), as_numpy(bins.gids, torch.int64),
         )
         order = _tile_order(arrays[5])
+        longest = int(np.diff(arrays[5]).max(initial=0))
+        if longest >= _MAX_TILE_ENTRIES:
+            raise InputError(f"one 16x16 tile holds {longest} Gaussians; the cpu backend takes at most {_MAX_TILE_ENTRIES - 1}")
         consts = _consts(arrays[3].dtype)
         d = features.shape[1]
         acc = np.zeros((n_sets, height, width, d), consts.dtype)

@@ -1,5 +1,5 @@
-"""What the `cpu` backend's numba parts (projection, binning, compositing) share: the compute
-dtype, tensor -> array conversion and thread control."""
+"""What the `cpu` backend's numba parts (projection, binning, compositing; also the CPU SSIM)
+share: the compute dtype, fastmath flags, tensor -> array conversion and thread control."""
 
 from __future__ import annotations
 
@@ -10,6 +10,9 @@ import numba
 import numpy as np
 import torch
 from torch import Tensor
+
+# Sums may be reassociated (vectorised) and multiply-adds fused; NaN/inf semantics stay exact.
+FASTMATH = {"reassoc", "contract", "nsz"}
 
 
 def compute_dtype(x: Tensor) -> torch.dtype:

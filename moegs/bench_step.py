@@ -1,0 +1,236 @@
+"""Training-step benchmark: where one step of each expert family goes at the demo preset.
+
+    python -m moegs.bench_step [--json] [--families hexplane,...] [--steps 12] [--gaussians 8000] [--cpu-time]
+
+Each family is built at the demo preset's settings (`stages/presets/demo.yaml`) on the demo rig
+(10 cameras, 256x192, 24 frames) from `--gaussians` points spread over the camera frustums (the
+demo caps experts at 8000), and trained for a few steps past its warm-ups and inside the
+densification window. A step is split as the training loop runs it: deform (`gaussians_at`),
+rasterise forward, loss (L1 + SSIM), backward, optimiser (the per-tensor Adams and the fields' one)
+and densify (gradient statistics every step, plus one clone/split/prune event per `densify.every`
+steps, amortised). Targets are smooth random images: the step's cost does not depend on what
+they show. Prints the numba target CPU (what `NUMBA_CPU_NAME` / `NUMBA_CPU_FEATURES` emulate) and
+the host CPU model next to the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from moegs.cameras import Camera
+from moegs.data.colmap_init import random_points
+from moegs.data.dataset import scene_extent
+from moegs.data.synthetic import PRESETS, make_rig
+from moegs.errors import InputError
+from moegs.experts import family_names, get_family
+from moegs.experts.base import config_from_dict
+from moegs.losses import photometric
+from moegs.raster import rasterize
+from moegs.rendering import camera_center
+from moegs.train import make_optimizers
+
+PARTS = ("deform", "raster_fwd", "loss", "backward", "optimiser", "densify")
+# Scene depth range of the demo rig (it looks at z = 4; the back wall is at z = 6).
+_NEAR, _FAR = 2.0, 6.5
+# Steps are timed from here: after every family's warm-up, inside the demo's densification window.
+_FIRST_STEP = 300
+
+
+def demo_settings() -> dict:
+    """The `train_experts` section of the demo preset, read from the data file installed beside this
+    package (without importing `stages`: nothing in moegs does)."""
+    path = Path(__file__).resolve().parents[1] / "stages" / "presets" / "demo.yaml"
+    if not path.is_file():
+        raise InputError(f"{path}: the demo preset is missing (install moegs with its stages package)")
+    return yaml.safe_load(path.read_text())["train_experts"]
+
+
+def cpu_description() -> dict[str, str]:
+    """The CPU numba compiles for (name, and whether AVX-512 is among its features) and the host's model name."""
+    import llvmlite.binding as llvm
+    import numba
+
+    features = numba.config.CPU_FEATURES
+    if features is None:
+        features = llvm.get_host_cpu_features().flatten()
+    target = numba.config.CPU_NAME or llvm.get_host_cpu_name()
+    model = platform.processor() or "unknown"
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    if features == "":
+        simd = f"{target} defaults"
+    else:
+        simd = "avx512f" if "+avx512f" in features else ("avx2" if "+avx2" in features else "no avx2")
+    return {"numba_target": target, "numba_simd": simd, "cpu_model": model, "threads": str(torch.get_num_threads())}
+
+
+def _cameras() -> list[Camera]:
+    preset = PRESETS["demo"]
+    return [
+        Camera(name=c.name, width=c.width, height=c.height, K=c.K, R=c.R, t=c.t, near=0.1, far=100.0)
+        for c in make_rig(preset)
+    ]
+
+
+def _targets(cameras: list[Camera], seed: int) -> list[torch.Tensor]:
+    """One smooth random image per camera (a 12x16 noise grid, bilinearly upsampled)."""
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for cam in cameras:
+        coarse = torch.rand((1, 3, 12, 16), generator=gen)
+        img = torch.nn.functional.interpolate(coarse, size=(cam.height, cam.width), mode="bilinear", align_corners=False)
+        out.append(img[0].permute(1, 2, 0).contiguous())
+    return out
+
+
+class _Clock:
+    """Time of consecutive sections of one step: wall time, or with `cpu_time` this thread's CPU
+    time (for one-thread runs on a loaded machine, where wall time measures the other processes)."""
+
+    def __init__(self, cpu_time: bool) -> None:
+        self.now = time.thread_time if cpu_time else time.perf_counter
+        self.parts: dict[str, float] = {}
+        self._last = self.now()
+
+    def lap(self, name: str) -> None:
+        now = self.now()
+        self.parts[name] = self.parts.get(name, 0.0) + 1000.0 * (now - self._last)
+        self._last = now
+
+
+def bench_family(
+    family: str, settings: dict, n_points: int, steps: int, cpu_time: bool = False, warmup: int = 3, seed: int = 0
+) -> dict:
+    """Median ms per part of one training step of `family` (see the module docstring)."""
+    cls = get_family(family)
+    cfg = config_from_dict(cls, dict(settings.get(family, {})))
+    preset = PRESETS["demo"]
+    cameras = _cameras()
+    points = random_points(cameras, n_points, near=_NEAR, far=_FAR, seed=seed)
+    times = np.random.default_rng(seed).uniform(0.0, 1.0, n_points)
+    expert = cls.from_points(cfg, points.xyz, points.rgb, times, preset.n_frames)
+    extent = scene_extent(cameras)
+    optimizers, fields_opt = make_optimizers(expert, extent)
+    densify = cfg.densify
+    state = densify.init_state(expert.num_gaussians)
+    targets = _targets(cameras, seed)
+    background = torch.tensor(cfg.background, dtype=torch.float32)
+    generator = torch.Generator().manual_seed(seed)
+    records: list[dict[str, float]] = []
+    event_ms: list[float] = []
+    for i in range(warmup + steps):
+        step = _FIRST_STEP + i
+        expert.on_step(step)
+        cam_index = i % len(cameras)
+        camera = cameras[cam_index]
+        t = float(min(i % preset.n_frames, expert.frame_limit(step) - 1)) / preset.n_frames
+        clock = _Clock(cpu_time)
+        g = expert.gaussians_at(t, camera_center(camera, "cpu"), cfg.sh_degree)
+        clock.lap("deform")
+        out = rasterize(g.means, g.quats, g.scales, g.opacities, g.features, camera.viewmat_tensor("cpu"),
+                        camera.K_tensor("cpu"), camera.width, camera.height, background,
+                        near=camera.near, far=camera.far, backend="cpu", retain_means2d_grad=True)
+        clock.lap("raster_fwd")
+        loss = expert.regularisation(t) + photometric(out.image, targets[cam_index], lambda_dssim=cfg.lambda_dssim)
+        clock.lap("loss")
+        loss.backward()
+        clock.lap("backward")
+        for opt in optimizers.values():
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        if fields_opt is not None:
+            fields_opt.step()
+            fields_opt.zero_grad(set_to_none=True)
+        clock.lap("optimiser")
+        densify.accumulate(state, out.means2d.grad, out.radii, camera.width, camera.height)
+        clock.lap("densify")
+        # one densification event (clone/split/prune) timed on its own, amortised over its period
+        if i == warmup + steps - 1:
+            due = (step // densify.every + 1) * densify.every  # the next step it fires at
+            t0 = clock.now()
+            stats = densify.densify_step(expert.params, optimizers, state, due, extent, generator=generator)
+            event_ms.append(1000.0 * (clock.now() - t0))
+            if stats["n_after"] != stats["n_before"]:
+                expert.after_densify()
+        if i >= warmup:
+            records.append(clock.parts)
+    parts = {p: statistics.median(r[p] for r in records) for p in PARTS}
+    parts["densify"] += event_ms[0] / max(densify.every, 1)
+    result = {"family": family, "gaussians": n_points, "densify_event_ms": round(event_ms[0], 2)}
+    result.update({f"{p}_ms": round(v, 2) for p, v in parts.items()})
+    result["step_ms"] = round(sum(parts.values()), 2)
+    result["step_ms_min"] = round(min(sum(r.values()) for r in records), 2)
+    return result
+
+
+def run(families: list[str], n_points: int, steps: int, cpu_time: bool = False) -> dict:
+    """All families' step splits; `cpu_time` runs on one thread and measures its CPU time."""
+    import numba
+
+    settings = demo_settings()
+    if cpu_time:
+        torch.set_num_threads(1)
+        numba.set_num_threads(1)
+    return {
+        "cpu": cpu_description(),
+        "clock": "thread CPU time, 1 thread" if cpu_time else "wall time",
+        "width": PRESETS["demo"].width,
+        "height": PRESETS["demo"].height,
+        "families": [bench_family(f, settings, n_points, steps, cpu_time) for f in families],
+    }
+
+
+def _print_table(result: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    cpu = result["cpu"]
+    table = Table(title=f"one training step at the demo preset ({result['width']}x{result['height']}), "
+                        f"median ms ({result['clock']})")
+    for col in ("family", "N", *PARTS, "step", "step min", "densify event"):
+        table.add_column(col, justify="right")
+    for r in result["families"]:
+        table.add_row(r["family"], str(r["gaussians"]), *(f"{r[p + '_ms']:.1f}" for p in PARTS),
+                      f"{r['step_ms']:.1f}", f"{r['step_ms_min']:.1f}", f"{r['densify_event_ms']:.1f}")
+    console = Console(width=160)
+    console.print(table)
+    console.print(f"numba target {cpu['numba_target']} ({cpu['numba_simd']}), host {cpu['cpu_model']}, "
+                  f"{cpu['threads']} torch threads")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m moegs.bench_step", description=__doc__.split("\n")[0])
+    parser.add_argument("--json", action="store_true", help="print the result as JSON only")
+    parser.add_argument("--families", default=",".join(family_names()), help="comma-separated families")
+    parser.add_argument("--steps", type=int, default=12, help="timed steps per family (after 3 warm-up steps)")
+    parser.add_argument("--gaussians", type=int, default=8000, help="Gaussians per expert (demo cap: 8000)")
+    parser.add_argument("--cpu-time", action="store_true", help="one thread, timed by its CPU time (for a loaded machine)")
+    args = parser.parse_args(argv)
+    families = [f.strip() for f in args.families.split(",") if f.strip()]
+    unknown = [f for f in families if f not in family_names()]
+    if unknown or not families:
+        raise SystemExit(f"--families: unknown {', '.join(unknown) or '(none given)'}; known: {', '.join(family_names())}")
+    if args.steps < 1 or args.gaussians < 1:
+        raise SystemExit("--steps and --gaussians must be at least 1")
+    result = run(families, args.gaussians, args.steps, args.cpu_time)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        _print_table(result)
+
+
+if __name__ == "__main__":
+    main()

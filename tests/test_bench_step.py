@@ -1,0 +1,26 @@
+"""Smoke test of the training-step benchmark: it runs a family end to end and reports every part."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from moegs import bench_step
+
+
+def test_bench_step_reports_the_split(capsys):
+    bench_step.main(["--json", "--families", "polynomial", "--steps", "1", "--gaussians", "600", "--cpu-time"])
+    result = json.loads(capsys.readouterr().out)
+    assert result["cpu"]["numba_target"] and result["cpu"]["cpu_model"]
+    assert (result["width"], result["height"]) == (256, 192) and result["clock"].startswith("thread CPU")
+    (row,) = result["families"]
+    assert row["family"] == "polynomial" and row["gaussians"] == 600
+    parts = [row[f"{p}_ms"] for p in bench_step.PARTS]
+    assert all(v >= 0.0 for v in parts) and row["raster_fwd_ms"] > 0.0 and row["backward_ms"] > 0.0
+    assert row["step_ms"] == pytest.approx(sum(parts), abs=0.05)
+
+
+def test_bench_step_refuses_an_unknown_family():
+    with pytest.raises(SystemExit, match="unknown gaussian_splat"):
+        bench_step.main(["--families", "gaussian_splat"])
