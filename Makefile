@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.moegs-installed
 
-.PHONY: install demo test bench bench-step clean
+.PHONY: install demo test bench bench-step bench-scale clean
 
 install: $(STAMP)
 
@@ -29,6 +29,9 @@ bench: install
 
 bench-step: install
 	$(BIN)/python -m moegs.bench_step
+
+bench-scale: install
+	$(BIN)/python -m moegs.bench_scale
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +14,7 @@ from moegs.cameras import Camera
 from moegs.data.dataset import Dataset
 from moegs.data.video import write_video
 from moegs.metrics import evaluate_images, psnr
-from moegs.progress import progress_bar
+from moegs.progress import Bar, progress_bar
 
 RenderFn = Callable[[Camera, float], Tensor]  # (camera, t) -> image [H, W, 3]
 
@@ -41,33 +41,39 @@ def evaluate_renderer(
     region_values: dict[str, list[float]] = {}
     moving_values: list[float] = []
     names = dataset.region_names
-    side_by_side: list[np.ndarray] = []
+
+    def scored(camera: Camera, bar: Bar) -> Iterator[tuple[Tensor, Tensor]]:
+        """Score every frame of ``camera``, yielding (ground truth, render): one frame in memory at a time."""
+        labels = dataset.labels(camera.name)
+        for frame in range(dataset.n_frames):
+            gt = dataset.frame_tensor(camera.name, frame)
+            image = render(camera, float(dataset.times[frame])).clamp(0, 1).float().cpu()  # scored on the host
+            lab = None if labels is None else torch.as_tensor(labels[frame].astype(np.int64))
+            m = evaluate_images(image, gt, lab, lpips_weights=lpips_weights, with_flip=with_flip)
+            entry = {"camera": camera.name, "frame": frame, "psnr": m["psnr"], "ssim": m["ssim"]}
+            if with_flip:
+                entry["flip"] = m["flip"]
+            if lpips_weights is not None:
+                entry["lpips"] = m["lpips"]
+            per_frame.append(entry)
+            if lab is not None and bool((lab > 0).any()):
+                mask = lab > 0
+                moving_values.append(psnr(image[mask][None], gt[mask][None]))
+            for region_id, value in m["region_psnr"].items():
+                name = names[region_id] if names and region_id < len(names) else str(region_id)
+                region_values.setdefault(name, []).append(value)
+            bar.advance()
+            yield gt, image
+
     with progress_bar(label, len(cameras) * dataset.n_frames, enabled=progress) as bar:
         for cam_index, camera in enumerate(cameras):
-            gts = dataset.frames_tensor(camera.name)
-            labels = dataset.labels(camera.name)
-            for frame in range(dataset.n_frames):
-                image = render(camera, float(dataset.times[frame])).clamp(0, 1).float().cpu()  # scored on the host
-                lab = None if labels is None else torch.as_tensor(labels[frame].astype(np.int64))
-                m = evaluate_images(image, gts[frame], lab, lpips_weights=lpips_weights, with_flip=with_flip)
-                entry = {"camera": camera.name, "frame": frame, "psnr": m["psnr"], "ssim": m["ssim"]}
-                if with_flip:
-                    entry["flip"] = m["flip"]
-                if lpips_weights is not None:
-                    entry["lpips"] = m["lpips"]
-                per_frame.append(entry)
-                if lab is not None and bool((lab > 0).any()):
-                    mask = lab > 0
-                    moving_values.append(psnr(image[mask][None], gts[frame][mask][None]))
-                for region_id, value in m["region_psnr"].items():
-                    name = names[region_id] if names and region_id < len(names) else str(region_id)
-                    region_values.setdefault(name, []).append(value)
-                if video_path is not None and cam_index == 0:
-                    pair = torch.cat([gts[frame], image], dim=1)
-                    side_by_side.append((pair.numpy() * 255 + 0.5).astype(np.uint8))
-                bar.advance()
-    if video_path is not None and side_by_side:
-        write_video(video_path, side_by_side, fps=dataset.fps or 30.0)
+            if video_path is not None and cam_index == 0:  # encoded as it is scored, never held whole
+                pairs = (torch.cat([gt, image], dim=1) for gt, image in scored(camera, bar))
+                write_video(video_path, ((pair.numpy() * 255 + 0.5).astype(np.uint8) for pair in pairs),
+                            fps=dataset.fps or 30.0)
+            else:
+                for _ in scored(camera, bar):
+                    pass
     result = {
         "psnr": float(np.mean([e["psnr"] for e in per_frame])),
         "ssim": float(np.mean([e["ssim"] for e in per_frame])),

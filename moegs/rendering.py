@@ -1,4 +1,4 @@
-"""Rendering an expert at (camera, time) in a context, and the training views it is compared against."""
+"""Rendering an expert at (camera, time) in a context (training views: ``moegs.data.views``)."""
 
 from __future__ import annotations
 
@@ -9,28 +9,10 @@ from torch import Tensor
 
 from moegs.cameras import Camera
 from moegs.context import RenderContext
-from moegs.data.dataset import Dataset
 from moegs.raster import RasterOutput, rasterize
 
 if TYPE_CHECKING:
     from moegs.experts.base import Expert
-
-
-class TrainViews:
-    """Ground-truth frames of some cameras, decoded once and kept as float tensors in [0, 1]."""
-
-    def __init__(self, dataset: Dataset, cameras: list[Camera]) -> None:
-        self.cameras = list(cameras)
-        self._frames = [dataset.frames_tensor(cam.name) for cam in self.cameras]  # each [T, H, W, 3]
-
-    def sample(self, generator: torch.Generator, frame_limit: int) -> tuple[int, int]:
-        """A random (camera index, frame) with frame < ``frame_limit``."""
-        cam = int(torch.randint(len(self.cameras), (1,), generator=generator))
-        frame = int(torch.randint(max(1, frame_limit), (1,), generator=generator))
-        return cam, frame
-
-    def image(self, cam_index: int, frame: int) -> Tensor:
-        return self._frames[cam_index][frame]
 
 
 def camera_center(camera: Camera, device: torch.device | str = "cpu") -> Tensor:

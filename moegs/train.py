@@ -20,11 +20,12 @@ from moegs.cameras import Camera
 from moegs.checkpoint import load_checkpoint, save_checkpoint
 from moegs.context import RenderContext
 from moegs.data.dataset import Dataset
+from moegs.data.views import StreamedViews
 from moegs.errors import CheckpointError
 from moegs.experts.base import Expert
 from moegs.losses import photometric
 from moegs.progress import progress_bar
-from moegs.rendering import TrainViews, render_expert
+from moegs.rendering import render_expert
 
 log = logging.getLogger("moegs")
 CHECKPOINT = "checkpoints/last.pt"
@@ -86,7 +87,7 @@ def train_expert(
     cfg = expert.config
     steps = cfg.iterations if steps is None else steps
     extent = dataset.scene_extent
-    views = TrainViews(dataset, dataset.train_cameras)
+    views = StreamedViews(dataset, dataset.train_cameras, ctx.device)
     densify = cfg.densify
     optimizers, fields_opt = make_optimizers(expert, extent)
     state = densify.init_state(expert.num_gaussians, ctx.device)
@@ -120,7 +121,7 @@ def train_expert(
             out = render_expert(expert, camera, t, ctx, background, sh_degree=sh_degree, retain_grad=True)
             loss = expert.regularisation(t)
             if not novel:
-                loss = loss + photometric(out.image, views.image(cam_index, frame).to(ctx.device), lambda_dssim=cfg.lambda_dssim)
+                loss = loss + photometric(out.image, views.image(cam_index, frame), lambda_dssim=cfg.lambda_dssim)
             if teacher is not None:
                 target, weight = teacher.target(camera, frame)
                 loss = loss + teacher.beta * photometric(out.image, target, lambda_dssim=cfg.lambda_dssim, weight=weight)

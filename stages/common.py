@@ -26,11 +26,13 @@ class StageResult:
 
 PLACEMENT_KEYS = ("device", "backend", "checkpoint_every")
 """Config keys that say where or how a stage runs, not what it makes: kept out of artifact ids."""
+BUDGET_KEYS = ("frame_cache_mb", "deformed_cache_mb", "teacher_cache_mb")
+"""Memory budgets of caches: like placement, they change memory and speed, never results."""
 
 
 def artifact_config(cfg: Any) -> dict:
-    """The stage config as it goes into the manifest and the id (without the placement keys)."""
-    return {k: v for k, v in to_dict(cfg).items() if k not in PLACEMENT_KEYS}
+    """The stage config as it goes into the manifest and the id (without placement keys and cache budgets)."""
+    return {k: v for k, v in to_dict(cfg).items() if k not in PLACEMENT_KEYS + BUDGET_KEYS}
 
 
 def stage_context(cfg: Any) -> RenderContext:

@@ -30,13 +30,13 @@ def run(cfg: DistillConfig, moe_ref: str, student: str, workspace: Path, *, forc
     student_artifact, index = resolve_student(moe, student, workspace)
     dataset_artifact = student_artifact.resolve_input(student_artifact.input_refs("dataset")[0])
     ctx = stage_context(cfg)
-    dataset = Dataset.load(dataset_artifact.path)
+    dataset = Dataset.load(dataset_artifact.path, cfg.frame_cache_mb)
     settings = {k: v for k, v in artifact_config(cfg).items() if k != "baseline"}
     baseline = None
     if cfg.baseline:
         baseline = _finetune(student_artifact, dataset, dataset_artifact, workspace, ctx, cfg,
                              {"teacher": None, **settings, "beta": 0.0}, None, [], force, resume, progress, "baseline")
-    teacher = MoETeacher(load_moe(moe, ctx), dataset, cfg, ctx, index)
+    teacher = MoETeacher(load_moe(moe, ctx, cache_mb=cfg.deformed_cache_mb), dataset, cfg, ctx, index)
     distilled = _finetune(student_artifact, dataset, dataset_artifact, workspace, ctx, cfg,
                           {"teacher": moe.id, **settings}, teacher, [("teacher", moe)], force, resume, progress, "distill")
     if baseline is not None:

@@ -41,7 +41,7 @@ def run(
     dataset_artifact = load_artifact(dataset_ref, workspace, expected_kind="dataset")
     configs = {family: family_config(cfg, family) for family in cfg.families}
     ctx = stage_context(cfg)
-    dataset = Dataset.load(dataset_artifact.path)
+    dataset = Dataset.load(dataset_artifact.path, cfg.frame_cache_mb)
     outcomes = []
     for family, family_cfg in configs.items():
         try:

@@ -40,8 +40,8 @@ def run(
                             config=artifact_config(cfg), inputs=inputs)
 
     def build(directory: Path, w: ArtifactWriter) -> None:
-        dataset = Dataset.load(dataset_artifact.path)
-        experts = FrozenExperts([load_expert(a, ctx) for a in expert_artifacts])
+        dataset = Dataset.load(dataset_artifact.path, cfg.frame_cache_mb)
+        experts = FrozenExperts([load_expert(a, ctx) for a in expert_artifacts], cache_mb=cfg.deformed_cache_mb)
         router = PixelRouter([e.num_gaussians for e in experts.experts]).to(ctx.device)
         model = MoEModel(experts, router, cfg.tau, expert_artifacts)
         history, seconds = train_router(model, dataset, cfg, ctx, progress=progress, workdir=directory, resume=resume)

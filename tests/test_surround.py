@@ -166,7 +166,8 @@ def _flat_mean_colour_psnr(dataset: Dataset, cameras: list[Camera] | None = None
     each frame's own mean colour."""
     values = []
     for cam in cameras if cameras is not None else dataset.test_cameras:
-        for frame in dataset.frames_tensor(cam.name).numpy():
+        for i in range(dataset.n_frames):
+            frame = dataset.frame_tensor(cam.name, i).numpy()
             mse = float(((frame - frame.mean(axis=(0, 1))) ** 2).mean())
             values.append(10 * np.log10(1.0 / mse))
     return float(np.mean(values))

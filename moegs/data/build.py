@@ -1,18 +1,22 @@
 """``build_dataset``: raw capture -> dataset payload (the work behind ``moegs preprocess``).
 
-Order per camera: decode -> undistort (if the calibration has distortion) -> resize -> PNG. The
-cameras written are the pinhole, resized ones the frames are in. Initial points (COLMAP, carving
-or the shared frusta, see :mod:`moegs.data.init_points`) are made from the written frames of the
-training cameras (the held-out view stays unseen), so colours and intrinsics match what the
-experts train on. The caller owns ``out_dir`` (an empty folder; it
-renames it and writes the manifest).
+Order per camera: decode -> undistort (if the calibration has distortion) -> resize -> frame store
+(one uint8 array per camera, see ``frame_store``), cameras in parallel; the first frame of each
+camera is also written as a PNG preview. The cameras written are the pinhole, resized ones the
+frames are in. Initial points (COLMAP, carving or the shared frusta, see
+:mod:`moegs.data.init_points`) are made from the stored frames of the training cameras (the
+held-out view stays unseen), so colours and intrinsics match what the experts train on. The
+caller owns ``out_dir`` (an empty folder; it renames it and writes the manifest).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time as _time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import imageio.v3 as iio
@@ -20,10 +24,11 @@ import numpy as np
 from PIL import Image
 
 from moegs.cameras import Camera, cameras_to_json
-from moegs.data.capture import SizeMismatch, open_capture
+from moegs.data.capture import Capture, open_capture
 from moegs.data.colmap_init import PointCloud
-from moegs.data.dataset import (CAMERAS_FILE, POINTS_FILE, PREVIEW_FILE, REGIONS_FILE, frame_path, label_path,
-                                scene_extent, write_times)
+from moegs.data.dataset import (CAMERAS_FILE, POINTS_FILE, PREVIEW_FILE, REGIONS_FILE, label_path, preview_path,
+                                scene_extent, store_path, write_times)
+from moegs.data.frame_store import FrameStore, FrameStoreWriter
 from moegs.data.init_points import initial_points, record_stats, spread_indices
 from moegs.data.preprocess_config import PreprocessConfig
 from moegs.data.preview import write_preview
@@ -33,13 +38,14 @@ from moegs.progress import progress_bar
 
 
 def build_dataset(src: Path, out_dir: Path, config: PreprocessConfig, *, num_threads: int = 1,
-                  progress: bool = True) -> dict:
+                  decode_workers: int | None = None, progress: bool = True) -> dict:
     """Write the dataset payload for ``config``'s frames of ``src`` into ``out_dir``.
 
     ``config`` is validated here (the one place its bounds live). Initial points come from
     :func:`moegs.data.init_points.initial_points` (``config.init``; ``auto`` picks COLMAP, carving
     or the shared frusta and the manifest records which and why). Returns ``{"metrics": {...},
-    "compat": {...}, "init": {...}}`` for the manifest.
+    "compat": {...}, "init": {...}}`` for the manifest. Cameras are decoded by ``decode_workers``
+    threads (default: one per core), COLMAP runs on ``num_threads``; neither changes the result.
     """
     started = _time.perf_counter()
     out_dir = Path(out_dir)
@@ -61,26 +67,19 @@ def build_dataset(src: Path, out_dir: Path, config: PreprocessConfig, *, num_thr
     out_dir.mkdir(parents=True, exist_ok=True)
     n_frames = stop - frame_start
 
-    out_cameras: list[Camera] = []
-    first_frames: dict[str, np.ndarray] = {}
-    with progress_bar("preprocess: frames", len(names) * n_frames, enabled=progress) as bar:
-        for cam in capture.cameras:
-            undistorter = make_undistorter(cam) if cam.has_distortion else None
-            pinhole = undistorter.camera if undistorter else cam
-            factor = 1.0 / config.downscale
-            if config.max_width is not None:
-                factor = min(factor, config.max_width / pinhole.width)
-            target = pinhole.scaled(factor) if factor != 1.0 else pinhole
-            out_cameras.append(target)
-            for i, frame in enumerate(capture.iter_frames(cam.name, frame_start, stop)):
-                image = _resize(undistorter(frame) if undistorter else frame, target, Image.Resampling.LANCZOS)
-                path = frame_path(out_dir, cam.name, i)
-                path.parent.mkdir(parents=True, exist_ok=True)
-                iio.imwrite(path, image)
-                if i == 0:
-                    first_frames[cam.name] = image
-                bar.advance()
-            _write_labels(capture.labels(cam.name, frame_start, stop), undistorter, target, out_dir)
+    workers = max(1, min(len(names), decode_workers or os.cpu_count() or 1))  # each holds about one frame
+    with progress_bar("preprocess: frames", len(names) * n_frames, enabled=progress) as bar, \
+            ThreadPoolExecutor(max_workers=workers, thread_name_prefix="preprocess") as pool:
+        jobs = [pool.submit(_write_camera, capture, cam, frame_start, stop, config, out_dir, bar.advance)
+                for cam in capture.cameras]
+        try:
+            results = [job.result() for job in jobs]
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+    out_cameras = [target for target, _ in results]
+    first_frames = {target.name: first for target, first in results}
+    stores = {c.name: FrameStore(store_path(out_dir, c.name), n_frames, c.height, c.width) for c in out_cameras}
 
     train = [c for c in out_cameras if c.name not in test]
     if fmt != "n3v":
@@ -88,8 +87,10 @@ def build_dataset(src: Path, out_dir: Path, config: PreprocessConfig, *, num_thr
     with progress_bar("preprocess: COLMAP", len(spread_indices(n_frames, config.colmap_frames)),
                       enabled=progress and config.init in ("auto", "colmap")) as bar:
         points, init = initial_points(config, train, n_frames,
-                                      lambda name, i: iio.imread(frame_path(out_dir, name, i)),
+                                      lambda name, i: stores[name].read(i),
                                       num_threads=num_threads, on_colmap_frame=bar.advance)
+    for store in stores.values():
+        store.close()
     if fmt != "n3v" and init.method != "random":
         _bounds_from_points(out_cameras, points)
 
@@ -118,6 +119,35 @@ def build_dataset(src: Path, out_dir: Path, config: PreprocessConfig, *, num_thr
         },
         "init": init.to_json(),
     }
+
+
+def _write_camera(capture: Capture, cam: Camera, start: int, stop: int, config: PreprocessConfig, out_dir: Path,
+                  advance: Callable[[], None]) -> tuple[Camera, np.ndarray]:
+    """Decode -> undistort -> resize -> frame store for one camera (one frame in memory at a time).
+
+    Returns the camera the frames are in and its first frame (the preview). Without distortion
+    ffmpeg scales while decoding; with it, frames are undistorted at full size first.
+    """
+    undistorter = make_undistorter(cam) if cam.has_distortion else None
+    pinhole = undistorter.camera if undistorter else cam
+    factor = 1.0 / config.downscale
+    if config.max_width is not None:
+        factor = min(factor, config.max_width / pinhole.width)
+    target = pinhole.scaled(factor) if factor != 1.0 else pinhole
+    size_hint = (target.width, target.height) if undistorter is None and target is not pinhole else None
+    first: np.ndarray | None = None
+    with FrameStoreWriter(store_path(out_dir, cam.name), stop - start, target.height, target.width) as store:
+        for i, frame in enumerate(capture.iter_frames(cam.name, start, stop, size=size_hint)):
+            image = _resize(undistorter(frame) if undistorter else frame, target, Image.Resampling.LANCZOS)
+            store.write(image)
+            if i == 0:
+                first = image.copy()
+            advance()
+    preview = preview_path(out_dir, cam.name)
+    preview.parent.mkdir(parents=True, exist_ok=True)
+    iio.imwrite(preview, first)
+    _write_labels(capture.labels(cam.name, start, stop), undistorter, target, out_dir)
+    return target, first
 
 
 def _resize(image: np.ndarray, target: Camera, resample: Image.Resampling) -> np.ndarray:

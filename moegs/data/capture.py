@@ -27,7 +27,9 @@ ASPECT_TOLERANCE_PX = 1.0
 """``scale`` accepts a size whose aspect ratio differs from the calibration's by at most this many pixels."""
 FORMATS: tuple[str, ...] = ("n3v", "technicolor", "multiview")
 
-FrameReader = Callable[[str, int, int], Iterator[np.ndarray]]
+FrameReader = Callable[[str, int, int, "tuple[int, int] | None"], Iterator[np.ndarray]]
+"""(camera, start, stop, size hint) -> frames; a video reader scales to the (width, height) hint while
+decoding, an image-sequence reader ignores it."""
 
 
 @dataclass
@@ -64,12 +66,19 @@ class Capture:
     def has_labels(self) -> bool:
         return bool(self.label_files)
 
-    def iter_frames(self, name: str, start: int = 0, stop: int | None = None) -> Iterator[np.ndarray]:
-        """uint8 frames [H, W, 3] of camera ``name`` for ``start <= i < stop``, one at a time (videos decode once)."""
+    def iter_frames(self, name: str, start: int = 0, stop: int | None = None,
+                    size: tuple[int, int] | None = None) -> Iterator[np.ndarray]:
+        """uint8 frames [H, W, 3] of camera ``name`` for ``start <= i < stop``, one at a time (videos decode once).
+
+        ``size`` (width, height) asks a video to be scaled by ffmpeg while decoding (much cheaper than
+        decoding full size and resizing); it is ignored for cropped cameras and image sequences, so
+        callers still check the size they got.
+        """
         start, stop = self._range(start, stop)
         self.camera(name)
         count = 0
-        for frame in self.reader(name, start, stop):
+        hint = None if name in self.crop_offsets else size
+        for frame in self.reader(name, start, stop, hint):
             count += 1
             yield self._crop(name, frame[None])[0]
         if count != stop - start:

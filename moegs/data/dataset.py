@@ -3,7 +3,8 @@
 Layout of a dataset directory (the artifact's payload; the manifest is the artifact system's)::
 
     cameras.json          generic camera format, pinhole, each camera with "split", "near", "far"
-    frames/<cam>/<i:05d>.png   uint8 RGB, i = 0 .. T-1 after frame-range selection
+    frames/<cam>.npy      frame store: uint8 RGB [T, H, W, 3], frame i = 0 .. T-1 after frame-range selection
+    previews/<cam>.png    the camera's first frame, for a human
     labels/<cam>.npz      optional uint8 "labels" [T, H, W] (synthetic scene regions)
     regions.json          optional {"names": [...]} for the label values
     points.ply            initial points: x y z, red green blue, time, error, track_len
@@ -14,15 +15,15 @@ Layout of a dataset directory (the artifact's payload; the manifest is the artif
 from __future__ import annotations
 
 import json
-from collections import OrderedDict
 from pathlib import Path
 
-import imageio.v3 as iio
 import numpy as np
 import torch
 
+from moegs.cache import ByteLRUCache, budget_bytes
 from moegs.cameras import Camera, cameras_from_json
 from moegs.data.colmap_init import PointCloud
+from moegs.data.frame_store import SUFFIX, FrameStore
 from moegs.errors import InputError
 
 CAMERAS_FILE = "cameras.json"
@@ -31,11 +32,18 @@ POINTS_FILE = "points.ply"
 REGIONS_FILE = "regions.json"
 PREVIEW_FILE = "preview.png"
 FRAMES_DIR = "frames"
+PREVIEWS_DIR = "previews"
 LABELS_DIR = "labels"
+FRAME_CACHE_MB = 512
+"""Default budget of a dataset's decoded-frame cache (one N3V frame at 1352x1014 is 4 MB)."""
 
 
-def frame_path(root: Path, cam_name: str, index: int) -> Path:
-    return Path(root) / FRAMES_DIR / cam_name / f"{index:05d}.png"
+def store_path(root: Path, cam_name: str) -> Path:
+    return Path(root) / FRAMES_DIR / f"{cam_name}{SUFFIX}"
+
+
+def preview_path(root: Path, cam_name: str) -> Path:
+    return Path(root) / PREVIEWS_DIR / f"{cam_name}.png"
 
 
 def label_path(root: Path, cam_name: str) -> Path:
@@ -48,11 +56,12 @@ def normalised_times(n_frames: int) -> np.ndarray:
 
 
 class Dataset:
-    """A loaded dataset payload; frames are decoded on demand and kept in a bounded LRU cache."""
+    """A loaded dataset payload; frames are read on demand from the frame stores and kept in a
+    byte-bounded LRU cache (``cache_mb``; 0 turns it off)."""
 
     def __init__(self, path: Path, cameras: list[Camera], test_names: list[str], n_frames: int,
                  source_frames: list[int], fps: float | None, region_names: list[str] | None,
-                 cache_frames: int = 256) -> None:
+                 cache_mb: float = FRAME_CACHE_MB) -> None:
         self.path = Path(path)
         self.cameras = cameras
         self.test_names = list(test_names)
@@ -61,13 +70,14 @@ class Dataset:
         self.fps = fps
         self.region_names = region_names
         self.times = normalised_times(n_frames)
-        self._cache: OrderedDict[tuple[str, int], np.ndarray] = OrderedDict()
-        self._cache_frames = cache_frames
+        self.frame_cache: ByteLRUCache[np.ndarray] = ByteLRUCache(budget_bytes(cache_mb, "frame_cache_mb"))
+        self._stores = {cam.name: FrameStore(store_path(self.path, cam.name), n_frames, cam.height, cam.width)
+                        for cam in cameras}
         self._points: PointCloud | None = None
 
     @classmethod
-    def load(cls, path: Path, cache_frames: int = 256) -> Dataset:
-        """Open a dataset directory, checking that every camera has all its frames."""
+    def load(cls, path: Path, cache_mb: float = FRAME_CACHE_MB) -> Dataset:
+        """Open a dataset directory, checking that every camera has a frame store of all its frames."""
         path = Path(path)
         cam_file = cameras_from_json(path / CAMERAS_FILE)
         times_path = path / TIMES_FILE
@@ -83,14 +93,17 @@ class Dataset:
             raise InputError(f"{times_path}: n_frames={n_frames} but {len(source_frames)} source frames")
         test = cam_file.test_cameras or [n for n, s in cam_file.splits.items() if s == "test"]
         for cam in cam_file.cameras:
-            folder = path / FRAMES_DIR / cam.name
-            count = len(list(folder.glob("*.png"))) if folder.is_dir() else 0
-            if count != n_frames:
-                raise InputError(f"{folder}: camera {cam.name} has {count} frames, expected {n_frames}")
+            store = store_path(path, cam.name)
+            if store.is_file():
+                continue
+            if (path / FRAMES_DIR / cam.name).is_dir():
+                raise InputError(f"{path}: dataset written by an older moegs (PNG frames, no frame store "
+                                 f"{store.name}); re-run preprocess with --force to rebuild it")
+            raise InputError(f"{store}: frame store of camera {cam.name} not found")
         region_names = None
         if (path / REGIONS_FILE).is_file():
             region_names = json.loads((path / REGIONS_FILE).read_text())["names"]
-        return cls(path, cam_file.cameras, test, n_frames, source_frames, times.get("fps"), region_names, cache_frames)
+        return cls(path, cam_file.cameras, test, n_frames, source_frames, times.get("fps"), region_names, cache_mb)
 
     @property
     def train_cameras(self) -> list[Camera]:
@@ -107,30 +120,18 @@ class Dataset:
         raise InputError(f"{self.path}: no camera named {name!r}")
 
     def frame(self, cam_name: str, i: int) -> np.ndarray:
-        """uint8 [H, W, 3] of frame i (cached)."""
-        key = (cam_name, int(i))
-        if key in self._cache:
-            self._cache.move_to_end(key)
-            return self._cache[key]
-        cam = self.camera(cam_name)
+        """uint8 [H, W, 3] of frame i (cached; callers must not modify it)."""
+        store = self._stores.get(cam_name)
+        if store is None:
+            raise InputError(f"{self.path}: no camera named {cam_name!r}")
         if not 0 <= i < self.n_frames:
             raise InputError(f"{self.path}: frame {i} outside 0..{self.n_frames - 1}")
-        path = frame_path(self.path, cam_name, i)
-        try:
-            image = iio.imread(path, plugin="pillow")
-        except Exception as exc:  # imageio raises plugin-specific errors for corrupt files
-            raise InputError(f"{path}: not a readable image ({exc})") from None
-        if image.shape != (cam.height, cam.width, 3):
-            raise InputError(f"{path}: image shape {image.shape}, camera {cam_name} is {cam.width}x{cam.height} RGB")
-        self._cache[key] = image
-        if len(self._cache) > self._cache_frames:
-            self._cache.popitem(last=False)
-        return image
+        return self.frame_cache.get_or_create((cam_name, int(i)), lambda: store.read(int(i)))
 
-    def frames_tensor(self, cam_name: str) -> torch.Tensor:
-        """All frames of one camera as float32 [T, H, W, 3] in [0, 1]."""
-        stack = np.stack([self.frame(cam_name, i) for i in range(self.n_frames)])
-        return torch.from_numpy(stack).float().div_(255.0)
+    def frame_tensor(self, cam_name: str, i: int, device: torch.device | str = "cpu") -> torch.Tensor:
+        """Frame i as float32 [H, W, 3] in [0, 1] on ``device`` (moved as uint8, converted there)."""
+        image = torch.from_numpy(self.frame(cam_name, i)).to(device, non_blocking=True)
+        return image.to(torch.float32).div_(255.0)
 
     def labels(self, cam_name: str) -> np.ndarray | None:
         """uint8 region labels [T, H, W], or None when the dataset has none."""

@@ -53,10 +53,10 @@ def open_multiview(src: Path, *, truncate: bool = False, size_mismatch: SizeMism
         else:
             raise InputError(f"{cam_path}: camera {name} has no video videos/{name}.mp4 nor frames/{name}/*.png")
 
-    def reader(name: str, start: int, stop: int) -> Iterator[np.ndarray]:
+    def reader(name: str, start: int, stop: int, size: tuple[int, int] | None = None) -> Iterator[np.ndarray]:
         if name in pngs:
             return (read_png(p, sizes[name]) for p in pngs[name][start:stop])
-        return iter_video(videos[name], start, stop)
+        return iter_video(videos[name], start, stop, size=size)
 
     fps = parsed.fps if parsed.fps is not None else (max(fps_found) if fps_found else None)
     return assemble_capture(

@@ -40,8 +40,8 @@ def open_n3v(src: Path, *, truncate: bool = False, size_mismatch: SizeMismatch =
     infos = {v.stem: probe_video(v) for v in videos}
     by_name = {v.stem: v for v in videos}
 
-    def reader(name: str, start: int, stop: int) -> Iterator[np.ndarray]:
-        return iter_video(by_name[name], start, stop)
+    def reader(name: str, start: int, stop: int, size: tuple[int, int] | None = None) -> Iterator[np.ndarray]:
+        return iter_video(by_name[name], start, stop, size=size)
 
     fps_values = {round(info.fps, 3) for info in infos.values() if info.fps > 0}
     test = [TEST_CAMERA] if TEST_CAMERA in names else [names[0]]

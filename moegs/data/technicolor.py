@@ -55,7 +55,7 @@ def open_technicolor(src: Path, *, truncate: bool = False, size_mismatch: SizeMi
     ordered = {n: [files[n][k] for k in sorted(files[n])] for n in names}
     sizes = {n: png_size(paths[0]) for n, paths in ordered.items()}
 
-    def reader(name: str, start: int, stop: int) -> Iterator[np.ndarray]:
+    def reader(name: str, start: int, stop: int, size: tuple[int, int] | None = None) -> Iterator[np.ndarray]:
         return (read_png(p, sizes[name]) for p in ordered[name][start:stop])
 
     test = [TEST_CAMERA] if TEST_CAMERA in names else [names[0]]

@@ -7,6 +7,7 @@ missing video never surfaces as an ffmpeg traceback; a write is confirmed by rea
 from __future__ import annotations
 
 import errno
+import logging
 import signal
 import subprocess
 import tempfile
@@ -46,9 +47,14 @@ def probe_video(path: Path) -> VideoInfo:
     return VideoInfo(width=int(width), height=int(height), fps=float(meta.get("fps") or 0.0), n_frames=int(n_frames))
 
 
-def iter_video(path: Path, start: int = 0, stop: int | None = None) -> Iterator[np.ndarray]:
-    """Yield frames ``start <= i < stop`` as uint8 arrays [H, W, 3]; stops early without decoding the rest."""
-    reader, meta = _open(path)
+def iter_video(path: Path, start: int = 0, stop: int | None = None,
+               size: tuple[int, int] | None = None) -> Iterator[np.ndarray]:
+    """Yield frames ``start <= i < stop`` as uint8 arrays [H, W, 3]; stops early without decoding the rest.
+
+    With ``size`` (width, height) ffmpeg's Lanczos scaler resizes each frame while decoding, so a
+    2704x2028 source never exists in Python at full size.
+    """
+    reader, meta = _open(path, size)
     width, height = meta["size"]
     frame_bytes = width * height * 3
     try:
@@ -157,16 +163,27 @@ def _frames_in(path: Path) -> int:
         return 0
 
 
-def _open(path: Path) -> tuple[Iterator[bytes], dict]:
-    """An ffmpeg frame reader positioned after its metadata, or a one-line InputError."""
+def _open(path: Path, size: tuple[int, int] | None = None) -> tuple[Iterator[bytes], dict]:
+    """An ffmpeg frame reader positioned after its metadata (frames scaled to ``size``), or a one-line InputError."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: video file not found")
+    output_params = [] if size is None else ["-vf", f"scale={int(size[0])}:{int(size[1])}:flags=lanczos"]
     try:
-        reader = imageio_ffmpeg.read_frames(str(path))
+        reader = imageio_ffmpeg.read_frames(str(path), output_params=output_params)
         return reader, reader.__next__()
     except (RuntimeError, OSError, StopIteration, ValueError) as exc:
         raise InputError(f"{path}: not a readable video ({_first_line(exc)})") from None
+
+
+class _DropScalingNotice(logging.Filter):
+    """imageio-ffmpeg warns whenever the output size differs from the source: here that is the point."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "different from the source frame size" not in record.getMessage()
+
+
+logging.getLogger("imageio_ffmpeg").addFilter(_DropScalingNotice())
 
 
 def _first_line(exc: BaseException) -> str:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from moegs.config import bounded, build_config, check_config
+from moegs.data.dataset import FRAME_CACHE_MB
 from moegs.errors import InputError
 from moegs.experts import DYNAMIC_FAMILIES, family_names, get_family
 from moegs.experts.base import ExpertConfig
@@ -20,6 +21,8 @@ class _TrainExpertsSettings:
     backend: str = "auto"
     checkpoint_every: int = bounded(500, ge=1)
     export_ply: bool = False
+    frame_cache_mb: float = bounded(FRAME_CACHE_MB, ge=0.0)
+    """Budget of the dataset's decoded frames (LRU; 0 turns it off)."""
 
     def __post_init__(self) -> None:
         check_config(self)

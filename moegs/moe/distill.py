@@ -15,15 +15,21 @@ import torch
 from torch import Tensor
 
 from moegs.artifacts import Artifact, load_artifact
+from moegs.cache import ByteLRUCache, budget_bytes
 from moegs.camera_path import orbit_path, rig_shape, spiral_path
 from moegs.cameras import Camera
 from moegs.config import bounded, check_config
 from moegs.context import RenderContext
-from moegs.data.dataset import Dataset
+from moegs.data.dataset import FRAME_CACHE_MB, Dataset
 from moegs.errors import InputError
 from moegs.experts import family_names
 from moegs.experts.base import Expert, ExpertConfig
 from moegs.moe.model import MoEModel
+from moegs.moe.render import DEFORMED_CACHE_MB
+
+
+TEACHER_CACHE_MB = 512
+"""Default budget of the teacher's targets (one N3V image at 1352x1014 in float32 is 16 MB)."""
 
 
 @dataclass
@@ -43,6 +49,12 @@ class DistillConfig:
     """Size of that spiral relative to the rig (forward-facing rigs; a surround rig gets an orbit)."""
     checkpoint_every: int = bounded(500, ge=1)
     """Fine-tuning steps between checkpoints for --resume (not part of the id)."""
+    teacher_cache_mb: float = bounded(TEACHER_CACHE_MB, ge=0.0)
+    """Budget of the teacher's rendered targets (LRU; 0 renders every target again)."""
+    deformed_cache_mb: float = bounded(DEFORMED_CACHE_MB, ge=0.0)
+    """Budget of the frozen experts' deformed Gaussians (LRU)."""
+    frame_cache_mb: float = bounded(FRAME_CACHE_MB, ge=0.0)
+    """Budget of the dataset's decoded frames (LRU)."""
     device: str = "auto"
     backend: str = "auto"
 
@@ -51,7 +63,8 @@ class DistillConfig:
 
 
 class MoETeacher:
-    """The frozen MoE's images of the training views, rendered once each and cached on the device."""
+    """The frozen MoE's images of the training views, rendered on demand and kept on the device in an
+    LRU cache of ``cfg.teacher_cache_mb`` megabytes."""
 
     def __init__(self, model: MoEModel, dataset: Dataset, cfg: DistillConfig, ctx: RenderContext, student_index: int | None) -> None:
         self.model = model
@@ -62,16 +75,17 @@ class MoETeacher:
         self.novel_cameras = (
             _novel_views(dataset.train_cameras, cfg) if cfg.novel_views else []
         )
-        self._cache: dict[tuple[str, int], tuple[Tensor, Tensor | None]] = {}
+        self._cache: ByteLRUCache[tuple[Tensor, Tensor | None]] = ByteLRUCache(
+            budget_bytes(cfg.teacher_cache_mb, "teacher_cache_mb"))
 
     @torch.no_grad()
     def target(self, camera: Camera, frame: int) -> tuple[Tensor, Tensor | None]:
-        key = (camera.name, frame)
-        if key not in self._cache:
-            out = self.model.blend(camera, float(self.dataset.times[frame]), self.ctx)
-            weight = None if self.student_index is None else 1.0 - out.gates[self.student_index]
-            self._cache[key] = (out.image.clamp(0, 1), weight)
-        return self._cache[key]
+        return self._cache.get_or_create((camera.name, frame), lambda: self._render(camera, frame))
+
+    def _render(self, camera: Camera, frame: int) -> tuple[Tensor, Tensor | None]:
+        out = self.model.blend(camera, float(self.dataset.times[frame]), self.ctx)
+        weight = None if self.student_index is None else 1.0 - out.gates[self.student_index]
+        return out.image.clamp(0, 1), weight
 
 
 def resolve_student(moe: Artifact, student: str, workspace: Path) -> tuple[Artifact, int | None]:

@@ -19,7 +19,7 @@ from moegs.experts import get_family
 from moegs.experts.base import Expert, config_from_dict
 from moegs.experts.io import WEIGHTS, load_expert
 from moegs.moe.model import MoEModel
-from moegs.moe.render import FrozenExperts
+from moegs.moe.render import DEFORMED_CACHE_MB, FrozenExperts
 from moegs.moe.router import PixelRouter
 
 ROUTER = "router.safetensors"
@@ -69,9 +69,10 @@ def load_router(path: Path, num_experts: int) -> PixelRouter:
     return router
 
 
-def load_moe(artifact: Artifact, ctx: RenderContext, tau: float | None = None) -> MoEModel:
+def load_moe(artifact: Artifact, ctx: RenderContext, tau: float | None = None,
+             cache_mb: float = DEFORMED_CACHE_MB) -> MoEModel:
     """Rebuild experts (pruned weights if the MoE carries them) and router on the context's device;
-    ``tau`` overrides the stored temperature."""
+    ``tau`` overrides the stored temperature; ``cache_mb`` bounds the deformed-Gaussian cache."""
     if artifact.kind != "moe":
         raise IncompatibleArtifactError(f"{artifact.path}: expected a moe artifact, found {artifact.kind}")
     expert_artifacts = [artifact.resolve_input(entry) for entry in artifact.input_refs("expert")]
@@ -93,4 +94,4 @@ def load_moe(artifact: Artifact, ctx: RenderContext, tau: float | None = None) -
                 f"which has {expert.num_gaussians} Gaussians ({WEIGHTS} changed?)"
             )
     tau = float(artifact.compat["tau"] if tau is None else tau)
-    return MoEModel(FrozenExperts(experts), router.to(ctx.device), tau, expert_artifacts)
+    return MoEModel(FrozenExperts(experts, cache_mb=cache_mb), router.to(ctx.device), tau, expert_artifacts)

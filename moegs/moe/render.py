@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from moegs import gaussians as core
+from moegs.cache import ByteLRUCache, budget_bytes
 from moegs.cameras import Camera
 from moegs.context import RenderContext
 from moegs.experts.base import Expert
@@ -30,18 +31,22 @@ class MoEOutput:
     logits: Tensor  # [K, H, W]
 
 
-class FrozenExperts:
-    """Experts with gradients cut off; their deformed geometry is cached per time (it never changes),
-    while the view-dependent colour is recomputed per camera (cheap, and caching it would multiply
-    memory by the number of cameras)."""
+DEFORMED_CACHE_MB = 1024
+"""Default budget of the deformed-Gaussian cache (3 experts x 300k Gaussians x 300 frames would be ~15 GB)."""
 
-    def __init__(self, experts: Sequence[Expert], cache: bool = True) -> None:
+
+class FrozenExperts:
+    """Experts with gradients cut off; their deformed geometry is cached per time (it never changes)
+    in an LRU cache of ``cache_mb`` megabytes, while the view-dependent colour is recomputed per
+    camera (cheap, and caching it would multiply memory by the number of cameras)."""
+
+    def __init__(self, experts: Sequence[Expert], cache: bool = True, cache_mb: float = DEFORMED_CACHE_MB) -> None:
         self.experts = list(experts)
         for expert in self.experts:
             expert.eval()
-        self._cache: dict[tuple[int, float], GaussianSet] = {}
+        self._cache: ByteLRUCache[GaussianSet] = ByteLRUCache(budget_bytes(cache_mb, "deformed_cache_mb"))
         self.use_cache = cache
-        """Turn off to time rendering honestly (deformation included) or to save memory."""
+        """Turn off to time rendering honestly (deformation included)."""
 
     def __len__(self) -> int:
         return len(self.experts)
@@ -51,11 +56,11 @@ class FrozenExperts:
         expert = self.experts[k]
         center = camera_center(camera, expert.device)
         key = (k, float(t))
-        g = self._cache.get(key)
+        g = self._cache.get(key) if self.use_cache else None
         if g is None:
             g = expert.gaussians_at(t, center).detach()
             if self.use_cache:
-                self._cache[key] = g
+                self._cache.put(key, g)
             return g  # its colours are already this camera's
         colors = core.colors(expert.params, expert.config.sh_degree, center, means=g.means)
         return GaussianSet(g.means, g.quats, g.scales, g.opacities, colors.detach())

@@ -16,13 +16,14 @@ import torch
 from moegs.checkpoint import load_checkpoint, save_checkpoint
 from moegs.config import bounded, check_config
 from moegs.context import RenderContext
-from moegs.data.dataset import Dataset
+from moegs.data.dataset import FRAME_CACHE_MB, Dataset
+from moegs.data.views import StreamedViews
 from moegs.errors import CheckpointError
 from moegs.losses import photometric
 from moegs.moe.model import MoEModel
+from moegs.moe.render import DEFORMED_CACHE_MB
 from moegs.moe.router import PixelRouter
 from moegs.progress import progress_bar
-from moegs.rendering import TrainViews
 
 log = logging.getLogger("moegs")
 ROUTER_CHECKPOINT = "checkpoints/router.pt"
@@ -44,6 +45,10 @@ class TrainRouterConfig:
     lr_mlp: float = bounded(0.05, ge=0.0)
     lambda_dssim: float = bounded(0.2, ge=0.0, le=1.0)
     single_pass: bool = True
+    deformed_cache_mb: float = bounded(DEFORMED_CACHE_MB, ge=0.0)
+    """Budget of the frozen experts' deformed Gaussians (LRU; they are reused across cameras and steps)."""
+    frame_cache_mb: float = bounded(FRAME_CACHE_MB, ge=0.0)
+    """Budget of the dataset's decoded frames (LRU)."""
     device: str = "auto"
     backend: str = "auto"
     log_every: int = bounded(50, ge=1)
@@ -88,7 +93,7 @@ def train_router(
     With ``workdir`` a checkpoint is written there every ``cfg.checkpoint_every`` steps, and
     ``resume`` continues from it (a damaged one is reported and training starts over).
     """
-    views = TrainViews(dataset, dataset.train_cameras)
+    views = StreamedViews(dataset, dataset.train_cameras, ctx.device)
     rays = {cam.name: cam.rays(ctx.device) for cam in views.cameras}
     optimizer = router_optimizer(model.router, cfg)
     generator = torch.Generator().manual_seed(cfg.seed)
@@ -118,7 +123,7 @@ def train_router(
             camera = views.cameras[cam_index]
             out = model.blend(camera, float(dataset.times[frame]), ctx, tau=cfg.tau,
                               single_pass=cfg.single_pass, rays=rays[camera.name])
-            target = views.image(cam_index, frame).to(ctx.device)
+            target = views.image(cam_index, frame)
             loss = photometric(out.image, target, lambda_dssim=cfg.lambda_dssim)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
