@@ -16,6 +16,7 @@ the host CPU model next to the figures.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 import statistics
@@ -27,7 +28,7 @@ import torch
 import yaml
 
 from moegs.cameras import Camera
-from moegs.data.colmap_init import random_points
+from moegs.data.init_points import frustum_points
 from moegs.data.dataset import scene_extent
 from moegs.data.synthetic import PRESETS, make_rig
 from moegs.errors import InputError
@@ -119,7 +120,8 @@ def bench_family(
     cfg = config_from_dict(cls, dict(settings.get(family, {})))
     preset = PRESETS["demo"]
     cameras = _cameras()
-    points = random_points(cameras, n_points, near=_NEAR, far=_FAR, seed=seed)
+    placed = [dataclasses.replace(c, near=_NEAR, far=_FAR) for c in cameras]  # points at the scene's depths
+    points = frustum_points(placed, n_points, seed=seed)
     times = np.random.default_rng(seed).uniform(0.0, 1.0, n_points)
     expert = cls.from_points(cfg, points.xyz, points.rgb, times, preset.n_frames)
     extent = scene_extent(cameras)
