@@ -37,7 +37,7 @@ from moegs.experts.base import config_from_dict
 from moegs.losses import photometric
 from moegs.raster import rasterize
 from moegs.rendering import camera_center
-from moegs.train import make_optimizers
+from moegs.train import make_optimizers, step_optimizers
 
 PARTS = ("deform", "raster_fwd", "loss", "backward", "optimiser", "densify")
 # Scene depth range of the demo rig (it looks at z = 4; the back wall is at z = 6).
@@ -150,12 +150,7 @@ def bench_family(
         clock.lap("loss")
         loss.backward()
         clock.lap("backward")
-        for opt in optimizers.values():
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-        if fields_opt is not None:
-            fields_opt.step()
-            fields_opt.zero_grad(set_to_none=True)
+        step_optimizers(optimizers, fields_opt)
         clock.lap("optimiser")
         densify.accumulate(state, out.means2d.grad, out.radii, camera.width, camera.height)
         clock.lap("densify")

@@ -61,6 +61,16 @@ def make_optimizers(expert: Expert, extent: float) -> tuple[dict[str, torch.opti
     return per_gaussian, fields
 
 
+def step_optimizers(optimizers: dict[str, torch.optim.Optimizer], fields_opt: torch.optim.Optimizer | None) -> None:
+    """Apply and clear the gradients of every per-Gaussian optimiser and of the fields' one."""
+    for opt in optimizers.values():
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    if fields_opt is not None:
+        fields_opt.step()
+        fields_opt.zero_grad(set_to_none=True)
+
+
 def train_expert(
     expert: Expert,
     dataset: Dataset,
@@ -130,12 +140,7 @@ def train_expert(
             densifying = step < densify.stop
             if densifying and out.means2d.grad is not None:
                 densify.accumulate(state, out.means2d.grad, out.radii, camera.width, camera.height)
-            for opt in optimizers.values():
-                opt.step()
-                opt.zero_grad(set_to_none=True)
-            if fields_opt is not None:
-                fields_opt.step()
-                fields_opt.zero_grad(set_to_none=True)
+            step_optimizers(optimizers, fields_opt)
             if densifying:
                 stats = densify.densify_step(expert.params, optimizers, state, step + 1, extent, generator=generator)
                 if stats["n_after"] != stats["n_before"]:
