@@ -132,10 +132,10 @@ def apply_offsets(
 class StepCounter(nn.Module):
     """The number of training steps this expert has been through, saved with ``fields``.
 
-    Why: warm-up (4DGaussians' coarse stage) and annealing (E-D3DGS) depend on the training step,
-    but ``Expert.step`` is not persisted and restarts at 0 in ``from_state`` and in a fine-tuning
-    run (distillation). Schedules read this monotone counter instead, so a reloaded or fine-tuned
-    expert keeps its full deformation.
+    Why: warm-up (4DGaussians' coarse stage) and annealing (E-D3DGS) decide how much of the
+    deformation a render uses, and a reloaded expert (render, router, a distillation fine-tune
+    that restarts its local step at 0) has no training loop to ask. This counter travels with the
+    weights; ``step_offset`` only shifts the fine-tune's learning-rate and window schedules.
     """
 
     def __init__(self) -> None:
