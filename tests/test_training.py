@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-
 from moegs.context import CPU
 from moegs.data.build import build_dataset
 from moegs.data.preprocess_config import PreprocessConfig
