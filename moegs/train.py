@@ -115,7 +115,7 @@ def train_expert(
             log.info("%s: resumed at step %d", expert.family, start)
     background = ctx.tensor(cfg.background)
     began = time.perf_counter()
-    loss_value = float("nan")
+    last_loss: torch.Tensor | None = None
     with progress_bar(label or f"train {expert.family}", steps, enabled=progress) as bar:
         bar.advance(start)
         for local_step in range(start, steps):
@@ -136,7 +136,7 @@ def train_expert(
                 target, weight = teacher.target(camera, frame)
                 loss = loss + teacher.beta * photometric(out.image, target, lambda_dssim=cfg.lambda_dssim, weight=weight)
             loss.backward()
-            loss_value = float(loss.detach())
+            last_loss = loss.detach()  # read on the host only when shown (a read waits for a GPU)
             densifying = step < densify.stop
             if densifying and out.means2d.grad is not None:
                 densify.accumulate(state, out.means2d.grad, out.radii, camera.width, camera.height)
@@ -149,9 +149,10 @@ def train_expert(
                 _save_checkpoint(ckpt_path, local_step + 1, expert, optimizers, fields_opt, state, generator)
             bar.advance()
             if local_step % 50 == 0:
-                bar.set_postfix(f"loss={loss_value:.4f} N={expert.num_gaussians}")
+                bar.set_postfix(f"loss={float(last_loss):.4f} N={expert.num_gaussians}")
     expert.set_view(None)  # renders after training are of any view (test cameras, paths)
-    return TrainResult(time.perf_counter() - began, steps - start, loss_value, expert.num_gaussians)
+    final_loss = float("nan") if last_loss is None else float(last_loss)
+    return TrainResult(time.perf_counter() - began, steps - start, final_loss, expert.num_gaussians)
 
 
 def _set_learning_rates(
