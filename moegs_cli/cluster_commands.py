@@ -193,7 +193,7 @@ def report_submission(done: Submission, cfg: ExecutorConfig, workspace: Path) ->
 
 def train_experts_on_executor(workspace: Path, dataset: str, families: list[str], *, config: Path | None,
                               overrides: list[str] | None, force: bool, resume: bool, backend: str | None,
-                              cfg: ExecutorConfig, device: str | None = None) -> None:
+                              cfg: ExecutorConfig, device: str | None = None, frames: str | None = None) -> None:
     """``train-experts --executor local|slurm|debug``: one job per family (a SLURM array), reported like in process.
 
     ``overrides`` are the command's own ``--set`` items (keys of the train_experts section).
@@ -204,6 +204,7 @@ def train_experts_on_executor(workspace: Path, dataset: str, families: list[str]
     dataset_path = str(load_artifact(dataset, workspace, expected_kind="dataset").path)
     extra = (["--device", device] if device else []) + (["--backend", backend] if backend else [])
     extra += ["--resume"] if resume else []
+    extra += ["--frames", frames] if frames else []
     steps = expert_steps(workspace, dataset_path, families, _absolute(config), overrides or [], force, extra)
     done = submit([Group("experts", steps)], cfg, workspace, run_command_line, label="experts")
     report_submission(done, cfg, workspace)
