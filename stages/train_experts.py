@@ -11,7 +11,7 @@ from moegs.artifacts import Artifact, ArtifactWriter, load_artifact
 from moegs.config import to_dict
 from moegs.context import RenderContext
 from moegs.data.dataset import Dataset
-from moegs.data.frame_range import dataset_frames, parse_frames, select_frames
+from moegs.data.frame_range import FrameRange, dataset_frames, parse_frames, select_frames
 from moegs.errors import MoegsError
 from moegs.expert_output import finish_expert
 from moegs.experts import get_family
@@ -75,7 +75,7 @@ def train_one(
 ) -> StageResult:
     cls = get_family(family)
     frames = dataset_frames(dataset)
-    whole = frames.start == 0 and frames.stop == int(dataset_artifact.compat["n_frames"])
+    whole = frames == FrameRange(0, int(dataset_artifact.compat["n_frames"]))  # whole-sequence ids stay as they were
     writer = ArtifactWriter(
         workspace, dataset_artifact.scene, "expert", stage="train-experts",
         config={"family": family, **to_dict(family_cfg)},

@@ -71,7 +71,7 @@ class Dataset:
         self.region_names = region_names
         self.times = normalised_times(n_frames)
         self.frame_offset = 0
-        """Index in the frame stores of this dataset's frame 0 (non-zero for a chunk, see ``frame_range``)."""
+        """Index in the frame stores of this dataset's frame 0 (non-zero for a chunk: ``frame_range.select_frames``)."""
         self.frame_cache: ByteLRUCache[np.ndarray] = ByteLRUCache(budget_bytes(cache_mb, "frame_cache_mb"))
         self._stores = {cam.name: FrameStore(store_path(self.path, cam.name), n_frames, cam.height, cam.width)
                         for cam in cameras}
