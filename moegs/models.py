@@ -10,6 +10,7 @@ from moegs.data.frame_range import frames_of, parse_frames, select_frames
 from moegs.errors import IncompatibleArtifactError
 from moegs.experts.io import load_expert
 from moegs.moe.io import load_moe
+from moegs.moe.render import DEFORMED_CACHE_MB
 from moegs.renderable import Renderable
 
 MODEL_KINDS = ("expert", "moe", "chunked")
@@ -23,7 +24,10 @@ def load_model(artifact: Artifact, ctx: RenderContext, tau: float | None = None)
     if artifact.kind == "moe":
         return load_moe(artifact, ctx, tau=tau)
     if artifact.kind == "chunked":
-        parts = [(frames_of(chunk), load_model(chunk, ctx, tau)) for chunk in chunks_of(artifact)]
+        chunks = chunks_of(artifact)
+        share = DEFORMED_CACHE_MB / len(chunks)  # one budget for all chunks: a render or bench is in one chunk at a time
+        parts = [(frames_of(c), load_moe(c, ctx, tau=tau, cache_mb=share) if c.kind == "moe" else load_expert(c, ctx))
+                 for c in chunks]
         return ChunkedModel(parts, int(artifact.compat["n_frames"]))
     raise IncompatibleArtifactError(f"{artifact.path}: expected an expert, moe or chunked artifact, found {artifact.kind}")
 
