@@ -27,12 +27,14 @@ def check_tiling(ranges: Sequence[FrameRange], n_frames: int, names: Sequence[st
     expected = 0
     for frames, name in zip(ranges, names):
         if frames.start > expected:
-            raise IncompatibleArtifactError(f"chunks leave frames {expected}:{frames.start} uncovered (next chunk {frames} is {name})")
+            raise IncompatibleArtifactError(
+                f"chunks leave frames {expected}:{frames.start} uncovered (next chunk {frames} is {name})")
         if frames.start < expected:
             raise IncompatibleArtifactError(f"chunks overlap on frames {frames.start}:{expected} ({name} covers {frames})")
         expected = frames.stop
     if expected != n_frames:
-        raise IncompatibleArtifactError(f"chunks leave frames {expected}:{n_frames} uncovered (the dataset has {n_frames} frames)")
+        raise IncompatibleArtifactError(
+            f"chunks leave frames {expected}:{n_frames} uncovered (the dataset has {n_frames} frames)")
 
 
 class ChunkedModel:

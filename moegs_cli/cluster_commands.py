@@ -158,30 +158,33 @@ def chunked_pipeline_groups(*, workspace: Path, config: Path, dataset: str, chun
                             families: list[str], student: str, overrides: list[str] | None, force: bool) -> list[Group]:
     """Per chunk: experts (one array, ``--frames``) -> train-router -> prune, distill; then one ``stitch``
     per model (each family's experts, the router, the pruned and the distilled MoE) -> render -> bench."""
-    ws = ["-w", str(workspace)]
+    ws = ("-w", str(workspace))
 
-    def step(name: str, command: list[str | Output], section: str) -> Step:
-        return Step(name, tuple(ws) + _stage_argv(command, config, _section_sets(overrides, section), force))
+    def job(name: str, command: list[str | Output], section: str | None, after: tuple[str, ...]) -> Group:
+        """A group of one step; ``section`` names the config section its ``--config``/``--set`` come from."""
+        if section is None:
+            argv = ws + tuple(command) + (("--force",) if force else ())
+        else:
+            argv = ws + _stage_argv(command, config, _section_sets(overrides, section), force)
+        return Group(name, (Step(name, argv),), after)
 
     groups, tags = [], [f"@{c.start}-{c.stop}" for c in chunks]
     for frames, tag in zip(chunks, tags):
         experts = expert_steps(workspace, dataset, families, config, _section_sets(overrides, "train_experts"), force,
                                extra=["--frames", str(frames)], suffix=tag)
         groups.append(Group("experts" + tag, experts))
-        router = Output(("router" + tag,))
-        groups.append(Group("router" + tag, (step("train-router" + tag, ["train-router", "-e", Output(("experts" + tag,), sep=",")],
-                                                    "train_router"),), ("experts" + tag,)))
-        groups.append(Group("prune" + tag, (step("prune" + tag, ["prune", "--moe", router], "prune"),), ("router" + tag,)))
-        groups.append(Group("distill" + tag, (step("distill" + tag, ["distill", "--moe", router, "--student", student], "distill"),),
-                            ("router" + tag,)))
+        router = Output(("train-router" + tag,))
+        groups.append(job("train-router" + tag, ["train-router", "-e", Output(("experts" + tag,), sep=",")], "train_router",
+                          ("experts" + tag,)))
+        groups.append(job("prune" + tag, ["prune", "--moe", router], "prune", ("train-router" + tag,)))
+        groups.append(job("distill" + tag, ["distill", "--moe", router, "--student", student], "distill", ("train-router" + tag,)))
     stitched = {f"stitch:{family}": Output(tuple("experts" + t for t in tags), steps=tuple(f"expert:{family}{t}" for t in tags))
                 for family in families}
-    for name in ("router", "prune", "distill"):
-        stitched[f"stitch:{name}"] = Output(tuple(name + t for t in tags), last=name == "distill")
-    for name, parts in stitched.items():
-        groups.append(Group(name, (Step(name, tuple(ws) + ("stitch", parts) + (("--force",) if force else ())),), parts.groups))
-    groups.append(Group("render", (step("render", ["render", "--model", Output(("stitch:router",))], "render"),), ("stitch:router",)))
-    groups.append(Group("bench", (step("bench", ["bench", Output(tuple(stitched))], "bench"),), tuple(stitched) + ("render",)))
+    for stage in ("train-router", "prune", "distill"):
+        stitched[f"stitch:{stage}"] = Output(tuple(stage + t for t in tags), last=stage == "distill")
+    groups += [job(name, ["stitch", parts], None, parts.groups) for name, parts in stitched.items()]
+    groups.append(job("render", ["render", "--model", Output(("stitch:train-router",))], "render", ("stitch:train-router",)))
+    groups.append(job("bench", ["bench", Output(tuple(stitched))], "bench", tuple(stitched) + ("render",)))
     return groups
 
 

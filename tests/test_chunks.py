@@ -82,7 +82,7 @@ def chunked(tmp_path_factory, tiny_demo):
     for frames, refs in experts.items():
         moes[frames] = written(invoke(workspace, "train-router", "-e", ",".join(refs), "-c", str(config)))[0]
     stitched = written(invoke(workspace, "stitch", moes["4:8"], moes["0:4"]))[0]
-    return {"workspace": workspace, "config": config, "experts": experts, "moes": moes, "stitched": stitched,
+    return {"workspace": workspace, "dataset": dataset, "config": config, "experts": experts, "moes": moes, "stitched": stitched,
             "reads": reads, "sampled": sampled}
 
 
@@ -110,6 +110,12 @@ def test_a_router_refuses_experts_of_different_ranges(chunked):
     assert result.exit_code == 3
     line = " ".join(result.output.split())
     assert "cover different frames: 0:4" in line and "vs 4:8" in line and "one router per chunk" in line
+
+
+def test_a_range_outside_the_dataset_is_exit_2_before_training(chunked):
+    result = invoke(chunked["workspace"], "train-experts", "-d", str(chunked["dataset"]), "-e", "static",
+                    "--frames", "6:20", "-c", str(chunked["config"]))
+    assert result.exit_code == 2 and "6:20" in result.output and "8 frames" in result.output
 
 
 def test_stitch_refuses_mixed_kinds_and_overlaps(chunked):

@@ -235,16 +235,16 @@ def test_chunked_pipeline_wiring():
         workspace=Path("/ws"), config=Path("/c.yaml"), dataset="/ws/s/dataset/ab", chunks=chunk_ranges(300, 150),
         families=["hexplane", "keyframe"], student="keyframe", overrides=None, force=False)
     by_name = {g.name: g for g in groups}
-    assert [g.name for g in groups][:4] == ["experts@0-150", "router@0-150", "prune@0-150", "distill@0-150"]
+    assert [g.name for g in groups][:4] == ["experts@0-150", "train-router@0-150", "prune@0-150", "distill@0-150"]
     keyframe = by_name["experts@150-300"].steps[1]
     assert keyframe.name == "expert:keyframe@150-300" and ["--frames", "150:300"] == list(keyframe.argv[9:11])
-    assert by_name["router@150-300"].after == ("experts@150-300",)
+    assert by_name["train-router@150-300"].after == ("experts@150-300",)
     stitch_keyframe = by_name["stitch:keyframe"].steps[0].argv[-1]
     assert stitch_keyframe == Output(("experts@0-150", "experts@150-300"),
                                      steps=("expert:keyframe@0-150", "expert:keyframe@150-300"))
     assert by_name["stitch:distill"].steps[0].argv[-1] == Output(("distill@0-150", "distill@150-300"), last=True)
-    assert by_name["render"].after == ("stitch:router",)
-    assert set(by_name["bench"].after) == {"stitch:hexplane", "stitch:keyframe", "stitch:router", "stitch:prune",
+    assert by_name["render"].after == ("stitch:train-router",)
+    assert set(by_name["bench"].after) == {"stitch:hexplane", "stitch:keyframe", "stitch:train-router", "stitch:prune",
                                            "stitch:distill", "render"}
 
 
