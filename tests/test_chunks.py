@@ -183,3 +183,13 @@ def test_tiling_and_time_mapping():
     points = PointCloud(np.zeros((3, 3)), np.zeros((3, 3)), np.zeros(3), np.zeros(3, dtype=np.int32),
                         np.array([0.0, 5 / 8, 7 / 8], dtype=np.float32))
     assert chunk_points(points, FrameRange(4, 8), 8).time.tolist() == [0.0, 0.25, 0.75]
+
+
+def test_export_plays_the_stitched_sequence_and_splatv_refuses_it(chunked, tmp_path):
+    ws, stitched = chunked["workspace"], chunked["stitched"]
+    plys = invoke(ws, "export", "--model", stitched, "--format", "ply-sequence", "--out", str(tmp_path / "seq"))
+    assert plys.exit_code == 0, plys.output
+    assert len(list((tmp_path / "seq").glob("frame_*.ply"))) == 8
+    splatv = invoke(ws, "export", "--model", stitched, "--format", "splatv", "--out", str(tmp_path / "x.splatv"))
+    assert splatv.exit_code == 3 and "export each chunk" in " ".join(splatv.output.split())
+    assert not (tmp_path / "x.splatv").exists()
