@@ -6,7 +6,7 @@ import dataclasses
 from pathlib import Path
 
 from moegs.artifacts import ArtifactWriter, load_artifact
-from moegs.data.dataset import Dataset
+from moegs.models import model_dataset
 from moegs.moe.evaluate import evaluate_moe
 from moegs.moe.io import load_moe, save_pruned_experts, save_router
 from moegs.moe.prune import PruneConfig, apply_pruning, gate_aware_scores, keep_masks, snapshot
@@ -27,7 +27,7 @@ def run(cfg: PruneConfig, moe_ref: str, workspace: Path, *, force: bool = False,
     writer = ArtifactWriter(workspace, source.scene, "moe", stage="prune", config=artifact_config(cfg), inputs=inputs)
 
     def build(directory: Path, w: ArtifactWriter) -> None:
-        dataset = Dataset.load(source.resolve_input(source.input_refs("dataset")[0]).path)
+        dataset = model_dataset(source)
         model = load_moe(source, ctx)
         before = snapshot(model, dataset, ctx)
         apply_pruning(model, keep_masks(gate_aware_scores(model, dataset, cfg.frame_stride, ctx, progress), cfg))
