@@ -298,11 +298,16 @@ def _composite_span(v, n, mx, my, a, b, c, o, bound, tag, consts, ec):
         ok = (power <= zero) & (power >= bound) & (alpha >= alpha_min) & (v[_DONE + p] == zero)
         sat = ok & (t_next < t_min)
         use = ok & (t_next >= t_min)
-        v[_W + p] = alpha * t_now if use else zero
-        v[_TRANS + p] = t_next if use else t_now
-        v[_LAST + p] = tag if use else v[_LAST + p]
-        v[_DONE + p] = one if sat else v[_DONE + p]
-        n_sat += one if sat else zero
+        # Conditional updates as exact arithmetic with 0/1 masks (u, s), not "x if c else v[...]":
+        # LLVM drops the store of a value just loaded, and the other branch's store becomes a
+        # masked store (vmaskmovps), microcoded and slow on AMD's AVX2 cores.
+        u = one if use else zero
+        s = one if sat else zero
+        v[_W + p] = alpha * t_now * u
+        v[_TRANS + p] = t_now * (one - alpha * u)
+        v[_LAST + p] += (tag - v[_LAST + p]) * u
+        v[_DONE + p] += (one - v[_DONE + p]) * s
+        n_sat += s
     return int(n_sat)
 
 
@@ -400,9 +405,11 @@ def _backprop_span(v, n, mx, my, a, b, c, o, bound, j, consts, ec):
         r = v[_REST + p]
         fg = v[_FG + p]
         d_alpha = t_i * fg - r * inv
-        v[_TRANS + p] = t_i if used else t_after
-        v[_REST + p] = r + w * fg if used else r
-        v[_W + p] = w if used else zero
+        # T and rest change only where used: 0/1 mask arithmetic, no masked stores (see `_composite_span`)
+        u = one if used else zero
+        v[_TRANS + p] = t_i * u + t_after * (one - u)
+        v[_REST + p] = r + w * fg * u
+        v[_W + p] = w * u
         smooth = used & (raw <= alpha_max)  # alpha = o * gauss, not the 0.99 clamp
         d_power = alpha * d_alpha if smooth else zero
         g_opac += gauss * d_alpha if smooth else zero
