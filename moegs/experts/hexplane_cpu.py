@@ -1,6 +1,6 @@
 """The HexPlane feature on the CPU: every plane of every level sampled in one numba kernel.
 
-``HexPlaneField`` on CPU took ~30 ms (forward + backward, one thread) of a hexplane training step
+``HexPlaneField`` on CPU took 20-40 ms (forward + backward, one thread) of a hexplane training step
 at 8000 Gaussians in 12 ``grid_sample`` calls (their backward scatters channel by channel), the
 column gathers that feed them and the products between them. Here all planes are copied once
 per step into one flat buffer, channel-last ([H, W, F] each: the F channels of a corner are one
