@@ -6,9 +6,9 @@ Each family is built at the demo preset's settings (`stages/presets/demo.yaml`) 
 (10 cameras, 256x192, 24 frames) from `--gaussians` points spread over the camera frustums (the
 demo caps experts at 8000), and trained for a few steps past its warm-ups and inside the
 densification window. A step is split as the training loop runs it: deform (`gaussians_at`),
-rasterise forward, loss (L1 + SSIM), backward, optimiser (the per-tensor Adams and the fields' one)
-and densify (gradient statistics every step, plus one clone/split/prune event per `densify.every`
-steps, amortised). Targets are smooth random images: the step's cost does not depend on what
+rasterise forward, loss (L1 + SSIM), backward, optimiser (the fused Adams per tensor and the
+fields' one) and densify (gradient statistics every step, plus one clone/split/prune event per
+`densify.every` steps, amortised). Targets are smooth random images: the step's cost does not depend on what
 they show. Prints the numba target CPU (what `NUMBA_CPU_NAME` / `NUMBA_CPU_FEATURES` emulate) and
 the host CPU model next to the figures.
 """

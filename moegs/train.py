@@ -52,12 +52,18 @@ class TrainResult:
     gaussians: int
 
 
+def _adam(params: list[Tensor], lr: float) -> torch.optim.Optimizer:
+    """Adam with 3DGS's eps as one fused kernel per tensor: torch's default on CPU is a loop of
+    ~10 elementwise ops per tensor (2x the time on the fields' 30-odd tensors); same update rule."""
+    return torch.optim.Adam(params, lr=lr, eps=1e-15, fused=True)
+
+
 def make_optimizers(expert: Expert, extent: float) -> tuple[dict[str, torch.optim.Optimizer], torch.optim.Optimizer | None]:
     """One Adam per per-Gaussian tensor (the densification layout) and one for the fields."""
     lrs = expert.param_lrs(extent)
-    per_gaussian = {k: torch.optim.Adam([p], lr=lrs[k], eps=1e-15) for k, p in expert.params.items()}
+    per_gaussian = {k: _adam([p], lrs[k]) for k, p in expert.params.items()}
     field_params = [p for p in expert.fields.parameters() if p.requires_grad]
-    fields = torch.optim.Adam(field_params, lr=expert.config.lr_fields * extent, eps=1e-15) if field_params else None
+    fields = _adam(field_params, expert.config.lr_fields * extent) if field_params else None
     return per_gaussian, fields
 
 

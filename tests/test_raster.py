@@ -4,6 +4,10 @@ single pass vs separate passes, contribution identity, and backend resolution.""
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numba
 import numpy as np
@@ -93,6 +97,24 @@ def test_cpu_matches_torch(n, width, height, channels):
         assert _rel_l2(a, b) < GRAD_REL_L2, name
         nonzero = (b[visible] != 0).reshape(visible.sum(), -1).any(dim=1).float().mean()
         assert nonzero > 0.9, f"{name}: only {float(nonzero):.2f} of visible Gaussians get a gradient"
+
+
+def test_cpu_avx2_code_matches_torch():
+    """The kernels compiled for AVX2 (`FAST_MASKED_STORES` off: 0/1-mask arithmetic instead of
+    selects), as most machines run them, pass the same comparison of values and gradients: in a
+    child process targeting haswell without AVX-512 (the host's code is what the other tests
+    check). Float32 only, as training runs: the child compiles every kernel again (~1 min)."""
+    env = dict(os.environ, NUMBA_CPU_NAME="haswell", NUMBA_CPU_FEATURES="")
+    check = "from moegs.raster.cpu_common import FAST_MASKED_STORES as F; assert not F"
+    assert subprocess.run([sys.executable, "-c", check], env=env).returncode == 0
+    test = "tests/test_raster.py::test_cpu_matches_torch[800-77-43-3]"
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", test],
+        env=env, cwd=root, capture_output=True, text=True,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    assert "1 passed" in proc.stdout
 
 
 @pytest.mark.parametrize("backend", ["torch", "cpu"])

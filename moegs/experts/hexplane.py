@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import cast
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -18,9 +19,11 @@ from torch import Tensor, nn
 from moegs.errors import InputError
 from moegs.experts.base import Expert, ExpertConfig
 from moegs.experts.deform_mlp import DeformHeads, StepCounter, apply_offsets, check_attrs
+from moegs.experts.hexplane_cpu import HexPlaneCPU
 
 PLANE_AXES: tuple[tuple[int, int], ...] = ((0, 1), (0, 2), (1, 2), (0, 3), (1, 3), (2, 3))
 """Coordinate pairs of the 6 planes (axis 3 is time): xy xz yz xt yt zt."""
+_AXES = np.array(PLANE_AXES, np.int64)
 SPATIAL = (0, 1, 2)
 SPACE_TIME = (3, 4, 5)
 
@@ -98,8 +101,12 @@ class HexPlaneField(nn.Module):
         return first[0].shape[1] * len(self.levels)
 
     def forward(self, xyz: Tensor, t: float) -> Tensor:
-        """``xyz`` [N, 3] and ``t`` already normalised to [-1, 1]."""
+        """``xyz`` [N, 3] and ``t`` already normalised to [-1, 1]. On CPU all planes are sampled in
+        one numba kernel (`moegs.experts.hexplane_cpu`, same values to float rounding)."""
         coords = torch.cat([xyz, xyz.new_full((xyz.shape[0], 1), t)], dim=1)
+        if coords.device.type == "cpu":
+            planes = [plane for level in self.levels for plane in cast(nn.ParameterList, level)]
+            return HexPlaneCPU.apply(coords, _AXES, len(self.levels), *planes)
         per_level = []
         for planes in self.levels:
             feat: Tensor | None = None

@@ -22,7 +22,10 @@ libm's exp would stop that, so `_exp_neg` evaluates exp on [-10, 0] with Cody-Wa
 a Taylor polynomial of degree 7 in float32 (8.6e-8 relative, as exact as libm's expf) and 12 in
 float64 (5e-16), and 2^-n built from its exponent bits. The same code is fast on AVX2 (8 float32
 lanes, 16 registers) and AVX-512: tile state in one buffer (no run-time alias checks), tags and
-counts in the compute dtype (no int64 lanes), no select chains. fastmath allows only
+counts in the compute dtype (no int64 lanes), no select chains, and conditional state updates as
+selects (masked stores) only where masked stores are cheap (`FAST_MASKED_STORES`: AVX-512), as
+exact 0/1-mask arithmetic elsewhere (AVX2's vmaskmovps store is microcoded on AMD: the AVX2
+backward took 1.4x as long with it on the demo scene). fastmath allows only
 reassociation and contraction (the sums over pixels in the backward), never finite-math
 assumptions. Measured on 2 cores at 256x192 with 20k Gaussians: `python -m moegs.raster.bench`;
 AVX2 code is generated on any x86 machine with NUMBA_CPU_NAME=haswell NUMBA_CPU_FEATURES=""
@@ -41,7 +44,7 @@ from numba.extending import intrinsic, overload
 from torch import Tensor
 
 from moegs.errors import InputError
-from moegs.raster.cpu_common import FASTMATH, as_numpy, compute_dtype, threads_for
+from moegs.raster.cpu_common import FAST_MASKED_STORES, FASTMATH, as_numpy, compute_dtype, threads_for
 from moegs.raster.projection import ALPHA_MAX, ALPHA_MIN, T_MIN, TILE, TileBins
 
 # Below this many tile-list entries (~ a 64x48 image of a few hundred Gaussians) one thread is faster.
@@ -298,11 +301,20 @@ def _composite_span(v, n, mx, my, a, b, c, o, bound, tag, consts, ec):
         ok = (power <= zero) & (power >= bound) & (alpha >= alpha_min) & (v[_DONE + p] == zero)
         sat = ok & (t_next < t_min)
         use = ok & (t_next >= t_min)
-        v[_W + p] = alpha * t_now if use else zero
-        v[_TRANS + p] = t_next if use else t_now
-        v[_LAST + p] = tag if use else v[_LAST + p]
-        v[_DONE + p] = one if sat else v[_DONE + p]
-        n_sat += one if sat else zero
+        if FAST_MASKED_STORES:  # "x if c else v[...]" becomes a masked store (see cpu_common)
+            v[_W + p] = alpha * t_now if use else zero
+            v[_TRANS + p] = t_next if use else t_now
+            v[_LAST + p] = tag if use else v[_LAST + p]
+            v[_DONE + p] = one if sat else v[_DONE + p]
+            n_sat += one if sat else zero
+        else:  # the same as exact arithmetic with 0/1 masks: plain stores
+            u = one if use else zero
+            s = one if sat else zero
+            v[_W + p] = alpha * t_now * u
+            v[_TRANS + p] = t_now * (one - alpha * u)
+            v[_LAST + p] += (tag - v[_LAST + p]) * u
+            v[_DONE + p] += (one - v[_DONE + p]) * s
+            n_sat += s
     return int(n_sat)
 
 
@@ -400,9 +412,15 @@ def _backprop_span(v, n, mx, my, a, b, c, o, bound, j, consts, ec):
         r = v[_REST + p]
         fg = v[_FG + p]
         d_alpha = t_i * fg - r * inv
-        v[_TRANS + p] = t_i if used else t_after
-        v[_REST + p] = r + w * fg if used else r
-        v[_W + p] = w if used else zero
+        if FAST_MASKED_STORES:  # T and rest change only where used (see `_composite_span`)
+            v[_TRANS + p] = t_i if used else t_after
+            v[_REST + p] = r + w * fg if used else r
+            v[_W + p] = w if used else zero
+        else:
+            u = one if used else zero
+            v[_TRANS + p] = t_i * u + t_after * (one - u)
+            v[_REST + p] = r + w * fg * u
+            v[_W + p] = w * u
         smooth = used & (raw <= alpha_max)  # alpha = o * gauss, not the 0.99 clamp
         d_power = alpha * d_alpha if smooth else zero
         g_opac += gauss * d_alpha if smooth else zero

@@ -15,6 +15,24 @@ from torch import Tensor
 FASTMATH = {"reassoc", "contract", "nsz"}
 
 
+def _target_has_avx512() -> bool:
+    """Whether numba compiles for AVX-512 (host features, or NUMBA_CPU_FEATURES when set; an empty
+    feature string, as in AVX2 emulation, counts as no)."""
+    import llvmlite.binding as llvm
+
+    features = numba.config.CPU_FEATURES
+    if features is None:
+        features = llvm.get_host_cpu_features().flatten()
+    return "+avx512f" in features
+
+
+# A kernel constant (numba freezes globals at compile time, and caches per target CPU): masked
+# stores are one cheap instruction with AVX-512's mask registers, but microcoded on AMD's AVX2
+# (vmaskmovps) and scalarised on NEON, so the compositing kernels write conditional updates as
+# selects only here and as exact 0/1-mask arithmetic elsewhere.
+FAST_MASKED_STORES = _target_has_avx512()
+
+
 def compute_dtype(x: Tensor) -> torch.dtype:
     """float64 for float64 input (gradcheck), float32 for anything else: numba compiles one
     specialisation per dtype and has no float16."""
