@@ -58,7 +58,11 @@ class DensifyConfig:
     start: int = bounded(500, ge=0)
     """Densify only at steps > start."""
     stop: int = bounded(15000, ge=0)
-    """Densify and reset opacity only at steps < stop."""
+    """Densify (grow and prune) and reset opacity only at steps < stop."""
+    grow_stop: int | None = bounded(None, ge=0)
+    """Clone and split only at steps < grow_stop (None: until ``stop``); pruning and the opacity reset
+    go on until ``stop``. STG clones during its first few densifications only (600-1100 of 25k on N3V)
+    and keeps pruning until 7000."""
     every: int = bounded(100, ge=1)
     """Densify every this many steps."""
     opacity_reset_every: int = bounded(3000, ge=1)
@@ -121,8 +125,9 @@ class DensifyConfig:
 
         Order as in 3DGS: clone, split (clones are never split: their statistics are zero), prune
         (low opacity; after the first opacity reset also too large on screen or in world space),
-        zero the statistics; then the opacity reset if due. At ``max_gaussians`` or more only the
-        growth (clone, split) stops: pruning and the opacity reset go on. Returns counts for logging.
+        zero the statistics; then the opacity reset if due. At ``max_gaussians`` or more, or from
+        ``grow_stop`` on, only the growth (clone, split) stops: pruning and the opacity reset go on.
+        Returns counts for logging.
         """
         check_sanity(params, optimizers, state)
         n_before = params["means"].shape[0]
@@ -130,7 +135,7 @@ class DensifyConfig:
         if step < self.stop and step > self.start and step % self.every == 0:
             clone_idx = torch.zeros(0, dtype=torch.long)
             split_mask = torch.zeros(n_before, dtype=torch.bool)
-            if n_before < self.max_gaussians:
+            if n_before < self.max_gaussians and (self.grow_stop is None or step < self.grow_stop):
                 grads = state["grad2d"] / state["count"].clamp_min(1.0)
                 max_scale = torch.exp(params["log_scales"].detach()).amax(dim=-1)
                 high = grads >= self.grad_threshold
