@@ -99,16 +99,26 @@ def test_distilled_student_not_worse_than_baseline(tiny_demo):
     assert distilled >= baseline - 0.05
 
 
+def test_demo_reports_distillation_with_and_without_novel_views(tiny_demo):
+    """Issue 12 item 7: the table says what the pseudo-views add beside what the MoE teaches."""
+    train_views = tiny_demo.steps["distilled, training views"].artifact.metrics
+    baseline = tiny_demo.steps["baseline"].artifact.metrics["psnr"]
+    assert train_views["finetune"] == "distill-train-views"
+    print(tiny_demo.table.splitlines()[-1])
+    assert f"{train_views['psnr'] - baseline:+.2f} dB with the training views only" in tiny_demo.table
+    assert "| keyframe+distill-train-views |" in tiny_demo.table
+
+
 def test_bench_files_agree_with_manifests(tiny_demo):
     bench = tiny_demo.bench.artifact
     results = json.loads(bench.file("results.json").read_text())
     rows = {row["id"]: row for row in results["rows"]}
-    assert len(rows) == 8
+    assert len(rows) == 9  # 4 experts, MoE, pruned, distilled, GT-only baseline, distilled on training views
     for name, step in tiny_demo.steps.items():
         if step.artifact.kind in ("expert", "moe"):
             assert rows[step.artifact.short_id]["psnr"] == pytest.approx(step.artifact.metrics["psnr"], abs=1e-6), name
     csv_lines = bench.file("results.csv").read_text().strip().splitlines()
-    assert len(csv_lines) == 9
+    assert len(csv_lines) == 10
     assert bench.file("psnr_vs_fps.png").stat().st_size > 1000
     assert all(row["lpips"] is None for row in results["rows"]) and "unavailable" in results["lpips"]
     assert "| MoE(" in tiny_demo.table
