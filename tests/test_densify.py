@@ -205,9 +205,14 @@ def test_at_max_gaussians_growth_stops_but_pruning_and_resets_go_on():
     assert stats["cloned"] == 0 and stats["split"] == 0 and stats["pruned"] == 1 and stats["opacity_reset"]
     assert params["means"].shape[0] == 9 and all(not v.any() for v in state.values())
     assert torch.sigmoid(params["opacity_logits"].detach()).max() <= 0.01 + 1e-7
-    below = D.DensifyConfig(max_gaussians=11)  # one below the cap: growth runs (and may pass it)
-    cfg.accumulate(state, grad[:9], torch.full((9,), 5, dtype=torch.int32), W, H)
-    assert below.densify_step(params, opts, state, step=600, scene_extent=1.0)["cloned"] == 9
+    below = D.DensifyConfig(max_gaussians=11)  # room for 2: the two largest gradients clone, no more
+    ranked = torch.arange(1.0, 10.0)[:, None].expand(9, 2).clone()  # row 8 largest, then row 7
+    cfg.accumulate(state, ranked, torch.full((9,), 5, dtype=torch.int32), W, H)
+    parents = params["means"].detach()[[7, 8]].clone()
+    assert below.densify_step(params, opts, state, step=600, scene_extent=1.0)["cloned"] == 2
+    assert params["means"].shape[0] == 11
+    new_rows = params["means"].detach()[9:]
+    assert torch.equal(new_rows[new_rows[:, 0].argsort()], parents[parents[:, 0].argsort()])
 
 
 def test_grow_stop_ends_cloning_but_pruning_goes_on_until_stop():
