@@ -97,10 +97,13 @@ def test_new_content_keeps_what_moved_and_drops_static_repeats() -> None:
     u, v = np.meshgrid(np.arange(20) * 0.1, np.arange(20) * 0.1)
     wall = np.stack([u.ravel(), v.ravel(), np.full(u.size, 5.0)], axis=1)  # spacing 0.1
     ball = rng.normal(0.0, 0.05, size=(30, 3)) + [0.5, 0.5, 3.0]
-    parts = [(wall, 0.0), (ball, 0.0), (wall + rng.normal(0, 1e-3, wall.shape), 0.5), (ball + [0.6, 0, 0], 0.5)]
+    floater = np.array([[3.0, 3.0, 1.0]])  # isolated too, but a mismatch: 10x the usual reprojection error
+    parts = [(wall, 0.0), (ball, 0.0), (wall + rng.normal(0, 1e-3, wall.shape), 0.5), (ball + [0.6, 0, 0], 0.5),
+             (floater, 0.5)]
     xyz = np.concatenate([p for p, _ in parts])
     time = np.concatenate([np.full(len(p), t) for p, t in parts])
-    cloud = PointCloud(xyz, np.zeros((len(xyz), 3)), np.zeros(len(xyz)), np.full(len(xyz), 2), time)
+    error = np.where(np.arange(len(xyz)) == len(xyz) - 1, 1.0, 0.1)
+    cloud = PointCloud(xyz, np.zeros((len(xyz), 3)), error, np.full(len(xyz), 2), time)
     kept = new_content(cloud)
     later = kept.xyz[kept.time == 0.5]
     assert len(kept) == len(wall) + 2 * len(ball)
