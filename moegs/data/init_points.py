@@ -3,11 +3,12 @@
 ``auto`` (the default) tries, in order, what gives the best points on the rig at hand:
 
 1. COLMAP triangulation with the known poses, on frames spread over the clip (forward-facing
-   rigs with textured, overlapping views: N3V, Technicolor). The first frame keeps all its points;
-   a later frame only those farther than half the first frame's point spacing from every point kept
-   before (:func:`new_content`): the static background is triangulated again at every frame,
-   so what a later frame adds is, almost only, the moving content where it has gone (STG's
-   "preprocesspoints" keeps the most isolated points of later frames for the same reason);
+   rigs with textured, overlapping views: N3V, Technicolor). With ``colmap_new_content`` the first
+   frame keeps all its points and a later frame only those farther than half the first frame's
+   point spacing from every point kept before (:func:`new_content`): the static background is
+   triangulated again at every frame, so what a later frame adds is, almost only, the moving
+   content where it has gone (STG's "preprocesspoints" keeps the most isolated points of later
+   frames for the same reason);
 2. space carving (:mod:`moegs.data.carving`): sparse and surround rigs, where SIFT finds too few
    matches between views 50-140 degrees apart;
 3. points sampled in the intersection of the training frusta, ``init_points`` of them, with a
@@ -116,7 +117,7 @@ def _run(method: str, config: PreprocessConfig, cameras: list[Camera], n_frames:
         points, stats = colmap_points(cameras, frames, [i / n_frames for i in index],
                                       max_features=config.colmap_max_features, num_threads=num_threads,
                                       progress=on_colmap_frame)
-        kept = new_content(points)
+        kept = new_content(points) if config.colmap_new_content else points
         record.tried["colmap"] = {**stats, "frames": index, "triangulated": len(points), "points": len(kept)}
         return kept
     if method == "carve":
