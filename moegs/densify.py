@@ -58,7 +58,11 @@ class DensifyConfig:
     start: int = bounded(500, ge=0)
     """Densify only at steps > start."""
     stop: int = bounded(15000, ge=0)
-    """Densify and reset opacity only at steps < stop."""
+    """Densify (grow and prune) and reset opacity only at steps < stop."""
+    grow_stop: int | None = bounded(None, ge=0)
+    """Clone and split only at steps < grow_stop (None: until ``stop``); pruning and the opacity reset
+    go on until ``stop``. STG clones during its first few densifications only (600-1100 of 25k on N3V)
+    and keeps pruning until 7000."""
     every: int = bounded(100, ge=1)
     """Densify every this many steps."""
     opacity_reset_every: int = bounded(3000, ge=1)
@@ -72,10 +76,24 @@ class DensifyConfig:
     n_split: int = bounded(2, ge=2)
     """Samples drawn per split Gaussian; their scales are divided by 0.8 * n_split (1.6 for 2)."""
     max_gaussians: int = bounded(10_000_000, ge=1)
-    """No clone or split once an expert has this many Gaussians (pruning and resets go on)."""
+    """Growth never passes this many Gaussians: near it only the largest gradients clone or split;
+    at it none do (pruning and resets go on)."""
 
     def __post_init__(self) -> None:
         check_config(self)
+
+    def _within_budget(self, grads: Tensor, high: Tensor, small: Tensor, n: int) -> Tensor:
+        """``high`` [N] keeping only the largest gradients whose copies (1 per clone, n_split - 1 per
+        split) fit below ``max_gaussians``: one step near the cap could otherwise double the count."""
+        added = torch.where(small, 1, self.n_split - 1)
+        room = self.max_gaussians - n
+        if int(added[high].sum()) <= room:
+            return high
+        order = torch.argsort(torch.where(high, grads, -1.0), descending=True, stable=True)
+        fits = (torch.cumsum(added[order], 0) <= room) & high[order]
+        keep = torch.zeros_like(high)
+        keep[order[fits]] = True
+        return keep
 
     def init_state(self, n: int, device: str | torch.device = "cpu") -> dict[str, Tensor]:
         """Fresh statistics for ``n`` Gaussians: summed gradient norms, visit counts, max radii (px)."""
@@ -121,8 +139,9 @@ class DensifyConfig:
 
         Order as in 3DGS: clone, split (clones are never split: their statistics are zero), prune
         (low opacity; after the first opacity reset also too large on screen or in world space),
-        zero the statistics; then the opacity reset if due. At ``max_gaussians`` or more only the
-        growth (clone, split) stops: pruning and the opacity reset go on. Returns counts for logging.
+        zero the statistics; then the opacity reset if due. Growth stops at ``max_gaussians`` (near
+        it the largest gradients go first) and from ``grow_stop`` on; pruning and the opacity reset go on.
+        Returns counts for logging.
         """
         check_sanity(params, optimizers, state)
         n_before = params["means"].shape[0]
@@ -130,11 +149,11 @@ class DensifyConfig:
         if step < self.stop and step > self.start and step % self.every == 0:
             clone_idx = torch.zeros(0, dtype=torch.long)
             split_mask = torch.zeros(n_before, dtype=torch.bool)
-            if n_before < self.max_gaussians:
+            if n_before < self.max_gaussians and (self.grow_stop is None or step < self.grow_stop):
                 grads = state["grad2d"] / state["count"].clamp_min(1.0)
                 max_scale = torch.exp(params["log_scales"].detach()).amax(dim=-1)
-                high = grads >= self.grad_threshold
                 small = max_scale <= self.percent_dense * scene_extent
+                high = self._within_budget(grads, grads >= self.grad_threshold, small, n_before)
                 clone_idx = torch.nonzero(high & small).squeeze(-1)
                 duplicate_gaussians(params, optimizers, clone_idx, state)
                 split_mask = _pad(high & ~small, clone_idx.numel())

@@ -7,6 +7,7 @@ beside the CLI, above the stages, so that no stage imports another.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from dataclasses import dataclass
@@ -88,23 +89,40 @@ def run(preset: str, workspace: Path, *, seed: int = 0, force: bool = False, pro
                                     force=force, progress=progress)
     moe_ref = str(steps["moe"].artifact.path)
     steps["pruned"] = prune.run(section(prune.PruneConfig, "prune"), moe_ref, workspace, force=force, progress=progress)
-    distilled, baseline = distill.run(section(distill.DistillConfig, "distill"), moe_ref, demo_cfg.student, workspace,
-                                      force=force, progress=progress)
+    distill_cfg = section(distill.DistillConfig, "distill")
+    distilled, baseline = distill.run(distill_cfg, moe_ref, demo_cfg.student, workspace, force=force, progress=progress)
     steps["distilled"] = distilled
     if baseline is not None:
         steps["baseline"] = baseline
+    if demo_cfg.distill_without_novel and distill_cfg.novel_views:
+        train_views = dataclasses.replace(distill_cfg, novel_views=0, baseline=False)
+        steps["distilled, training views"], _ = distill.run(train_views, moe_ref, demo_cfg.student, workspace,
+                                                            force=force, progress=progress)
     render_cfg = section(render.RenderConfig, "render")
     renders = [render.run(render_cfg, moe_ref, workspace, force=force, progress=progress)]
     if demo_cfg.novel_path:
         path_cfg = section(render.RenderConfig, "render")
         path_cfg.cameras = "path"
         renders.append(render.run(path_cfg, moe_ref, workspace, force=force, progress=progress))
-    models = expert_refs + [moe_ref, str(steps["pruned"].artifact.path), str(distilled.artifact.path)]
-    if baseline is not None:
-        models.append(str(baseline.artifact.path))
+    models = expert_refs + [moe_ref] + [str(steps[k].artifact.path) for k in ("pruned", *DISTILL_STEPS) if k in steps]
     bench_result = bench.run(section(bench.BenchConfig, "bench"), models, workspace, force=force, progress=progress)
-    table = bench_result.artifact.file("results.md").read_text()
+    table = bench_result.artifact.file("results.md").read_text() + distillation_note(steps, distill_cfg.novel_views)
     return DemoResult(bench_result, renders, table, steps)
+
+
+DISTILL_STEPS = ("distilled", "baseline", "distilled, training views")
+
+
+def distillation_note(steps: dict[str, StageResult], novel_views: int) -> str:
+    """What distillation gains over the GT-only baseline, with the pseudo-views and without them
+    (issue 12: tells the MoE's knowledge apart from the extra views)."""
+    if "baseline" not in steps:
+        return ""
+    base = steps["baseline"].artifact.metrics["psnr"]
+    gains = [f"{steps['distilled'].artifact.metrics['psnr'] - base:+.2f} dB with {novel_views} novel views"]
+    if "distilled, training views" in steps:
+        gains.append(f"{steps['distilled, training views'].artifact.metrics['psnr'] - base:+.2f} dB with the training views only")
+    return "\nDistillation over the GT-only baseline (PSNR): " + ", ".join(gains) + ".\n"
 
 
 @dataclass
@@ -115,3 +133,6 @@ class DemoSettings:
     """Family distilled from the MoE."""
     novel_path: bool = True
     """Also render the MoE along a spiral through the rig."""
+    distill_without_novel: bool = True
+    """Also distil with the training views only (novel_views=0, no second baseline), to tell the
+    MoE's knowledge apart from the pseudo-views' in the table."""

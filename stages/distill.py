@@ -39,7 +39,8 @@ def run(cfg: DistillConfig, moe_ref: str, student: str, workspace: Path, *, forc
                              {"teacher": None, **settings, "beta": 0.0}, None, [], force, resume, progress, "baseline")
     teacher = MoETeacher(load_moe(moe, ctx, cache_mb=cfg.deformed_cache_mb), dataset, cfg, ctx, index)
     distilled = _finetune(student_artifact, dataset, dataset_artifact, workspace, ctx, cfg,
-                          {"teacher": moe.id, **settings}, teacher, [("teacher", moe)], force, resume, progress, "distill")
+                          {"teacher": moe.id, **settings}, teacher, [("teacher", moe)], force, resume, progress,
+                          "distill" if cfg.novel_views else "distill-train-views")
     if baseline is not None:
         gain = distilled.artifact.metrics["psnr"] - baseline.artifact.metrics["psnr"]
         log.info("distilled %s: %.2f dB vs GT-only baseline %.2f dB (%+.2f dB)", student_artifact.compat.get("family"),

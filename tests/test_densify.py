@@ -205,6 +205,31 @@ def test_at_max_gaussians_growth_stops_but_pruning_and_resets_go_on():
     assert stats["cloned"] == 0 and stats["split"] == 0 and stats["pruned"] == 1 and stats["opacity_reset"]
     assert params["means"].shape[0] == 9 and all(not v.any() for v in state.values())
     assert torch.sigmoid(params["opacity_logits"].detach()).max() <= 0.01 + 1e-7
-    below = D.DensifyConfig(max_gaussians=11)  # one below the cap: growth runs (and may pass it)
-    cfg.accumulate(state, grad[:9], torch.full((9,), 5, dtype=torch.int32), W, H)
-    assert below.densify_step(params, opts, state, step=600, scene_extent=1.0)["cloned"] == 9
+    below = D.DensifyConfig(max_gaussians=11)  # room for 2: the two largest gradients clone, no more
+    ranked = torch.arange(1.0, 10.0)[:, None].expand(9, 2).clone()  # row 8 largest, then row 7
+    cfg.accumulate(state, ranked, torch.full((9,), 5, dtype=torch.int32), W, H)
+    parents = params["means"].detach()[[7, 8]].clone()
+    assert below.densify_step(params, opts, state, step=600, scene_extent=1.0)["cloned"] == 2
+    assert params["means"].shape[0] == 11
+    new_rows = params["means"].detach()[9:]
+    assert torch.equal(new_rows[new_rows[:, 0].argsort()], parents[parents[:, 0].argsort()])
+
+
+def test_grow_stop_ends_cloning_but_pruning_goes_on_until_stop():
+    """Issue 12 item 5: STG's prune phase after its clone phase (grow_stop < stop)."""
+    cfg = D.DensifyConfig(start=0, every=100, grow_stop=700, stop=1000, opacity_reset_every=100000)
+    params, opts = _setup()
+    state = cfg.init_state(10)
+    grad = torch.full((10, 2), 1.0)  # every Gaussian would clone
+    visible = torch.full((10,), 5, dtype=torch.int32)
+    cfg.accumulate(state, grad, visible, W, H)
+    assert cfg.densify_step(params, opts, state, step=600, scene_extent=1.0)["cloned"] == 10
+    with torch.no_grad():
+        params["opacity_logits"][0] = -8.0  # opacity 3e-4 < 0.005: pruned
+    cfg.accumulate(state, torch.full((20, 2), 1.0), torch.full((20,), 5, dtype=torch.int32), W, H)
+    stats = cfg.densify_step(params, opts, state, step=800, scene_extent=1.0)
+    assert stats["cloned"] == 0 and stats["split"] == 0 and stats["pruned"] == 1
+    assert params["means"].shape[0] == 19
+    with torch.no_grad():
+        params["opacity_logits"][0] = -8.0
+    assert cfg.densify_step(params, opts, state, step=1000, scene_extent=1.0)["pruned"] == 0  # stop is exclusive

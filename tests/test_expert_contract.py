@@ -17,6 +17,7 @@ from moegs.data.build import build_dataset
 from moegs.data.preprocess_config import PreprocessConfig
 from moegs.data.dataset import Dataset
 from moegs.densify import duplicate_gaussians, remove_gaussians
+from moegs.errors import InputError
 from moegs.experts import family_names, get_family
 from moegs.experts.base import Expert
 from moegs.raster import GaussianSet, rasterize
@@ -171,3 +172,19 @@ def test_resume_matches_uninterrupted_run(dataset, tmp_path, family):
         assert torch.equal(resumed.params[key], value), (family, key)  # training is bitwise reproducible on CPU
     for (key, a), b in zip(straight.fields.state_dict().items(), resumed.fields.state_dict().values()):
         assert torch.equal(a, b), (family, key)
+
+
+@pytest.mark.parametrize("family", ["hexplane", "polynomial"])
+def test_point_times_first_starts_from_the_earliest_instant(family: str) -> None:
+    cls = get_family(family)
+    rng = np.random.default_rng(0)
+    xyz, rgb = rng.uniform(-1, 1, (30, 3)), rng.uniform(0, 1, (30, 3))
+    times = np.repeat([0.0, 0.25, 0.5], 10)
+    config = dataclasses.replace(cls.config_class(), point_times="first")
+    first = cls.from_points(config, xyz, rgb, times, N_FRAMES)
+    assert first.num_gaussians == 10
+    torch.testing.assert_close(first.params["means"].detach(), torch.as_tensor(xyz[:10], dtype=torch.float32))
+    torch.testing.assert_close(first.aabb, torch.as_tensor(np.stack([xyz[:10].min(0), xyz[:10].max(0)]), dtype=torch.float32))
+    assert cls.from_points(cls.config_class(), xyz, rgb, times, N_FRAMES).num_gaussians == 30
+    with pytest.raises(InputError, match="point_times"):
+        dataclasses.replace(cls.config_class(), point_times="last")

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from moegs.cameras import Camera
-from moegs.data.init_points import initial_points, record_stats, spread_indices
+from moegs.data.colmap_init import PointCloud
+from moegs.data.init_points import initial_points, new_content, record_stats, spread_indices
 from moegs.data.preprocess_config import PreprocessConfig
 from moegs.errors import InputError
 
@@ -88,3 +89,24 @@ def test_cli_refuses_a_bad_bound_before_reading_anything(tmp_path) -> None:
                                       "--init-points", "10"])
     assert result.exit_code == 2 and "init_points (10) must be at least min_points (100)" in result.output
     assert not (tmp_path / "ws").exists() or not any((tmp_path / "ws").rglob("manifest.json"))
+
+
+def test_new_content_keeps_what_moved_and_drops_static_repeats() -> None:
+    """A later frame adds its moved object, not the static wall triangulated again (within 1 mm)."""
+    rng = np.random.default_rng(0)
+    u, v = np.meshgrid(np.arange(20) * 0.1, np.arange(20) * 0.1)
+    wall = np.stack([u.ravel(), v.ravel(), np.full(u.size, 5.0)], axis=1)  # spacing 0.1
+    ball = rng.normal(0.0, 0.05, size=(30, 3)) + [0.5, 0.5, 3.0]
+    floater = np.array([[3.0, 3.0, 1.0]])  # isolated too, but a mismatch: 10x the usual reprojection error
+    parts = [(wall, 0.0), (ball, 0.0), (wall + rng.normal(0, 1e-3, wall.shape), 0.5), (ball + [0.6, 0, 0], 0.5),
+             (floater, 0.5)]
+    xyz = np.concatenate([p for p, _ in parts])
+    time = np.concatenate([np.full(len(p), t) for p, t in parts])
+    error = np.where(np.arange(len(xyz)) == len(xyz) - 1, 1.0, 0.1)
+    cloud = PointCloud(xyz, np.zeros((len(xyz), 3)), error, np.full(len(xyz), 2), time)
+    kept = new_content(cloud)
+    later = kept.xyz[kept.time == 0.5]
+    assert len(kept) == len(wall) + 2 * len(ball)
+    np.testing.assert_allclose(np.sort(later[:, 0]), np.sort(ball[:, 0] + 0.6), atol=1e-6)
+    single = PointCloud(wall, np.zeros((len(wall), 3)), np.zeros(len(wall)), np.ones(len(wall)), np.zeros(len(wall)))
+    assert len(new_content(single)) == len(wall)  # one frame: nothing to compare against

@@ -62,9 +62,15 @@ class ExpertConfig:
     """3DGS density control: ``densify: {start: 300, stop: 2000, max_gaussians: 60000, ...}``."""
     background: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0], metadata={"limits": {"ge": 0.0, "le": 1.0}})
     seed: int = bounded(0, ge=0)
+    point_times: str = "all"
+    """Initial points: ``all`` of them, or ``first``: only those of the earliest time (4DGaussians,
+    E-D3DGS and Ex4DGS start from frame 0; a later frame's points on moving objects are then left
+    to the motion model instead of becoming canonical copies along the path)."""
 
     def __post_init__(self) -> None:
         check_config(self)
+        if self.point_times not in ("all", "first"):
+            raise ConfigValueError("point_times", f"must be 'all' or 'first', got {self.point_times!r}")
         if len(self.background) != 3:
             raise ConfigValueError("background", f"must be 3 numbers (RGB), got {len(self.background)}")
 
@@ -105,9 +111,13 @@ class Expert(nn.Module):
         cls, config: ExpertConfig, xyz: np.ndarray, rgb: np.ndarray, times: np.ndarray, n_frames: int
     ) -> Expert:
         """Initialise from triangulated points (``times`` = normalised time each point was seen at)."""
+        times = np.asarray(times, dtype=np.float32).reshape(-1)
+        if config.point_times == "first" and len(times):
+            first = times == times.min()
+            xyz, rgb, times = xyz[first], rgb[first], times[first]
         params = core.init_from_points(xyz, rgb, config.sh_degree, init_opacity=config.init_opacity)
         aabb = torch.tensor(np.stack([xyz.min(0), xyz.max(0)]), dtype=torch.float32)
-        extra = cls.init_per_gaussian(config, params, torch.as_tensor(np.asarray(times, dtype=np.float32)), n_frames)
+        extra = cls.init_per_gaussian(config, params, torch.as_tensor(times), n_frames)
         return cls(config, {**params, **extra}, n_frames, aabb)
 
     @classmethod
