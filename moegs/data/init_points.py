@@ -10,9 +10,10 @@
    warning: the experts then start from nothing the cameras agree on.
 
 On a surround rig (:func:`moegs.camera_path.rig_shape`) COLMAP's points, when there are enough,
-sit on a few spots of the static background (views far apart match only there), so ``auto`` adds the
-carved points: the foreground at its frames' times and the background (method ``colmap+carve``). On forward-facing rigs the
-visual hull of a frame is a long cone along the viewing direction, so it is not used there.
+sit on a few spots of the static background (views far apart match only there), so ``auto`` adds
+the carved points: the foreground at its frames' times and the background (method ``colmap+carve``).
+On forward-facing rigs the visual hull of a frame is a long cone along the viewing direction, so it
+is not used there.
 
 Every try is recorded (points, reprojection error, matches per camera pair, why it was rejected)
 so the dataset manifest says which init was used and why.
