@@ -134,7 +134,8 @@ def train_expert(
             t = float(dataset.times[frame])
             sh_degree = cfg.sh_degree if cfg.sh_every <= 0 else min(step // cfg.sh_every, cfg.sh_degree)
             expert.set_view(None if novel else cam_index)
-            out = render_expert(expert, camera, t, ctx, background, sh_degree=sh_degree, retain_grad=True)
+            step_background = ctx.tensor(torch.rand(3, generator=generator)) if cfg.random_background else background
+            out = render_expert(expert, camera, t, ctx, step_background, sh_degree=sh_degree, retain_grad=True)
             loss = expert.regularisation(t)
             if not novel:
                 loss = loss + photometric(out.image, views.image(cam_index, frame), lambda_dssim=cfg.lambda_dssim)

@@ -17,6 +17,7 @@ from moegs.expert_output import finish_expert
 from moegs.experts import get_family
 from moegs.experts.base import ExpertConfig
 from moegs.experts.settings import TrainExpertsConfig, family_config
+from moegs.rig_defaults import applied_defaults, rig_expert_defaults
 from moegs.train import train_expert
 from stages.common import StageResult, run_stage, stage_context
 
@@ -41,15 +42,22 @@ def run(
 ) -> list[FamilyOutcome]:
     """Train every requested family; a family that fails is reported and the others still run."""
     dataset_artifact = load_artifact(dataset_ref, workspace, expected_kind="dataset")
-    configs = {family: family_config(cfg, family) for family in cfg.families}
-    ctx = stage_context(cfg)
     whole = Dataset.load(dataset_artifact.path, cfg.frame_cache_mb)
     dataset = select_frames(whole, parse_frames(cfg.frames, whole.n_frames, what="frames"))
+    shape, defaults = rig_expert_defaults(dataset.train_cameras)
+    configs = {family: family_config(cfg, family, defaults) for family in cfg.families}
+    rigs = {family: {"shape": shape, "defaults": applied_defaults(defaults, getattr(cfg, family))}
+            for family in cfg.families}
+    for family, rig in rigs.items():
+        if rig["defaults"]:
+            log.info("%s: %s rig, so %s (set them in the config to override)", family, shape,
+                     ", ".join(f"{k}={v}" for k, v in rig["defaults"].items()))
+    ctx = stage_context(cfg)
     outcomes = []
     for family, family_cfg in configs.items():
         try:
             result = train_one(family, family_cfg, dataset, dataset_artifact, workspace, ctx,
-                               cfg, force=force, resume=resume, progress=progress)
+                               cfg, force=force, resume=resume, progress=progress, rig=rigs[family])
             outcomes.append(FamilyOutcome(family, result, None))
         except MoegsError as exc:
             log.error("%s failed: %s", family, exc)
@@ -72,7 +80,9 @@ def train_one(
     force: bool,
     resume: bool,
     progress: bool,
+    rig: dict | None = None,
 ) -> StageResult:
+    """``rig``: the rig's shape and the defaults it set in ``family_cfg``, recorded in the manifest's metrics."""
     cls = get_family(family)
     frames = dataset_frames(dataset)
     whole = frames == FrameRange(0, int(dataset_artifact.compat["n_frames"]))  # whole-sequence ids stay as they were
@@ -90,5 +100,7 @@ def train_one(
                               checkpoint_every=cfg.checkpoint_every, progress=progress, label=label)
         finish_expert(expert, dataset, dataset_artifact, directory, w, ctx, progress=progress,
                       export_ply=cfg.export_ply, train_seconds=result.seconds)
+        if rig is not None:
+            w.metrics["rig"] = rig
 
     return run_stage(writer, build, ctx=ctx, force=force, resume=resume)

@@ -15,7 +15,7 @@ from moegs.cameras import Camera
 from moegs.data.carving import carve_points
 from moegs.data.dataset import Dataset
 from moegs.data.init_points import spread_indices
-from moegs.data.synthetic import REGION_NAMES, load_scene_info
+from moegs.data.synthetic import REGION_NAMES, SURROUND_CENTRE, load_scene_info, view_coverage
 from moegs.data.video import read_video
 from moegs.errors import InputError
 from moegs_cli.app import app
@@ -50,13 +50,41 @@ def test_surround_preset_rig_and_labels(surround_raw) -> None:
     gaps = _azimuth_gaps(cameras, np.array([0.0, 0.0, 4.0]))
     assert np.all((gaps >= 50) & (gaps <= 140)), gaps
     for cam in cameras:  # every camera looks at the middle of the moving objects
-        uv, depth = cam.project(np.array([[0.0, 0.1, 4.0]]))
+        uv, depth = cam.project(np.array([SURROUND_CENTRE]))
         assert depth[0] > 0 and np.allclose(uv[0], [cam.width / 2, cam.height / 2], atol=1.0)
     seen = set()
     for cam in cameras:
         with np.load(surround_raw / "labels" / f"{cam.name}.npz") as data:
             seen |= set(np.unique(data["labels"]).tolist())
     assert seen == set(range(len(REGION_NAMES)))  # every region is visible somewhere, ground truth labelled
+
+
+def test_held_out_view_shows_what_training_cameras_see(surround_raw) -> None:
+    """The truth must be learnable: most of the held-out view is seen by two or more training cameras.
+
+    Measured at frames 0 and 4: 73% and 71% of cam00's pixels are seen by 2+ training cameras, 15-18%
+    by one, 11-12% by none (a strip of the far wall between its neighbours' fields of view). With
+    the cameras at eye height, as before, only 43% were seen by 2+ and 16% by none.
+    """
+    info, _ = load_scene_info(surround_raw)
+    test = info["test_camera"]
+    others = [c["name"] for c in info["cameras"] if c["name"] != test]
+    truth = read_video(surround_raw / f"{test}.mp4").astype(np.float64) / 255.0
+    oracle, flat = [], []
+    for frame in range(info["n_frames"]):
+        seen = view_coverage(surround_raw, test, others, frame)
+        if frame in (0, info["n_frames"] // 2):
+            assert (seen >= 2).mean() > 0.65 and (seen == 0).mean() < 0.15
+        mean = truth[frame].mean(axis=(0, 1))
+        exact_where_two_see = np.where((seen >= 2)[..., None], truth[frame], mean)
+        oracle.append(-10 * np.log10(((exact_where_two_see - truth[frame]) ** 2).mean()))
+        flat.append(-10 * np.log10(((truth[frame] - mean) ** 2).mean()))
+    # Exact wherever two training views see, the frame's mean colour elsewhere: 22.5 dB against the flat
+    # image's 16.2 (the eye-height rig allowed 18.4 against 15.2, so +6 dB was out of reach there).
+    assert np.mean(oracle) > np.mean(flat) + 6.0
+    assert view_coverage(surround_raw, "cam01", ["cam01"]).min() == 1  # a camera sees all it shows
+    with pytest.raises(InputError, match="no camera"):
+        view_coverage(surround_raw, "cam00", ["cam99"])
 
 
 def test_unknown_rig_is_refused(tmp_path) -> None:
@@ -68,9 +96,9 @@ def test_unknown_rig_is_refused(tmp_path) -> None:
 def test_carving_lies_on_the_true_surfaces(surround_raw) -> None:
     """Foreground points at their own frame's time, background points on the static room.
 
-    Bounds (tiny preset, 96x72, 5 training cameras, voxel ~0.11 m in a 10 m room): foreground median
-    within 0.1 m of the true surface at the point's frame (measured 0.048), background within 0.3 m
-    (measured 0.20).
+    Bounds (tiny preset, 96x72, 5 training cameras, voxel ~0.1 m in a 10 m room): foreground median
+    within 0.1 m of the true surface at the point's frame (measured 0.055), background within 0.3 m
+    (measured 0.124; 0.20 with the earlier eye-height rig).
     """
     info, scene = load_scene_info(surround_raw)
     train = _cameras(surround_raw)[1:]
@@ -103,7 +131,7 @@ def test_rig_shape_and_default_path(surround_raw, tiny_raw) -> None:
     orbit = default_path(surround, 24)
     assert len(orbit) == 24 and orbit[0].name == "orbit_0000"
     np.testing.assert_allclose(orbit[0].center, surround[0].center, atol=1e-9)  # starts at a camera
-    target = np.array([0.0, 0.1, 4.0])
+    target = np.array(SURROUND_CENTRE)
     radii = [np.linalg.norm((v.center - target)[[0, 2]]) for v in orbit]
     assert np.allclose(radii, 3.2, rtol=0.15)  # goes around the scene, not through it
     assert sorted(_azimuth_gaps(orbit, target))[-1] < 30  # the loop closes: no large jump anywhere
@@ -115,21 +143,36 @@ def test_rig_shape_and_default_path(surround_raw, tiny_raw) -> None:
         make_path("zigzag", surround, 3)
 
 
-def test_surround_end_to_end(surround_raw, tmp_path) -> None:
-    """synth --rig surround -> preprocess (init chosen automatically) -> one expert, scored on a training
-    view and on the held-out view against a flat image of each frame's mean colour.
+def test_rig_shape_chooses_expert_defaults_the_config_overrides(surround_raw, tiny_raw) -> None:
+    from moegs.experts.settings import TrainExpertsConfig, family_config
+    from moegs.rig_defaults import applied_defaults, rig_expert_defaults
 
-    At tiny size (96x72, 8 frames, 300 steps) COLMAP finds nothing, carving is chosen, and the expert
-    fits its training views above the flat image (measured 17.5 vs 15.1 dB; asserted +1.5 dB). The
-    held-out camera, 55-60 degrees from its nearest training cameras, is NOT yet better than the flat
-    image at this size (measured 11.9-12.5 dB vs 15.2 dB, the same as from random points): sparse-view
-    generalisation is the open part of issue 18, so it is printed here, not asserted.
+    assert rig_expert_defaults(_cameras(tiny_raw)) == ("forward", {})
+    shape, defaults = rig_expert_defaults(_cameras(surround_raw)[1:])
+    assert shape == "surround" and defaults == {"random_background": True}
+    cfg = TrainExpertsConfig(families=["polynomial"], polynomial={"random_background": False, "sh_degree": 2})
+    chosen = family_config(cfg, "polynomial", defaults)
+    assert chosen.random_background is False and chosen.sh_degree == 2  # the user's values win
+    assert applied_defaults(defaults, cfg.polynomial) == {}
+    assert family_config(cfg, "static", defaults).random_background is True
+    assert applied_defaults(defaults, cfg.static) == {"random_background": True}
+
+
+def test_surround_end_to_end(surround_raw, tmp_path) -> None:
+    """synth --rig surround -> preprocess (init chosen automatically) -> two experts with the surround
+    defaults -> router, scored on the held-out view against a flat image of each frame's mean colour.
+
+    Tiny size (96x72, 8 frames, 500 steps per expert, 150 router steps). Measured: COLMAP
+    triangulates ~120 background points and carving adds ~4,700 (colmap+carve); held-out view
+    polynomial 17.99 dB, static 17.30, MoE 17.74, flat image 16.21 (polynomial without the
+    surround default random_background: 17.54). Training views reach 22-25 dB (26-28.6 at 1000 steps, where the
+    held-out view stays at 17.8): sparse-view overfitting, not underfitting. NOT met here: the
+    issue's +6 dB over the flat image (the preset allows 22.5 dB, see the coverage test) and the
+    MoE >= its best expert (-0.25 dB: the router learns from the same three-view fits). Asserted:
+    a clear margin over the flat image for the best expert and for the MoE.
     """
-    from moegs.context import resolve_context
-    from moegs.evaluation import evaluate_renderer
-    from moegs.experts.io import load_expert
-    from moegs.rendering import render_expert
-    from stages import train_experts
+    from moegs.moe.train import TrainRouterConfig
+    from stages import train_experts, train_router
 
     workspace = tmp_path / "ws"
     result = runner.invoke(app, ["-w", str(workspace), "--log-level", "debug", "preprocess", str(surround_raw),
@@ -138,27 +181,30 @@ def test_surround_end_to_end(surround_raw, tmp_path) -> None:
     dataset_path = Path(result.stdout.strip().splitlines()[-1])
     manifest = json.loads((dataset_path / "manifest.json").read_text())
     init = manifest["init"]
-    assert init["method"] == "carve" and "carving found enough points" in init["reason"]
-    assert init["tried"]["colmap"]["points"] < 100 and "pair_inliers" in init["tried"]["colmap"]
-    assert manifest["metrics"]["init"] == "carve" and manifest["metrics"]["points"] >= 100
+    assert init["method"] in ("carve", "colmap+carve") and init["tried"]["carve"]["background_points"] >= 300
+    assert "pair_inliers" in init["tried"]["colmap"]
+    assert manifest["metrics"]["init"] == init["method"] and manifest["metrics"]["rig"] == "surround"
+    assert manifest["metrics"]["points"] >= init["tried"]["carve"]["points"]  # COLMAP's join, never replace
     assert "verified matches per pair" in result.output  # --log-level debug shows the per-pair counts
 
-    cfg = train_experts.TrainExpertsConfig(families=["polynomial"], checkpoint_every=100000, polynomial={
-        "iterations": 300, "init_t_log_scale": 0.5,
-        "densify": {"max_gaussians": 3000, "start": 50, "stop": 250, "every": 50}})
-    outcome = train_experts.run(cfg, dataset_path, workspace, progress=False)[0]
-    assert outcome.error is None, outcome.error
+    schedule = {"iterations": 500, "densify": {"max_gaussians": 6000, "start": 100, "stop": 400, "every": 100}}
+    cfg = train_experts.TrainExpertsConfig(families=["polynomial", "static"], checkpoint_every=100000,
+                                           polynomial={**schedule, "init_t_log_scale": 0.5}, static=schedule)
+    outcomes = train_experts.run(cfg, dataset_path, workspace, progress=False)
+    assert [o.error for o in outcomes] == [None, None]
+    experts = [o.result.artifact for o in outcomes]
+    for expert in experts:  # the rig chose these, the config did not set them
+        assert expert.metrics["rig"] == {"shape": "surround", "defaults": {"random_background": True}}
+        assert expert.config["random_background"] is True
+    moe = train_router.run(TrainRouterConfig(iterations=150, log_every=50), [str(e.path) for e in experts],
+                           workspace, progress=False).artifact
     dataset = Dataset.load(dataset_path)
-    ctx = resolve_context()
-    expert = load_expert(outcome.result.artifact, ctx)
-    train_cam = dataset.train_cameras[:1]
-    train_psnr = evaluate_renderer(lambda camera, t: render_expert(expert, camera, t, ctx).image, dataset, train_cam,
-                                   progress=False)["psnr"]
-    held_out = outcome.result.artifact.metrics["psnr"]
-    flat_train, flat_test = _flat_mean_colour_psnr(dataset, train_cam), _flat_mean_colour_psnr(dataset)
-    print(f"surround tiny ({manifest['metrics']['points']} carved points): training view {train_psnr:.2f} dB "
-          f"(flat {flat_train:.2f}); held-out view {held_out:.2f} dB (flat {flat_test:.2f})")
-    assert train_psnr > flat_train + 1.5
+    flat = _flat_mean_colour_psnr(dataset)
+    held_out = {e.config["family"]: e.metrics["psnr"] for e in experts}
+    best = max(held_out.values())
+    print(f"surround tiny ({manifest['metrics']['points']} points, {init['method']}): held-out view "
+          f"{held_out} dB, MoE {moe.metrics['psnr']:.2f} dB, flat image {flat:.2f} dB")
+    assert best > flat + 1.0 and moe.metrics["psnr"] > flat + 1.0
 
 
 def _flat_mean_colour_psnr(dataset: Dataset, cameras: list[Camera] | None = None) -> float:

@@ -23,6 +23,7 @@ import imageio.v3 as iio
 import numpy as np
 from PIL import Image
 
+from moegs.camera_path import rig_shape
 from moegs.cameras import Camera, cameras_to_json
 from moegs.data.capture import Capture, open_capture
 from moegs.data.colmap_init import PointCloud
@@ -109,6 +110,7 @@ def build_dataset(src: Path, out_dir: Path, config: PreprocessConfig, *, num_thr
             "width": out_cameras[0].width,
             "height": out_cameras[0].height,
             **record_stats(points, init),
+            "rig": rig_shape(train),
             "seconds": _time.perf_counter() - started,
         },
         "compat": {

@@ -15,9 +15,10 @@
    warning: the experts then start from nothing the cameras agree on.
 
 On a surround rig (:func:`moegs.camera_path.rig_shape`) COLMAP's points, when there are enough,
-sit almost all on the static background (views far apart match only there), so ``auto`` adds the
-carved foreground at its frames' times (method ``colmap+carve``). On forward-facing rigs the
-visual hull of a frame is a long cone along the viewing direction, so it is not used there.
+sit on a few spots of the static background (views far apart match only there), so ``auto`` adds
+the carved points: the foreground at its frames' times and the background (method ``colmap+carve``).
+On forward-facing rigs the visual hull of a frame is a long cone along the viewing direction, so it
+is not used there.
 
 Every try is recorded (points, reprojection error, matches per camera pair, why it was rejected)
 so the dataset manifest says which init was used and why.
@@ -94,7 +95,7 @@ def initial_points(
             continue
         if len(points) >= config.min_points:
             if method == "colmap" and config.init == "auto" and rig_shape(cameras) == "surround":
-                points, method = _with_carved_foreground(points, config, cameras, n_frames, read_frame, record)
+                points, method = _with_carving(points, config, cameras, n_frames, read_frame, record)
             record.method = method
             record.reason = _reason(method, config, record)
             if method == "random" and config.init == "auto":
@@ -157,15 +158,17 @@ def new_content(points: PointCloud, radius_factor: float = 0.5, error_factor: fl
     return PointCloud(points.xyz[keep], points.rgb[keep], points.error[keep], points.track_len[keep], points.time[keep])
 
 
-def _with_carved_foreground(points: PointCloud, config: PreprocessConfig, cameras: list[Camera], n_frames: int,
-                            read_frame: FrameReader, record: InitRecord) -> tuple[PointCloud, str]:
-    """COLMAP's points plus the carved foreground (surround rigs); COLMAP's alone if carving finds none."""
-    foreground, _, stats = _carve(config, cameras, n_frames, read_frame)
+def _with_carving(points: PointCloud, config: PreprocessConfig, cameras: list[Camera], n_frames: int,
+                  read_frame: FrameReader, record: InitRecord) -> tuple[PointCloud, str]:
+    """COLMAP's points plus the carved foreground and background (surround rigs); COLMAP's alone if
+    carving finds none. Views far apart let COLMAP triangulate only a few background spots, so the
+    carved background stays too: without it most of the room starts empty."""
+    foreground, background, stats = _carve(config, cameras, n_frames, read_frame)
     record.tried["carve"] = stats
-    if len(foreground) == 0:
+    carved = PointCloud.concat([foreground, background])
+    if len(carved) == 0:
         return points, "colmap"
-    foreground = _capped(foreground, config.init_points, stats)
-    return PointCloud.concat([points, foreground]), "colmap+carve"
+    return PointCloud.concat([points, _capped(carved, config.init_points, stats)]), "colmap+carve"
 
 
 def _carve(config: PreprocessConfig, cameras: list[Camera], n_frames: int,
@@ -249,7 +252,8 @@ def _reason(method: str, config: PreprocessConfig, record: InitRecord) -> str:
     if method == "colmap":
         return "COLMAP triangulated enough points"
     if method == "colmap+carve":
-        return "COLMAP triangulated enough points; surround rig: carved foreground added at its frames' times"
+        return ("COLMAP triangulated enough points; surround rig: carved points added (foreground at its "
+                "frames' times, and the static background)")
     prefix = "; ".join(failed)
     if method == "carve":
         return f"{prefix}; carving found enough points"

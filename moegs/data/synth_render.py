@@ -49,6 +49,13 @@ class RigCamera:
             "t": self.t.tolist(),
         }
 
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> RigCamera:
+        """Inverse of :meth:`to_json` (a ``scene.json`` camera entry; extra keys are ignored)."""
+        return cls(name=data["name"], width=int(data["width"]), height=int(data["height"]),
+                   focal=float(data["K"][0][0]), R=np.asarray(data["R"], dtype=np.float64),
+                   t=np.asarray(data["t"], dtype=np.float64))
+
 
 def look_at(name: str, centre: np.ndarray, target: np.ndarray, width: int, height: int, focal: float) -> RigCamera:
     """Camera at ``centre`` looking at ``target`` with image rows along world +y (y is down)."""

@@ -61,6 +61,10 @@ class ExpertConfig:
     densify: DensifyConfig = field(default_factory=_expert_densify)
     """3DGS density control: ``densify: {start: 300, stop: 2000, max_gaussians: 60000, ...}``."""
     background: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0], metadata={"limits": {"ge": 0.0, "le": 1.0}})
+    random_background: bool = False
+    """Train against a random background colour each step, so an empty pixel is never right: Gaussians
+    must cover every pixel opaquely (closed scenes seen by few cameras, where gaps are otherwise left
+    at ``background``). Renders after training use ``background``."""
     seed: int = bounded(0, ge=0)
     point_times: str = "all"
     """Initial points: ``all`` of them, or ``first``: only those of the earliest time (4DGaussians,

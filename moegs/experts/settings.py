@@ -37,10 +37,11 @@ class _TrainExpertsSettings:
             family_config(self, family)  # every section is checked, requested or not
 
 
-def family_config(cfg: Any, family: str) -> ExpertConfig:
-    """The typed config of ``family`` from its section of ``cfg`` (unknown family or key: InputError)."""
+def family_config(cfg: Any, family: str, defaults: dict[str, Any] | None = None) -> ExpertConfig:
+    """The typed config of ``family`` from its section of ``cfg`` over ``defaults`` (e.g. the rig's,
+    :mod:`moegs.rig_defaults`); unknown family or key: InputError."""
     cls = get_family(family)
-    return build_config(cls.config_class, getattr(cfg, family), prefix=f"{family}.")
+    return build_config(cls.config_class, {**(defaults or {}), **getattr(cfg, family)}, prefix=f"{family}.")
 
 
 TrainExpertsConfig = dataclasses.make_dataclass(
