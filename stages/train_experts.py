@@ -83,6 +83,6 @@ def train_one(
         result = train_expert(expert, dataset, directory, ctx, resume=resume,
                               checkpoint_every=cfg.checkpoint_every, progress=progress, label=f"train {family}")
         finish_expert(expert, dataset, dataset_artifact, directory, w, ctx, progress=progress,
-                      export_ply=cfg.export_ply, train_seconds=result.seconds)
+                      export_ply=cfg.export_ply, train_seconds=result.seconds, eval_frames=cfg.eval_frames)
 
     return run_stage(writer, build, ctx=ctx, force=force, resume=resume)

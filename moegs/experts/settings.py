@@ -9,6 +9,7 @@ from typing import Any
 
 from moegs.config import bounded, build_config, check_config
 from moegs.data.dataset import FRAME_CACHE_MB
+from moegs.evaluation import EVAL_FRAMES
 from moegs.errors import InputError
 from moegs.experts import DYNAMIC_FAMILIES, family_names, get_family
 from moegs.experts.base import ExpertConfig
@@ -23,6 +24,8 @@ class _TrainExpertsSettings:
     export_ply: bool = False
     frame_cache_mb: float = bounded(FRAME_CACHE_MB, ge=0.0)
     """Budget of the dataset's decoded frames (LRU; 0 turns it off)."""
+    eval_frames: int = bounded(EVAL_FRAMES, ge=0)
+    """Test frames scored after training, spread evenly (0 = every frame); the manifest lists them."""
 
     def __post_init__(self) -> None:
         check_config(self)
