@@ -24,7 +24,7 @@ import pytest
 from safetensors.numpy import save_file
 
 from moegs.artifacts import (COMPLETE, LOCK, PARTIAL, SCRATCH, ArtifactWriter, list_artifacts, load_artifact,
-                             scan_workspace)
+                             scan_workspace, sha256_file)
 from moegs.data.dataset import Dataset
 from moegs.data.preprocess_config import PreprocessConfig
 from moegs.errors import DamagedArtifactError
@@ -128,6 +128,7 @@ def test_frame_stores_are_checked_lazily_but_tampering_is_still_caught(tmp_path,
     entries = artifact.manifest["files"]
     stores = sorted(rel for rel in entries if rel.startswith("frames/") and rel.endswith(".npy"))
     assert stores and all(entries[rel]["verify"] == "on_read" for rel in stores)
+    assert all(entries[rel]["sha256"] == sha256_file(artifact.path / rel) for rel in stores)  # hashed while written
     assert all("verify" not in info for rel, info in entries.items() if rel not in stores)
     cam = Path(stores[0]).stem
     store = artifact.path / stores[0]

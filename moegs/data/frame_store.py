@@ -23,6 +23,7 @@ from types import TracebackType
 
 import numpy as np
 
+from moegs.artifacts import remember_digest
 from moegs.errors import DamagedArtifactError, InputError
 
 SUFFIX = ".npy"
@@ -40,8 +41,8 @@ def _sha256(data: bytes | memoryview) -> str:
 
 
 class FrameStoreWriter:
-    """Appends frames of one camera to ``path``; :meth:`close` checks that all ``n_frames`` arrived and
-    writes the digests file."""
+    """Appends frames of one camera to ``path``; :meth:`close` checks that all ``n_frames`` arrived, writes
+    the digests file and hands the whole file's sha256 (computed as it was written) to the artifact layer."""
 
     def __init__(self, path: Path, n_frames: int, height: int, width: int) -> None:
         self.path = Path(path)
@@ -53,7 +54,9 @@ class FrameStoreWriter:
                   "shape": self.shape}
         np.lib.format.write_array_header_2_0(self._file, header)
         self._file.flush()
-        self._digests = [_sha256(self.path.read_bytes())]  # the header alone, just written
+        head = self.path.read_bytes()  # the header alone, just written
+        self._digests = [_sha256(head)]
+        self._whole = hashlib.sha256(head)
 
     def write(self, image: np.ndarray) -> None:
         if image.shape != self.shape[1:] or image.dtype != np.uint8:
@@ -64,6 +67,7 @@ class FrameStoreWriter:
         data = np.ascontiguousarray(image).data
         self._file.write(data)
         self._digests.append(_sha256(data))
+        self._whole.update(data)
         self.written += 1
 
     def close(self) -> None:
@@ -73,6 +77,7 @@ class FrameStoreWriter:
         if self.written != self.shape[0]:
             raise ValueError(f"{self.path}: {self.written} of {self.shape[0]} frames written")
         digests_path(self.path).write_text("\n".join(self._digests) + "\n")
+        remember_digest(self.path, self._whole.hexdigest())
 
     def __enter__(self) -> FrameStoreWriter:
         return self
