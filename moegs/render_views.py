@@ -60,7 +60,7 @@ def render_sequence(
     ground_truth: bool,
 ) -> list[str]:
     """Render one video (and its gate/grid companions for a MoE), encoding each frame as it is rendered
-    (memory does not grow with the frame count); returns the files written.
+    and caching nothing (memory does not grow with the frame count); returns the files written.
 
     With ``ground_truth`` (``views`` are dataset cameras) the grid starts with the captured frame.
     """
@@ -81,7 +81,7 @@ def render_sequence(
             frame = frames[i % len(frames)]
             camera = views[i % len(views)]
             t = float(dataset.times[frame])
-            out = model.render_frame(camera, t, ctx)
+            out = model.render_frame(camera, t, ctx, cache=False)  # each time is drawn once: a cache only fills
             image = to_uint8(out.image)
             encode("", image)
             if cfg.png:
