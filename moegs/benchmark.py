@@ -16,6 +16,7 @@ from moegs.config import bounded, check_config
 from moegs.context import RenderContext
 from moegs.data.dataset import Dataset
 from moegs.evaluation import EVAL_FRAMES, evaluate_renderer, evaluation_frames, measure_fps
+from moegs.models import chunks_of
 from moegs.renderable import Renderable
 
 COLUMNS = ["model", "kind", "id", "psnr", "ssim", "dssim", "lpips", "flip", "fps", "gaussians", "megabytes", "train_seconds",
@@ -40,7 +41,10 @@ class BenchConfig:
 
 
 def model_label(artifact: Artifact) -> str:
-    """A short readable name: family (+ how it was made) or the mixture's families."""
+    """A short readable name: family (+ how it was made) or the mixture's families (+ its chunk count)."""
+    if artifact.kind == "chunked":
+        chunks = chunks_of(artifact)
+        return f"{model_label(chunks[0])} x{len(chunks)} chunks"
     if artifact.kind == "expert":
         label = artifact.compat.get("family", "expert")
         finetune = artifact.metrics.get("finetune")
@@ -91,7 +95,10 @@ def bench_model(artifact: Artifact, model: Renderable, dataset: Dataset, cfg: Be
 
 
 def _train_seconds(artifact: Artifact) -> float:
-    """Training time including what it was built from (a MoE counts its experts and the router)."""
+    """Training time including what it was built from (a MoE counts its experts and the router, a
+    chunked model all its chunks)."""
+    if artifact.kind == "chunked":
+        return sum(_train_seconds(chunk) for chunk in chunks_of(artifact))
     own = float(artifact.metrics.get("train_seconds", 0.0))
     if artifact.kind == "moe":
         own += sum(float(artifact.resolve_input(e).metrics.get("train_seconds", 0.0)) for e in artifact.input_refs("expert"))

@@ -9,6 +9,7 @@ from pathlib import Path
 from moegs.artifacts import Artifact, ArtifactWriter
 from moegs.context import RenderContext
 from moegs.data.dataset import Dataset
+from moegs.data.frame_range import dataset_frames
 from moegs.evaluation import evaluate_renderer, evaluation_frames
 from moegs.experts.base import Expert
 from moegs.experts.io import expert_compat, save_expert
@@ -44,7 +45,7 @@ def finish_expert(
     (directory / "eval.json").write_text(json.dumps(scores, indent=2))
     if export_ply:
         export_plys(expert, dataset, directory / "ply")
-    writer.compat.update(expert_compat(expert, dataset_artifact.id))
+    writer.compat.update(expert_compat(expert, dataset_artifact.id, dataset_frames(dataset).as_list()))
     writer.metrics.update(
         {
             "psnr": scores["psnr"],

@@ -29,6 +29,7 @@ from torch import Tensor
 
 from moegs.artifacts import Artifact
 from moegs.cameras import Camera
+from moegs.chunked import ChunkedModel
 from moegs.context import CPU, RenderContext
 from moegs.data.dataset import Dataset
 from moegs.errors import IncompatibleArtifactError, InputError
@@ -126,6 +127,10 @@ def weighted_opacity(params: dict[str, Tensor], weight: float) -> dict[str, Tens
 def splatv_expert(model: Renderable, artifact: Artifact) -> Expert:
     """The expert a splatv file can hold, or the reason it cannot."""
     where = artifact.path
+    if isinstance(model, ChunkedModel):
+        chunks = ", ".join(str(artifact.resolve_input(e).path) for e in artifact.input_refs() if e["role"].startswith("chunk"))
+        raise IncompatibleArtifactError(f"{where}: splatv holds one model over one time span, not a chunked one; export "
+                                        f"each chunk ({chunks}) or use --format ply-sequence")
     if len(model.families) > 1:
         experts = [artifact.resolve_input(ref) for ref in artifact.input_refs("expert")]
         poly = [str(e.path) for e in experts if e.compat.get("family") == "polynomial"]

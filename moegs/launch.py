@@ -79,11 +79,15 @@ class ExecutorConfig:
 class Output:
     """An argv placeholder: the artifact paths written by the steps of earlier groups.
 
-    ``sep=None`` puts one argv item per artifact; ``sep=","`` joins them into one item.
+    ``sep=None`` puts one argv item per artifact; ``sep=","`` joins them into one item. ``steps``
+    keeps only those steps of the groups; ``last`` only each step's last artifact (its main result,
+    e.g. the distilled expert after distill's baseline).
     """
 
     groups: tuple[str, ...]
     sep: str | None = None
+    steps: tuple[str, ...] | None = None
+    last: bool = False
 
 
 @dataclass(frozen=True)
@@ -247,7 +251,9 @@ def resolve_argv(argv: Sequence[str | Output], store: JobStore, run: str, groups
         paths = []
         for group in item.groups:
             for step in groups[group]:
-                paths += store.outputs(run, step)
+                if item.steps is None or step in item.steps:
+                    written = store.outputs(run, step)
+                    paths += written[-1:] if item.last else written
         out += paths if item.sep is None else [item.sep.join(paths)]
     return out
 

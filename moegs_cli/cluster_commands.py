@@ -19,6 +19,7 @@ from rich.table import Table
 from typer._click.exceptions import ClickException  # typer 0.29 bundles click; usage errors are raised as these
 
 from moegs.config import resolve_config
+from moegs.data.frame_range import FrameRange, chunk_ranges
 from moegs.errors import InputError
 from moegs.launch import EXECUTORS, CommandOutcome, ExecutorConfig, Group, JobStore, Output, Step, Submission, submit
 from moegs.progress import console
@@ -116,11 +117,11 @@ def _stage_argv(command: list[str | Output], config: Path | None, sets: list[str
 
 
 def expert_steps(workspace: Path, dataset: str | Output, families: list[str], config: Path | None, sets: list[str],
-                 force: bool, extra: list[str] | None = None) -> tuple[Step, ...]:
+                 force: bool, extra: list[str] | None = None, suffix: str = "") -> tuple[Step, ...]:
     """One resumable ``train-experts`` job per family (``sets``: overrides of the train_experts section),
-    run in the job's own process whatever the config's executor says."""
+    run in the job's own process whatever the config's executor says; ``suffix`` ends each step name."""
     return tuple(
-        Step(f"expert:{family}", ("-w", str(workspace)) + _stage_argv(
+        Step(f"expert:{family}{suffix}", ("-w", str(workspace)) + _stage_argv(
             ["train-experts", "--dataset", dataset, "--experts", family, "--executor", "none", *(extra or [])], config, sets, force),
             resumable=True)
         for family in families
@@ -150,6 +151,40 @@ def pipeline_groups(*, workspace: Path, config: Path, source: Path | None, datas
     groups.append(Group("render", (step("render", ["render", "--model", router], "render"),), ("router",)))
     models = Output(("experts", "router", "prune", "distill"))
     groups.append(Group("bench", (step("bench", ["bench", models], "bench"),), ("prune", "distill", "render")))
+    return groups
+
+
+def chunked_pipeline_groups(*, workspace: Path, config: Path, dataset: str, chunks: list[FrameRange],
+                            families: list[str], student: str, overrides: list[str] | None, force: bool) -> list[Group]:
+    """Per chunk: experts (one array, ``--frames``) -> train-router -> prune, distill; then one ``stitch``
+    per model (each family's experts, the router, the pruned and the distilled MoE) -> render -> bench."""
+    ws = ("-w", str(workspace))
+
+    def job(name: str, command: list[str | Output], section: str | None, after: tuple[str, ...]) -> Group:
+        """A group of one step; ``section`` names the config section its ``--config``/``--set`` come from."""
+        if section is None:
+            argv = ws + tuple(command) + (("--force",) if force else ())
+        else:
+            argv = ws + _stage_argv(command, config, _section_sets(overrides, section), force)
+        return Group(name, (Step(name, argv),), after)
+
+    groups, tags = [], [f"@{c.start}-{c.stop}" for c in chunks]
+    for frames, tag in zip(chunks, tags):
+        experts = expert_steps(workspace, dataset, families, config, _section_sets(overrides, "train_experts"), force,
+                               extra=["--frames", str(frames)], suffix=tag)
+        groups.append(Group("experts" + tag, experts))
+        router = Output(("train-router" + tag,))
+        groups.append(job("train-router" + tag, ["train-router", "-e", Output(("experts" + tag,), sep=",")], "train_router",
+                          ("experts" + tag,)))
+        groups.append(job("prune" + tag, ["prune", "--moe", router], "prune", ("train-router" + tag,)))
+        groups.append(job("distill" + tag, ["distill", "--moe", router, "--student", student], "distill", ("train-router" + tag,)))
+    stitched = {f"stitch:{family}": Output(tuple("experts" + t for t in tags), steps=tuple(f"expert:{family}{t}" for t in tags))
+                for family in families}
+    for stage in ("train-router", "prune", "distill"):
+        stitched[f"stitch:{stage}"] = Output(tuple(stage + t for t in tags), last=stage == "distill")
+    groups += [job(name, ["stitch", parts], None, parts.groups) for name, parts in stitched.items()]
+    groups.append(job("render", ["render", "--model", Output(("stitch:train-router",))], "render", ("stitch:train-router",)))
+    groups.append(job("bench", ["bench", Output(tuple(stitched))], "bench", tuple(stitched) + ("render",)))
     return groups
 
 
@@ -193,7 +228,7 @@ def report_submission(done: Submission, cfg: ExecutorConfig, workspace: Path) ->
 
 def train_experts_on_executor(workspace: Path, dataset: str, families: list[str], *, config: Path | None,
                               overrides: list[str] | None, force: bool, resume: bool, backend: str | None,
-                              cfg: ExecutorConfig, device: str | None = None) -> None:
+                              cfg: ExecutorConfig, device: str | None = None, frames: str | None = None) -> None:
     """``train-experts --executor local|slurm|debug``: one job per family (a SLURM array), reported like in process.
 
     ``overrides`` are the command's own ``--set`` items (keys of the train_experts section).
@@ -204,6 +239,7 @@ def train_experts_on_executor(workspace: Path, dataset: str, families: list[str]
     dataset_path = str(load_artifact(dataset, workspace, expected_kind="dataset").path)
     extra = (["--device", device] if device else []) + (["--backend", backend] if backend else [])
     extra += ["--resume"] if resume else []
+    extra += ["--frames", frames] if frames else []
     steps = expert_steps(workspace, dataset_path, families, _absolute(config), overrides or [], force, extra)
     done = submit([Group("experts", steps)], cfg, workspace, run_command_line, label="experts")
     report_submission(done, cfg, workspace)
@@ -223,6 +259,11 @@ def run(
     scene: Annotated[str | None, typer.Option(help="Scene name for --source (default: the folder name).", show_default=False)] = None,
     experts: Annotated[str | None, typer.Option("--experts", "-e", help="Comma-separated families (default: the config's train_experts.families).", show_default=False)] = None,
     student: Annotated[str | None, typer.Option("--student", help="Family to distil the MoE into (default: the first family).", show_default=False)] = None,
+    chunk_frames: Annotated[
+        int | None,
+        typer.Option("--chunk-frames", help="Train the sequence in chunks of this many frames (e.g. 150 for N3V's 300), "
+                     "stitched into one model for render and bench; needs --dataset.", show_default=False),
+    ] = None,
     executor: ExecutorOpt = None,
     timeout_min: TimeoutOpt = None,
     partition: PartitionOpt = None,
@@ -243,10 +284,14 @@ def run(
     are those of running the commands by hand. With --executor slurm the command returns once
     everything is queued; with none, local or debug it returns when the pipeline is done. A requeued
     expert job resumes from its checkpoint. Follow the jobs with: moegs jobs
+    With --chunk-frames N each chunk of N frames gets its own experts, router, pruned and distilled MoE;
+    moegs stitch joins each model's chunks, and render and bench see one model over all frames.
     Example: moegs run examples/n3v.yaml --source data/n3v/coffee_martini --executor slurm --partition gpu
     """
     if (source is None) == (dataset is None):
         raise InputError("moegs run: give exactly one of --source (a capture to preprocess) or --dataset (an artifact)")
+    if chunk_frames is not None and dataset is None:
+        raise InputError("--chunk-frames needs --dataset (the frame count is known once preprocess has run)")
     if not Path(config).is_file():
         raise InputError(f"{config}: config file not found")
     unknown = sorted({o.split(".")[0] for o in overrides or []} - set(STAGE_SECTIONS) - {"executor"})
@@ -264,13 +309,21 @@ def run(
         raise InputError(f"--student {student}: not one of the families this run trains ({', '.join(families)})")
     if source is not None and not Path(source).exists():
         raise InputError(f"{source}: capture folder not found")
+    chunks: list[FrameRange] = []
     if dataset is not None:
         from moegs.artifacts import load_artifact
 
-        dataset = str(load_artifact(dataset, workspace, expected_kind="dataset").path)
-    groups = pipeline_groups(workspace=workspace, config=config, source=_absolute(source), dataset=dataset, fmt=fmt,
-                             scene=scene, families=families, student=student or families[0], overrides=overrides,
-                             force=force)
+        dataset_artifact = load_artifact(dataset, workspace, expected_kind="dataset")
+        dataset = str(dataset_artifact.path)
+        if chunk_frames is not None:
+            chunks = chunk_ranges(int(dataset_artifact.compat["n_frames"]), chunk_frames)
+    if len(chunks) > 1:
+        groups = chunked_pipeline_groups(workspace=workspace, config=config, dataset=str(dataset), chunks=chunks,
+                                         families=families, student=student or families[0], overrides=overrides, force=force)
+    else:
+        groups = pipeline_groups(workspace=workspace, config=config, source=_absolute(source), dataset=dataset, fmt=fmt,
+                                 scene=scene, families=families, student=student or families[0], overrides=overrides,
+                                 force=force)
     done = submit(groups, cfg, workspace, run_command_line, label="run")
     report_submission(done, cfg, workspace)
 

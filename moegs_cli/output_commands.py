@@ -16,13 +16,14 @@ from moegs_cli.train_commands import BackendOpt, DeviceOpt
 def register(app: typer.Typer) -> None:
     app.command("render")(render)
     app.command("bench")(bench)
+    app.command("stitch")(stitch)
     app.command("demo")(demo)
 
 
 @handle_errors
 def render(
     ctx: typer.Context,
-    model: Annotated[str, typer.Option("--model", "-m", help="Expert or moe artifact.")],
+    model: Annotated[str, typer.Option("--model", "-m", help="Expert, moe or chunked artifact.")],
     cameras: Annotated[str | None, typer.Option(help="test (default), train, or path (a novel camera path).", show_default=False)] = None,
     path: Annotated[str | None, typer.Option("--path", help="Shape of the novel path: auto (default: spiral for forward-facing rigs, orbit for surround rigs), spiral, interp or orbit; implies --cameras path.", show_default=False)] = None,
     frame_start: Annotated[int | None, typer.Option(help="First frame.", show_default=False)] = None,
@@ -37,6 +38,7 @@ def render(
 ) -> None:
     """Render an expert or a MoE to MP4 + PNG frames; a MoE also gets gate-map and expert-grid videos and a legend.
 
+    A chunked model (moegs stitch) renders one continuous video over the whole sequence.
     Example: moegs render --model synth/moe/latest --path spiral
     """
     from stages import render as stage
@@ -51,7 +53,7 @@ def render(
 @handle_errors
 def bench(
     ctx: typer.Context,
-    models: Annotated[list[str], typer.Argument(help="Expert and moe artifacts of one dataset.")],
+    models: Annotated[list[str], typer.Argument(help="Expert, moe and chunked artifacts of one dataset (and one frame range).")],
     lpips_weights: Annotated[Path | None, typer.Option(help="Folder with local AlexNet + LPIPS weights (LPIPS is 'unavailable' without).", show_default=False)] = None,
     device: DeviceOpt = None,
     backend: BackendOpt = None,
@@ -72,6 +74,24 @@ def bench(
     result = stage.run(cfg, models, state(ctx).workspace, force=force)
     console.print(result.artifact.file("results.md").read_text(), markup=False)
     report(result)
+
+
+@handle_errors
+def stitch(
+    ctx: typer.Context,
+    models: Annotated[list[str], typer.Argument(help="The expert or moe artifact of every chunk (any order).")],
+    force: ForceOpt = False,
+) -> None:
+    """Join the per-chunk models of a long sequence (train-experts --frames) into one chunked artifact.
+
+    The chunks must be models of one kind and families on one dataset whose frame ranges cover its
+    frames exactly once. render and bench take the result like any model: one video and one table
+    row over all frames. Nothing is copied; the artifact references its chunks.
+    Example: moegs stitch synth/moe/ab12 synth/moe/cd34
+    """
+    from stages import stitch as stage
+
+    report(stage.run(models, state(ctx).workspace, force=force))
 
 
 @handle_errors

@@ -39,6 +39,11 @@ def train_experts(
         str | None,
         typer.Option("--experts", "-e", help="Comma-separated families: hexplane, embedding, polynomial, keyframe (also: static).", show_default=False),
     ] = None,
+    frames: Annotated[
+        str | None,
+        typer.Option("--frames", help="Train on dataset frames START:STOP only (one chunk of a long sequence, e.g. 0:150; default all).",
+                     show_default=False),
+    ] = None,
     device: DeviceOpt = None,
     backend: BackendOpt = None,
     config: ConfigOpt = None,
@@ -59,6 +64,8 @@ def train_experts(
     Each expert is evaluated on the test cameras at the end (PSNR/SSIM per frame, preview.mp4).
     With --executor local|slurm|debug each family is its own job (one SLURM job array); resources
     come from the options or the config's executor: section; logs go to <workspace>/_jobs/.
+    With --frames START:STOP the experts see only those frames (local time 0..1 over them): train each
+    chunk of a long sequence, one router per chunk, then join them with moegs stitch.
     Example: moegs train-experts --dataset synth/dataset/latest --experts hexplane,polynomial
     """
     from stages import train_experts as train_experts_stage
@@ -68,13 +75,14 @@ def train_experts(
         config,
         "train_experts",
         overrides,
-        explicit={"families": experts, "device": device, "backend": backend},
+        explicit={"families": experts, "device": device, "backend": backend, "frames": frames},
     )
     ex = cluster.executor_config(config, None, cluster=executor, timeout_min=timeout_min, partition=partition,
                                  account=account, mem_gb=mem_gb, cpus=cpus)
     if ex.cluster != "none":
         return cluster.train_experts_on_executor(state(ctx).workspace, dataset, cfg.families, config=config, overrides=overrides,
-                                                 force=force, resume=resume, backend=backend, cfg=ex, device=device)
+                                                 force=force, resume=resume, backend=backend, cfg=ex, device=device,
+                                                 frames=frames)
     outcomes = train_experts_stage.run(cfg, dataset, state(ctx).workspace, force=force, resume=resume)
     failed = [o for o in outcomes if o.error is not None]
     for outcome in outcomes:

@@ -27,16 +27,15 @@ def _load(ctx: typer.Context, model_ref: str, tau: float | None, device: str | N
     """The model artifact, the model loaded for rendering in its context, the dataset it was trained on, the context."""
     from moegs.artifacts import load_artifact
     from moegs.context import resolve_context
-    from moegs.data.dataset import Dataset
     from moegs.errors import InputError
-    from moegs.models import dataset_of, load_model
+    from moegs.models import MODEL_KINDS, load_model, model_dataset
 
     render_ctx = resolve_context(device or "auto", backend or "auto")
     artifact = load_artifact(model_ref, state(ctx).workspace)
-    if artifact.kind not in ("expert", "moe"):
-        raise InputError(f"{artifact.path}: expected an expert or a moe artifact, not a {artifact.kind}")
+    if artifact.kind not in MODEL_KINDS:
+        raise InputError(f"{artifact.path}: expected an expert, moe or chunked artifact, not a {artifact.kind}")
     model = load_model(artifact, render_ctx, tau=tau)
-    return artifact, model, Dataset.load(dataset_of(artifact).path), render_ctx
+    return artifact, model, model_dataset(artifact), render_ctx
 
 
 def view(

@@ -7,11 +7,11 @@ from pathlib import Path
 
 from moegs.artifacts import ArtifactWriter, load_artifact, require_same
 from moegs.benchmark import BenchConfig, bench_model, device_name, markdown_table, plot_psnr_fps, plot_regions, write_csv
-from moegs.data.dataset import Dataset
+from moegs.data.frame_range import require_same_frames
 from moegs.errors import InputError
 from moegs.evaluation import evaluation_frames
 from moegs.metrics import lpips_available
-from moegs.models import dataset_of, load_model
+from moegs.models import MODEL_KINDS, dataset_of, load_model, model_dataset
 from stages.common import StageResult, artifact_config, run_stage, stage_context
 
 __all__ = ["BenchConfig", "markdown_table", "run"]
@@ -22,9 +22,10 @@ def run(cfg: BenchConfig, model_refs: list[str], workspace: Path, *, force: bool
         raise InputError("bench needs at least one model (expert or moe artifact)")
     artifacts = [load_artifact(ref, workspace) for ref in model_refs]
     for artifact in artifacts:
-        if artifact.kind not in ("expert", "moe"):
-            raise InputError(f"{artifact.path}: bench takes expert or moe artifacts, not {artifact.kind}")
+        if artifact.kind not in MODEL_KINDS:
+            raise InputError(f"{artifact.path}: bench takes expert, moe or chunked artifacts, not {artifact.kind}")
     require_same(artifacts, "dataset_id", "models")
+    frames = require_same_frames(artifacts, "models", "; bench compares models over the same frames (stitch chunks with moegs stitch)")
     lpips_ok, lpips_reason = lpips_available(cfg.lpips_weights)
     if cfg.lpips_weights is not None and not lpips_ok:
         raise InputError(f"--lpips-weights {cfg.lpips_weights}: {lpips_reason}")
@@ -35,13 +36,14 @@ def run(cfg: BenchConfig, model_refs: list[str], workspace: Path, *, force: bool
                             inputs=inputs, id_extra=ctx.describe())
 
     def build(directory: Path, w: ArtifactWriter) -> None:
-        dataset = Dataset.load(dataset_artifact.path)
+        dataset = model_dataset(artifacts[0])
         rows = [bench_model(a, load_model(a, ctx), dataset, cfg, ctx, lpips_ok, progress) for a in artifacts]
         device = device_name(ctx)
         results = {"rows": rows, "device": device, "backend": ctx.backend,
                    "lpips": "LPIPS-AlexNet" if lpips_ok else lpips_reason,
                    "dataset": dataset_artifact.id, "test_cameras": [c.name for c in dataset.test_cameras],
-                   "frames": dataset.n_frames, "eval_frames": evaluation_frames(dataset.n_frames, cfg.eval_frames)}
+                   "frames": dataset.n_frames, "frame_range": frames.as_list(),
+                   "eval_frames": evaluation_frames(dataset.n_frames, cfg.eval_frames)}
         (directory / "results.json").write_text(json.dumps(results, indent=2))
         write_csv(rows, directory / "results.csv")
         (directory / "results.md").write_text(markdown_table(rows) + f"\nDevice: {device}; backend: {ctx.backend}.\n")

@@ -15,6 +15,7 @@ from moegs.data.dataset import Dataset
 from moegs.expert_output import finish_expert
 from moegs.experts.io import load_expert
 from moegs.moe.distill import DistillConfig, MoETeacher, finetune_config, resolve_student
+from moegs.models import model_dataset
 from moegs.moe.io import load_moe
 from moegs.train import train_expert
 from stages.common import StageResult, artifact_config, run_stage, stage_context
@@ -30,7 +31,7 @@ def run(cfg: DistillConfig, moe_ref: str, student: str, workspace: Path, *, forc
     student_artifact, index = resolve_student(moe, student, workspace)
     dataset_artifact = student_artifact.resolve_input(student_artifact.input_refs("dataset")[0])
     ctx = stage_context(cfg)
-    dataset = Dataset.load(dataset_artifact.path, cfg.frame_cache_mb)
+    dataset = model_dataset(student_artifact, cfg.frame_cache_mb)
     settings = {k: v for k, v in artifact_config(cfg).items() if k != "baseline"}
     baseline = None
     if cfg.baseline:

@@ -6,8 +6,8 @@ import dataclasses
 from pathlib import Path
 
 from moegs.artifacts import ArtifactWriter, load_artifact
-from moegs.data.dataset import Dataset
 from moegs.evaluation import evaluation_frames
+from moegs.models import model_dataset
 from moegs.moe.evaluate import evaluate_moe
 from moegs.moe.io import load_moe, save_pruned_experts, save_router
 from moegs.moe.prune import PruneConfig, apply_pruning, gate_aware_scores, keep_masks, score_views, snapshot
@@ -28,7 +28,7 @@ def run(cfg: PruneConfig, moe_ref: str, workspace: Path, *, force: bool = False,
     writer = ArtifactWriter(workspace, source.scene, "moe", stage="prune", config=artifact_config(cfg), inputs=inputs)
 
     def build(directory: Path, w: ArtifactWriter) -> None:
-        dataset = Dataset.load(source.resolve_input(source.input_refs("dataset")[0]).path)
+        dataset = model_dataset(source)
         model = load_moe(source, ctx)
         frames = evaluation_frames(dataset.n_frames, cfg.eval_frames)
         views = score_views(dataset.train_cameras, dataset.n_frames, cfg.frame_stride, cfg.score_views)

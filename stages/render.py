@@ -1,4 +1,5 @@
-"""``moegs render``: videos and PNG frames of an expert or a MoE (with gate maps and an expert grid)."""
+"""``moegs render``: videos and PNG frames of an expert or a MoE (with gate maps and an expert grid);
+a chunked model renders as one continuous video over the whole sequence."""
 
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ from moegs.artifacts import ArtifactWriter, load_artifact
 from moegs.camera_path import make_path, rig_shape
 from moegs.cameras import Camera
 from moegs.data.dataset import Dataset
+from moegs.data.frame_range import dataset_frames
 from moegs.errors import InputError
-from moegs.models import dataset_of, load_model
+from moegs.models import MODEL_KINDS, dataset_of, load_model, model_dataset
 from moegs.render_views import RenderConfig, render_sequence
 from moegs.visuals import legend_image
 from stages.common import StageResult, artifact_config, run_stage, stage_context
@@ -21,15 +23,15 @@ __all__ = ["RenderConfig", "run"]
 
 def run(cfg: RenderConfig, model_ref: str, workspace: Path, *, force: bool = False, progress: bool = True) -> StageResult:
     model_artifact = load_artifact(model_ref, workspace)
-    if model_artifact.kind not in ("expert", "moe"):
-        raise InputError(f"{model_artifact.path}: render takes an expert or a moe artifact, not a {model_artifact.kind}")
+    if model_artifact.kind not in MODEL_KINDS:
+        raise InputError(f"{model_artifact.path}: render takes an expert, moe or chunked artifact, not a {model_artifact.kind}")
     dataset_artifact = dataset_of(model_artifact)
     ctx = stage_context(cfg)
     writer = ArtifactWriter(workspace, model_artifact.scene, "render", stage="render", config=artifact_config(cfg),
                             inputs=[("model", model_artifact), ("dataset", dataset_artifact)])
 
     def build(directory: Path, w: ArtifactWriter) -> None:
-        dataset = Dataset.load(dataset_artifact.path, cache_mb=0)  # each ground-truth frame is read once
+        dataset = model_dataset(model_artifact, cache_mb=0)  # each ground-truth frame is read once
         model = load_model(model_artifact, ctx, tau=cfg.tau)
         frames = _frame_range(cfg, dataset.n_frames)
         outputs = []
@@ -38,7 +40,8 @@ def run(cfg: RenderConfig, model_ref: str, workspace: Path, *, force: bool = Fal
                                            ground_truth=cfg.cameras != "path"))
         if len(model.families) > 1:
             iio.imwrite(directory / "legend.png", legend_image(model.families))
-        w.metrics.update({"videos": outputs, "frames": len(frames), "model_kind": model_artifact.kind})
+        w.metrics.update({"videos": outputs, "frames": len(frames), "model_kind": model_artifact.kind,
+                          "dataset_frames": str(dataset_frames(dataset))})
         w.compat.update({"dataset_id": dataset_artifact.id})
 
     return run_stage(writer, build, ctx=ctx, force=force)

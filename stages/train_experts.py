@@ -1,4 +1,5 @@
-"""``moegs train-experts``: one independent ``expert`` artifact per family, trained on one dataset."""
+"""``moegs train-experts``: one independent ``expert`` artifact per family, trained on one dataset
+(or on one frame range of it: a chunk of a long sequence)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from moegs.artifacts import Artifact, ArtifactWriter, load_artifact
 from moegs.config import to_dict
 from moegs.context import RenderContext
 from moegs.data.dataset import Dataset
+from moegs.data.frame_range import FrameRange, dataset_frames, parse_frames, select_frames
 from moegs.errors import MoegsError
 from moegs.expert_output import finish_expert
 from moegs.experts import get_family
@@ -41,7 +43,8 @@ def run(
     dataset_artifact = load_artifact(dataset_ref, workspace, expected_kind="dataset")
     configs = {family: family_config(cfg, family) for family in cfg.families}
     ctx = stage_context(cfg)
-    dataset = Dataset.load(dataset_artifact.path, cfg.frame_cache_mb)
+    whole = Dataset.load(dataset_artifact.path, cfg.frame_cache_mb)
+    dataset = select_frames(whole, parse_frames(cfg.frames, whole.n_frames, what="frames"))
     outcomes = []
     for family, family_cfg in configs.items():
         try:
@@ -71,17 +74,20 @@ def train_one(
     progress: bool,
 ) -> StageResult:
     cls = get_family(family)
+    frames = dataset_frames(dataset)
+    whole = frames == FrameRange(0, int(dataset_artifact.compat["n_frames"]))  # whole-sequence ids stay as they were
     writer = ArtifactWriter(
         workspace, dataset_artifact.scene, "expert", stage="train-experts",
         config={"family": family, **to_dict(family_cfg)},
-        inputs=[("dataset", dataset_artifact)],
+        inputs=[("dataset", dataset_artifact)], id_extra=None if whole else {"frames": frames.as_list()},
     )
+    label = f"train {family}" if whole else f"train {family} {frames}"
 
     def build(directory: Path, w: ArtifactWriter) -> None:
         points = dataset.points
         expert = cls.from_points(family_cfg, points.xyz, points.rgb, points.time, dataset.n_frames).placed(ctx.device)
         result = train_expert(expert, dataset, directory, ctx, resume=resume,
-                              checkpoint_every=cfg.checkpoint_every, progress=progress, label=f"train {family}")
+                              checkpoint_every=cfg.checkpoint_every, progress=progress, label=label)
         finish_expert(expert, dataset, dataset_artifact, directory, w, ctx, progress=progress,
                       export_ply=cfg.export_ply, train_seconds=result.seconds, eval_frames=cfg.eval_frames)
 

@@ -1,4 +1,4 @@
-"""``moegs train-router``: K >= 2 frozen experts of one dataset -> a ``moe`` artifact."""
+"""``moegs train-router``: K >= 2 frozen experts of one dataset (and one frame range) -> a ``moe`` artifact."""
 
 from __future__ import annotations
 
@@ -6,9 +6,10 @@ import json
 from pathlib import Path
 
 from moegs.artifacts import Artifact, ArtifactWriter, load_artifact
-from moegs.data.dataset import Dataset
+from moegs.data.frame_range import frames_of
 from moegs.errors import InputError
 from moegs.experts.io import load_expert
+from moegs.models import model_dataset
 from moegs.moe.evaluate import evaluate_moe
 from moegs.moe.io import check_mixable, save_router
 from moegs.moe.model import MoEModel
@@ -34,13 +35,14 @@ def run(
     expert_artifacts = [load_artifact(ref, workspace, expected_kind="expert") for ref in expert_refs]
     dataset_id = check_mixable(expert_artifacts)
     dataset_artifact = _dataset_of(expert_artifacts[0], dataset_ref, workspace, dataset_id)
+    frames = frames_of(expert_artifacts[0])
     ctx = stage_context(cfg)
     inputs = [("dataset", dataset_artifact)] + [(f"expert{k}", a) for k, a in enumerate(expert_artifacts)]
     writer = ArtifactWriter(workspace, dataset_artifact.scene, "moe", stage="train-router",
                             config=artifact_config(cfg), inputs=inputs)
 
     def build(directory: Path, w: ArtifactWriter) -> None:
-        dataset = Dataset.load(dataset_artifact.path, cfg.frame_cache_mb)
+        dataset = model_dataset(expert_artifacts[0], cfg.frame_cache_mb)
         experts = FrozenExperts([load_expert(a, ctx) for a in expert_artifacts], cache_mb=cfg.deformed_cache_mb)
         router = PixelRouter([e.num_gaussians for e in experts.experts]).to(ctx.device)
         model = MoEModel(experts, router, cfg.tau, expert_artifacts)
@@ -52,7 +54,7 @@ def run(
         w.metrics["train_seconds"] = seconds
         w.compat.update(
             {"dataset_id": dataset_id, "n_experts": len(expert_artifacts), "tau": cfg.tau,
-             "n_frames": expert_artifacts[0].compat["n_frames"],
+             "n_frames": expert_artifacts[0].compat["n_frames"], "frames": frames.as_list(),
              "families": [a.compat["family"] for a in expert_artifacts]}
         )
 

@@ -12,7 +12,7 @@ from moegs import __version__
 from moegs_cli.app import app
 
 runner = CliRunner()
-COMMANDS = ["synth", "preprocess", "train-experts", "train-router", "prune", "distill", "render", "bench", "demo", "ls", "info", "gc"]
+COMMANDS = ["synth", "preprocess", "train-experts", "train-router", "prune", "distill", "render", "bench", "stitch", "demo", "ls", "info", "gc"]
 
 
 def invoke(*args: str):

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from moegs.launch import ExecutorConfig, Group, JobStore, Output, Step, afterok, make_executor, submit
+from moegs.launch import ExecutorConfig, Group, JobStore, Output, Step, afterok, make_executor, resolve_argv, submit
 from moegs_cli.app import app
-from moegs_cli.cluster_commands import pipeline_groups, run_command_line
+from moegs_cli.cluster_commands import chunked_pipeline_groups, pipeline_groups, run_command_line
 
 submitit = pytest.importorskip("submitit")
 from submitit.slurm import slurm as submitit_slurm  # noqa: E402
@@ -227,6 +227,36 @@ def test_pipeline_wiring():
     assert Output(("experts",), sep=",") in by_name["router"].steps[0].argv
 
 
+def test_chunked_pipeline_wiring():
+    """--chunk-frames: a pipeline per chunk, one stitch per model over the chunks, render and bench of the stitched ones."""
+    from moegs.data.frame_range import chunk_ranges
+
+    groups = chunked_pipeline_groups(
+        workspace=Path("/ws"), config=Path("/c.yaml"), dataset="/ws/s/dataset/ab", chunks=chunk_ranges(300, 150),
+        families=["hexplane", "keyframe"], student="keyframe", overrides=None, force=False)
+    by_name = {g.name: g for g in groups}
+    assert [g.name for g in groups][:4] == ["experts@0-150", "train-router@0-150", "prune@0-150", "distill@0-150"]
+    keyframe = by_name["experts@150-300"].steps[1]
+    assert keyframe.name == "expert:keyframe@150-300" and ["--frames", "150:300"] == list(keyframe.argv[9:11])
+    assert by_name["train-router@150-300"].after == ("experts@150-300",)
+    stitch_keyframe = by_name["stitch:keyframe"].steps[0].argv[-1]
+    assert stitch_keyframe == Output(("experts@0-150", "experts@150-300"),
+                                     steps=("expert:keyframe@0-150", "expert:keyframe@150-300"))
+    assert by_name["stitch:distill"].steps[0].argv[-1] == Output(("distill@0-150", "distill@150-300"), last=True)
+    assert by_name["render"].after == ("stitch:train-router",)
+    assert set(by_name["bench"].after) == {"stitch:hexplane", "stitch:keyframe", "stitch:train-router", "stitch:prune",
+                                           "stitch:distill", "render"}
+
+
+def test_outputs_pick_steps_and_last_artifacts(tmp_path):
+    store = JobStore(tmp_path)
+    store.write_state("R", "a", state="done", artifacts=["/x/base", "/x/main"])
+    store.write_state("R", "b", state="done", artifacts=["/y"])
+    groups = {"g": ("a", "b")}
+    assert resolve_argv([Output(("g",), last=True)], store, "R", groups) == ["/x/main", "/y"]
+    assert resolve_argv([Output(("g",), sep=",", steps=("b",))], store, "R", groups) == ["/y"]
+
+
 def test_bad_run_arguments_are_exit_2(tmp_path):
     config = tmp_path / "c.yaml"
     config.write_text(TINY)
@@ -238,6 +268,8 @@ def test_bad_run_arguments_are_exit_2(tmp_path):
     assert bad_key.exit_code == 2 and "distill" in bad_key.output and "stepz" in bad_key.output
     student = invoke("-w", str(tmp_path), "run", str(config), "--source", str(tmp_path), "--student", "hexplane")
     assert student.exit_code == 2 and "hexplane" in student.output
+    chunks = invoke("-w", str(tmp_path), "run", str(config), "--source", str(tmp_path), "--chunk-frames", "4")
+    assert chunks.exit_code == 2 and "--chunk-frames needs --dataset" in " ".join(chunks.output.split())
     config.write_text(TINY + "executor: {cluster: kubernetes}\n")
     unknown = invoke("-w", str(tmp_path), "run", str(config), "--source", str(tmp_path))
     assert unknown.exit_code == 2 and "kubernetes" in unknown.output

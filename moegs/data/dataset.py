@@ -70,6 +70,8 @@ class Dataset:
         self.fps = fps
         self.region_names = region_names
         self.times = normalised_times(n_frames)
+        self.frame_offset = 0
+        """Index in the frame stores of this dataset's frame 0 (non-zero for a chunk: ``frame_range.select_frames``)."""
         self.frame_cache: ByteLRUCache[np.ndarray] = ByteLRUCache(budget_bytes(cache_mb, "frame_cache_mb"))
         self._stores = {cam.name: FrameStore(store_path(self.path, cam.name), n_frames, cam.height, cam.width)
                         for cam in cameras}
@@ -126,7 +128,8 @@ class Dataset:
             raise InputError(f"{self.path}: no camera named {cam_name!r}")
         if not 0 <= i < self.n_frames:
             raise InputError(f"{self.path}: frame {i} outside 0..{self.n_frames - 1}")
-        return self.frame_cache.get_or_create((cam_name, int(i)), lambda: store.read(int(i)))
+        stored = self.frame_offset + int(i)
+        return self.frame_cache.get_or_create((cam_name, stored), lambda: store.read(stored))
 
     def frame_tensor(self, cam_name: str, i: int, device: torch.device | str = "cpu") -> torch.Tensor:
         """Frame i as float32 [H, W, 3] in [0, 1] on ``device`` (moved as uint8, converted there)."""
@@ -139,7 +142,7 @@ class Dataset:
         if not path.is_file():
             return None
         with np.load(path) as data:
-            return data["labels"]
+            return data["labels"][self.frame_offset:self.frame_offset + self.n_frames]
 
     @property
     def points(self) -> PointCloud:

@@ -21,9 +21,11 @@ def save_expert(expert: Expert, directory: Path) -> Path:
     return path
 
 
-def expert_compat(expert: Expert, dataset_id: str) -> dict:
-    """Keys a consumer checks before mixing this expert with others."""
-    return {"dataset_id": dataset_id, "family": expert.family, "n_frames": expert.n_frames, "sh_degree": expert.config.sh_degree}
+def expert_compat(expert: Expert, dataset_id: str, frames: list[int]) -> dict:
+    """Keys a consumer checks before mixing this expert with others (``frames``: the dataset frames
+    [start, stop) it was trained on; ``n_frames`` is their count, the expert's own time base)."""
+    return {"dataset_id": dataset_id, "family": expert.family, "n_frames": expert.n_frames, "frames": frames,
+            "sh_degree": expert.config.sh_degree}
 
 
 def load_expert(artifact: Artifact, ctx: RenderContext) -> Expert:

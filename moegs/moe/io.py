@@ -14,6 +14,7 @@ from safetensors.torch import load_file, save_file
 
 from moegs.artifacts import Artifact, require_same
 from moegs.context import RenderContext
+from moegs.data.frame_range import require_same_frames
 from moegs.errors import IncompatibleArtifactError, InputError
 from moegs.experts import get_family
 from moegs.experts.base import Expert, config_from_dict
@@ -26,13 +27,14 @@ ROUTER = "router.safetensors"
 
 
 def check_mixable(experts: list[Artifact]) -> str:
-    """Experts can be mixed only when trained on the same dataset; returns that dataset id."""
+    """Experts can be mixed only when trained on the same frames of the same dataset; returns that dataset id."""
     if len(experts) < 2:
         raise InputError(f"a mixture needs at least 2 experts, got {len(experts)}")
     for artifact in experts:
         if artifact.kind != "expert":
             raise IncompatibleArtifactError(f"{artifact.path}: expected an expert artifact, found {artifact.kind}")
     require_same(experts, "dataset_id", "experts")
+    require_same_frames(experts, "experts", "; a router mixes the experts of one frame range (train one router per chunk)")
     require_same(experts, "n_frames", "experts")
     return experts[0].compat["dataset_id"]
 
