@@ -5,7 +5,8 @@ the resolved config and the ids of the inputs, so the same work always lands in 
 and a re-run finds it done. A stage writes into ``<id12>.partial/`` and renames it only after the
 manifest (the commit marker) is written: a killed stage never leaves something that looks complete.
 The manifest records every payload file's sha256 and its own checksum; loading checks both, so a
-modified, truncated or missing file is an error naming it (exit 3), never silently used. Names
+modified, truncated or missing file is an error naming it (exit 3), never silently used (a dataset's
+frame stores are checked frame by frame as they are read; ``moegs ls --verify`` hashes them whole). Names
 starting with ``.`` or ending in ``.partial``/``.lock`` are the system's scratch space: never listed
 or resolved as artifacts, and cleaned by ``moegs gc``.
 """
@@ -39,6 +40,8 @@ MANIFEST = "manifest.json"
 ID_LENGTH = 12
 ID_DIR = re.compile(r"[0-9a-f]{12}")
 CHECKSUM_KEY = "manifest_sha256"
+ON_READ = "on_read"
+"""A file entry's ``"verify"`` value for payload whose reader checks it piece by piece as it reads."""
 CHECKPOINTS = "checkpoints"
 
 log = logging.getLogger("moegs")
@@ -139,10 +142,14 @@ class Artifact:
                                        f"{found.short_id}, not the recorded {entry['id'][:ID_LENGTH]}")
         return found
 
-    def verify(self) -> None:
-        """Check every payload file against its recorded size and sha256 (each file hashed once per process)."""
+    def verify(self, full: bool = False) -> None:
+        """Check every payload file against its recorded size and sha256 (each file hashed once per process).
+
+        A file recorded as checked on read (a frame store, which its reader checks frame by frame
+        against a digests file that *is* hashed here) gets only its size checked, unless ``full``.
+        """
         for rel, info in self.manifest.get("files", {}).items():
-            _check_file(self.path / rel, info, self.path)
+            _check_file(self.path / rel, info, self.path, full)
 
 
 _VERIFIED: dict[str, tuple[tuple[int, ...], str]] = {}
@@ -152,6 +159,12 @@ _VERIFIED: dict[str, tuple[tuple[int, ...], str]] = {}
 def _signature(st: os.stat_result) -> tuple[int, ...]:
     # ctime changes on every write, even when mtime is set back, so an unchanged signature means unchanged bytes
     return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev)
+
+
+def remember_digest(path: Path, sha256: str) -> None:
+    """Record the sha256 of a file its writer hashed while writing it (call after the last write), so
+    the commit need not read it back (a 300-frame N3V frame store is 1.2 GB)."""
+    _VERIFIED[os.path.abspath(path)] = (_signature(Path(path).stat()), sha256)
 
 
 def _hash_once(path: Path) -> str:
@@ -165,13 +178,15 @@ def _hash_once(path: Path) -> str:
     return digest
 
 
-def _check_file(path: Path, info: dict, artifact_dir: Path) -> None:
+def _check_file(path: Path, info: dict, artifact_dir: Path, full: bool = False) -> None:
     if not path.is_file():
         raise DamagedArtifactError(f"{path}: missing, but listed in the manifest of {artifact_dir} (rebuild it with --force)")
     size = path.stat().st_size
     if size != info["size"]:
         raise DamagedArtifactError(f"{path}: {size} bytes, but the manifest records {info['size']}; the artifact is "
                                    "damaged (rebuild it with --force)")
+    if info.get("verify") == ON_READ and not full:
+        return
     if _hash_once(path) != info["sha256"]:
         raise DamagedArtifactError(f"{path}: content does not match the sha256 in the manifest (modified after the "
                                    "commit); rebuild it with --force")
@@ -223,6 +238,8 @@ def _manifest_problem(manifest: Any) -> str | None:
         if (not isinstance(info, dict) or not isinstance(info.get("size"), int)
                 or not isinstance(info.get("sha256"), str)):
             return f"file entry {rel!r} lacks size or sha256"
+        if info.get("verify", ON_READ) != ON_READ:
+            return f"file entry {rel!r} has an unknown verify mode {info['verify']!r}"
     inputs = manifest.get("inputs", [])
     if not isinstance(inputs, list) or not all(
         isinstance(i, dict) and all(isinstance(i.get(k), str) for k in ("kind", "id", "path")) for i in inputs
@@ -253,8 +270,8 @@ def load_artifact(
 ) -> Artifact:
     """Load an artifact from a path, ``scene/kind/latest`` or ``scene/kind/<id prefix>`` (relative to ``workspace``).
 
-    ``verify`` hashes every payload file now (once per process); without it, :meth:`Artifact.file`
-    still checks each file it hands out.
+    ``verify`` hashes every payload file now (once per process; files checked on read get their size
+    checked); without it, :meth:`Artifact.file` still checks each file it hands out.
     """
     directory = _resolve_ref(ref, workspace)
     manifest = _read_manifest(directory)
@@ -435,6 +452,8 @@ class ArtifactWriter:
         self.compat: dict = {}
         self.metrics: dict = {}
         self.extra: dict = {}
+        self.checked_on_read: set[str] = set()
+        """Payload paths whose readers check their content piece by piece (recorded as ``"verify": "on_read"``)."""
 
     @property
     def exists(self) -> bool:
@@ -526,6 +545,8 @@ class ArtifactWriter:
             if problem is not None:
                 raise MoegsError(f"{path}: the written file is not readable ({problem}); nothing was committed")
             files[rel] = {"size": path.stat().st_size, "sha256": _hash_once(path)}
+            if rel in self.checked_on_read:
+                files[rel]["verify"] = ON_READ
         return files
 
     def _manifest(self, files: dict[str, dict]) -> dict:

@@ -36,6 +36,9 @@ from moegs.cameras import Camera, cameras_to_llff
 from moegs.data.video import iter_video, write_video
 
 FAMILIES = ("hexplane", "embedding", "polynomial", "keyframe")
+EVAL_FRAMES = 4
+"""Test frames each stage scores here: enough to see the cost per frame, few enough for 15 minutes on 2 cores."""
+SCORE_VIEWS = 8
 SCENE = "scale"
 BACKGROUND_DEPTH = 4.0
 OBJECT_DEPTH = 2.0
@@ -103,13 +106,14 @@ def camera_frames(camera: Camera, n_frames: int, seed: int = 0):
 
 
 def write_capture(root: Path, n_cameras: int, width: int, height: int, n_frames: int, workers: int) -> None:
-    """An N3V folder: ``camXX.mp4`` per camera (encoded in parallel) and ``poses_bounds.npy``."""
+    """An N3V folder: ``camXX.mp4`` per camera (encoded in parallel; x264's ultrafast preset, as the
+    capture is a fixture, not what is measured) and ``poses_bounds.npy``."""
     root.mkdir(parents=True, exist_ok=True)
     cameras = rig(n_cameras, width, height)
     np.save(root / "poses_bounds.npy", cameras_to_llff(cameras))
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        jobs = [pool.submit(write_video, root / f"{cam.name}.mp4", camera_frames(cam, n_frames), 30.0)
-                for cam in cameras]
+        jobs = [pool.submit(write_video, root / f"{cam.name}.mp4", camera_frames(cam, n_frames), 30.0,
+                            preset="ultrafast") for cam in cameras]
         for job in jobs:
             job.result()
 
@@ -140,14 +144,17 @@ def run_cli(args: list[str], log_path: Path) -> dict:
             "peak_cuda_mb": peak_cuda}
 
 
-def bench_config(steps: int, router_steps: int) -> dict:
-    """Short schedules: a few steps per stage are enough to see time per step and memory."""
+def bench_config(steps: int, router_steps: int, eval_frames: int, score_views: int) -> dict:
+    """Short schedules: a few steps per stage are enough to see time per step and memory. Every stage
+    scores the same ``eval_frames`` spread frames (and prune ``score_views`` views) at every frame
+    count, so only what must grow with the capture does: preprocess and the render of every frame."""
     return {
-        "train_experts": {"checkpoint_every": 10 * steps, **{name: {"iterations": steps} for name in FAMILIES}},
-        "train_router": {"iterations": router_steps, "log_every": max(1, router_steps)},
-        "prune": {"keep_fraction": 0.5, "frame_stride": 10_000, "finetune_steps": 0},
+        "train_experts": {"checkpoint_every": 10 * steps, "eval_frames": eval_frames,
+                          **{name: {"iterations": steps} for name in FAMILIES}},
+        "train_router": {"iterations": router_steps, "log_every": max(1, router_steps), "eval_frames": eval_frames},
+        "prune": {"keep_fraction": 0.5, "score_views": score_views, "finetune_steps": 0, "eval_frames": eval_frames},
         "render": {"png": False},
-        "bench": {"fps_repeats": 1},
+        "bench": {"fps_repeats": 1, "eval_frames": eval_frames},
     }
 
 
@@ -241,6 +248,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=_parse_size, default=(1352, 1014), help="WIDTHxHEIGHT (default 1352x1014).")
     parser.add_argument("--steps", type=int, default=12, help="Training steps per expert family (default 12).")
     parser.add_argument("--router-steps", type=int, default=6, help="Router training steps (default 6).")
+    parser.add_argument("--eval-frames", type=int, default=EVAL_FRAMES,
+                        help=f"Test frames every stage scores, spread evenly (0 = all; default {EVAL_FRAMES}).")
+    parser.add_argument("--score-views", type=int, default=SCORE_VIEWS,
+                        help=f"Training views prune scores (0 = all; default {SCORE_VIEWS}).")
     parser.add_argument("--families", default=",".join(FAMILIES), help="Expert families (default: all four).")
     parser.add_argument("--init-arg", action="append", default=None,
                         help="Extra preprocess argument for the initial points (repeatable; default: --init random).")
@@ -256,6 +267,8 @@ def main(argv: list[str] | None = None) -> int:
     families = [f.strip() for f in args.families.split(",") if f.strip()]
     if not frame_counts or min(frame_counts) < 2 or args.cameras < 2 or args.steps < 1 or args.router_steps < 1:
         parser.error("need frame counts >= 2, at least 2 cameras and at least one step")
+    if args.eval_frames < 0 or args.score_views < 0:
+        parser.error("--eval-frames and --score-views must be >= 0 (0 = all)")
     unknown = sorted(set(families) - set(FAMILIES))
     if not families or unknown:
         parser.error(f"--families: unknown {unknown}; choose from {', '.join(FAMILIES)}")
@@ -271,7 +284,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"capture: {args.cameras} cameras x {max(frame_counts)} frames at {width}x{height} written in "
               f"{time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
         config = workdir / "bench_scale.yaml"
-        config.write_text(json.dumps(bench_config(args.steps, args.router_steps), indent=1))  # JSON is YAML
+        config.write_text(json.dumps(bench_config(args.steps, args.router_steps, args.eval_frames, args.score_views),
+                                     indent=1))  # JSON is YAML
         cases: list[dict] = []
         step_seconds: dict[int, dict[str, float]] = {}
         for n_frames in frame_counts:
@@ -284,7 +298,9 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if args.workdir is None:
             shutil.rmtree(workdir, ignore_errors=True)
-    report = {"cameras": args.cameras, "width": width, "height": height, "cases": cases,
+    report = {"cameras": args.cameras, "width": width, "height": height, "steps": args.steps,
+              "router_steps": args.router_steps, "eval_frames": args.eval_frames, "score_views": args.score_views,
+              "cases": cases,
               "train_step_seconds": step_seconds, "decode": decode, "cpu": _cpu_model()}
     if args.json:
         print(json.dumps(report, indent=1))
@@ -295,7 +311,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def format_report(report: dict) -> str:
     """The table, the RSS goal check, seconds per training step and the decoding comparison."""
-    lines = [f"{report['cameras']} cameras at {report['width']}x{report['height']} ({report['cpu']})",
+    lines = [f"{report['cameras']} cameras at {report['width']}x{report['height']} ({report['cpu']}); "
+             f"{report['steps']} steps per family, {report['router_steps']} router steps, every stage scores "
+             f"{report['eval_frames'] or 'all'} spread test frames, prune {report['score_views'] or 'all'} views",
              f"{'frames':>6}  {'stage':24s} {'seconds':>8} {'CPU s':>8}  {'peak RSS MB':>11}  {'peak CUDA MB':>12}"]
     for row in report["cases"]:
         cuda = "-" if row["peak_cuda_mb"] is None else f"{row['peak_cuda_mb']:.0f}"

@@ -15,11 +15,12 @@ from moegs.artifacts import Artifact
 from moegs.config import bounded, check_config
 from moegs.context import RenderContext
 from moegs.data.dataset import Dataset
-from moegs.evaluation import evaluate_renderer, measure_fps
+from moegs.evaluation import EVAL_FRAMES, evaluate_renderer, evaluation_frames, measure_fps
 from moegs.models import chunks_of
 from moegs.renderable import Renderable
 
-COLUMNS = ["model", "kind", "id", "psnr", "ssim", "dssim", "lpips", "flip", "fps", "gaussians", "megabytes", "train_seconds"]
+COLUMNS = ["model", "kind", "id", "psnr", "ssim", "dssim", "lpips", "flip", "fps", "gaussians", "megabytes", "train_seconds",
+           "eval_frames"]
 
 
 @dataclass
@@ -30,6 +31,8 @@ class BenchConfig:
     lpips_weights: str | None = None
     """Folder with AlexNet + LPIPS head weights; LPIPS is reported as unavailable without it."""
     fps_repeats: int = bounded(2, ge=1)
+    eval_frames: int = bounded(EVAL_FRAMES, ge=0)
+    """Frames of the test cameras scored and timed, spread evenly (0 = every frame)."""
     device: str = "auto"
     backend: str = "auto"
 
@@ -60,17 +63,19 @@ def device_name(ctx: RenderContext) -> str:
 
 def bench_model(artifact: Artifact, model: Renderable, dataset: Dataset, cfg: BenchConfig, ctx: RenderContext,
                 lpips_ok: bool, progress: bool) -> dict:
-    """Quality on every test frame plus render speed (warm-up excluded, blend included, no caches)."""
+    """Quality on ``cfg.eval_frames`` spread test frames plus render speed at those frames (warm-up excluded,
+    blend included, no caches)."""
     label = model_label(artifact)
+    frames = evaluation_frames(dataset.n_frames, cfg.eval_frames)
     scores = evaluate_renderer(
-        lambda camera, t: model.render_frame(camera, t, ctx).image, dataset,
+        lambda camera, t: model.render_frame(camera, t, ctx).image, dataset, frames=frames,
         with_flip=cfg.flip, lpips_weights=cfg.lpips_weights if lpips_ok else None, progress=progress,
         label=f"bench {label}",
     )
     camera = dataset.test_cameras[0]
     rays = camera.rays(ctx.device)
     fps = measure_fps(lambda cam, t: model.render_frame(cam, t, ctx, rays=rays, cache=False).image, camera,
-                      [float(t) for t in dataset.times], repeats=cfg.fps_repeats)
+                      [float(dataset.times[f]) for f in frames], repeats=cfg.fps_repeats)
     return {
         "model": label,
         "kind": artifact.kind,
@@ -84,6 +89,7 @@ def bench_model(artifact: Artifact, model: Renderable, dataset: Dataset, cfg: Be
         "gaussians": model.num_gaussians,
         "megabytes": model.megabytes(),
         "train_seconds": _train_seconds(artifact),
+        "eval_frames": len(frames),
         "region_psnr": scores["region_psnr"],
     }
 
@@ -111,13 +117,15 @@ def write_csv(rows: list[dict], path: Path) -> None:
 def markdown_table(rows: list[dict]) -> str:
     """The results as a Markdown table (also what the CLI prints)."""
     regions = sorted({r for row in rows for r in row["region_psnr"]})
-    head = ["model", "PSNR", "SSIM", "D-SSIM", "LPIPS", "FLIP", "FPS", "Gaussians", "MB", "train s"] + [f"PSNR {r}" for r in regions]
+    head = (["model", "PSNR", "SSIM", "D-SSIM", "LPIPS", "FLIP", "FPS", "Gaussians", "MB", "train s", "frames"]
+            + [f"PSNR {r}" for r in regions])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
         cells = [row["model"], f"{row['psnr']:.2f}", f"{row['ssim']:.4f}", f"{row['dssim']:.4f}",
                  "n/a" if row["lpips"] is None else f"{row['lpips']:.4f}",
                  "n/a" if row["flip"] is None else f"{row['flip']:.4f}",
-                 f"{row['fps']:.1f}", str(row["gaussians"]), f"{row['megabytes']:.2f}", f"{row['train_seconds']:.0f}"]
+                 f"{row['fps']:.1f}", str(row["gaussians"]), f"{row['megabytes']:.2f}", f"{row['train_seconds']:.0f}",
+                 str(row["eval_frames"])]
         cells += [f"{row['region_psnr'][r]:.2f}" if r in row["region_psnr"] else "" for r in regions]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

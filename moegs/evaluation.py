@@ -1,4 +1,5 @@
-"""Scoring any renderer (an expert, a MoE) on the held-out cameras over all frames."""
+"""Scoring any renderer (an expert, a MoE) on the held-out cameras, over all frames or an evenly spread
+sample of them (a stage's work must not grow with the capture's length: N3V has 300 frames)."""
 
 from __future__ import annotations
 
@@ -12,11 +13,20 @@ from torch import Tensor
 
 from moegs.cameras import Camera
 from moegs.data.dataset import Dataset
+from moegs.data.init_points import spread_indices
 from moegs.data.video import write_video
 from moegs.metrics import evaluate_images, psnr
 from moegs.progress import Bar, progress_bar
 
 RenderFn = Callable[[Camera, float], Tensor]  # (camera, t) -> image [H, W, 3]
+
+EVAL_FRAMES = 30
+"""Default number of frames a stage scores: every frame of a synthetic preset, 1 in 10 of N3V."""
+
+
+def evaluation_frames(n_frames: int, limit: int) -> list[int]:
+    """At most ``limit`` frame indices spread evenly over ``[0, n_frames)``, first and last included; 0 = all."""
+    return list(range(n_frames)) if limit == 0 or limit >= n_frames else spread_indices(n_frames, limit)
 
 
 @torch.no_grad()
@@ -25,6 +35,7 @@ def evaluate_renderer(
     dataset: Dataset,
     cameras: list[Camera] | None = None,
     *,
+    frames: list[int] | None = None,
     video_path: Path | None = None,
     with_flip: bool = False,
     lpips_weights: Path | None = None,
@@ -34,18 +45,20 @@ def evaluate_renderer(
     """PSNR/SSIM (and FLIP/LPIPS on request) per frame of every test camera, their means, per-region PSNR
     and, with region labels, ``moving_psnr`` over every pixel that is not background (label 0).
 
-    With ``video_path`` also writes the first test camera as an MP4 of ground truth beside the render.
+    ``frames`` (default: all) are the frames scored; the result lists them under ``"frames"``. With
+    ``video_path`` also writes the first test camera as an MP4 of ground truth beside the render.
     """
     cameras = cameras if cameras is not None else dataset.test_cameras
+    frames = list(range(dataset.n_frames)) if frames is None else list(frames)
     per_frame: list[dict] = []
     region_values: dict[str, list[float]] = {}
     moving_values: list[float] = []
     names = dataset.region_names
 
     def scored(camera: Camera, bar: Bar) -> Iterator[tuple[Tensor, Tensor]]:
-        """Score every frame of ``camera``, yielding (ground truth, render): one frame in memory at a time."""
+        """Score ``frames`` of ``camera``, yielding (ground truth, render): one frame in memory at a time."""
         labels = dataset.labels(camera.name)
-        for frame in range(dataset.n_frames):
+        for frame in frames:
             gt = dataset.frame_tensor(camera.name, frame)
             image = render(camera, float(dataset.times[frame])).clamp(0, 1).float().cpu()  # scored on the host
             lab = None if labels is None else torch.as_tensor(labels[frame].astype(np.int64))
@@ -65,7 +78,7 @@ def evaluate_renderer(
             bar.advance()
             yield gt, image
 
-    with progress_bar(label, len(cameras) * dataset.n_frames, enabled=progress) as bar:
+    with progress_bar(label, len(cameras) * len(frames), enabled=progress) as bar:
         for cam_index, camera in enumerate(cameras):
             if video_path is not None and cam_index == 0:  # encoded as it is scored, never held whole
                 pairs = (torch.cat([gt, image], dim=1) for gt, image in scored(camera, bar))
@@ -78,6 +91,7 @@ def evaluate_renderer(
         "psnr": float(np.mean([e["psnr"] for e in per_frame])),
         "ssim": float(np.mean([e["ssim"] for e in per_frame])),
         "region_psnr": {k: float(np.mean(v)) for k, v in region_values.items()},
+        "frames": frames,
         "per_frame": per_frame,
     }
     if moving_values:

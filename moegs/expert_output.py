@@ -10,7 +10,7 @@ from moegs.artifacts import Artifact, ArtifactWriter
 from moegs.context import RenderContext
 from moegs.data.dataset import Dataset
 from moegs.data.frame_range import dataset_frames
-from moegs.evaluation import evaluate_renderer
+from moegs.evaluation import evaluate_renderer, evaluation_frames
 from moegs.experts.base import Expert
 from moegs.experts.io import expert_compat, save_expert
 from moegs.gaussians import save_ply
@@ -27,14 +27,17 @@ def finish_expert(
     progress: bool,
     export_ply: bool,
     train_seconds: float,
+    eval_frames: int,
 ) -> None:
-    """Save weights, evaluate on the test cameras (metrics + preview video), optionally export PLYs."""
+    """Save weights, evaluate ``eval_frames`` spread frames of the test cameras (0 = all; metrics + preview
+    video), optionally export PLYs."""
     expert.eval()
     save_expert(expert, directory)
     started = time.perf_counter()
     scores = evaluate_renderer(
         lambda camera, t: expert.render_frame(camera, t, ctx).image,
         dataset,
+        frames=evaluation_frames(dataset.n_frames, eval_frames),
         video_path=directory / "preview.mp4",
         progress=progress,
         label=f"evaluate {expert.family}",
@@ -49,6 +52,7 @@ def finish_expert(
             "ssim": scores["ssim"],
             "region_psnr": scores["region_psnr"],
             "moving_psnr": scores.get("moving_psnr"),
+            "eval_frames": scores["frames"],
             "per_frame_psnr": [e["psnr"] for e in scores["per_frame"]],
             "per_frame_ssim": [e["ssim"] for e in scores["per_frame"]],
             "gaussians": expert.num_gaussians,

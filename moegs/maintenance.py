@@ -53,7 +53,7 @@ def collect_garbage(workspace: Path, *, dry_run: bool = False, include_resumable
             report.kept.append((entry.path, "not a moegs name; left alone"))
         elif entry.state == COMPLETE and verify and entry.artifact is not None:
             try:
-                entry.artifact.verify()
+                entry.artifact.verify(full=True)
             except MoegsError as exc:
                 report.damaged.append((entry.path, str(exc).split(": ", 1)[-1]))
     return report

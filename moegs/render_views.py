@@ -3,17 +3,19 @@ and a grid of ground truth (where the camera has it), every expert, the blend an
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import imageio.v3 as iio
+import numpy as np
 
 from moegs.cameras import Camera
 from moegs.config import bounded, check_config
 from moegs.context import RenderContext
 from moegs.data.dataset import Dataset
-from moegs.data.video import write_video
+from moegs.data.video import VideoWriter
 from moegs.gaussians import save_ply
 from moegs.progress import progress_bar
 from moegs.renderable import Renderable
@@ -57,44 +59,48 @@ def render_sequence(
     progress: bool,
     ground_truth: bool,
 ) -> list[str]:
-    """Render one video (and its gate/grid companions for a MoE); returns the files written.
+    """Render one video (and its gate/grid companions for a MoE), encoding each frame as it is rendered
+    and caching nothing (memory does not grow with the frame count); returns the files written.
 
     With ``ground_truth`` (``views`` are dataset cameras) the grid starts with the captured frame.
     """
     colors = expert_colors(len(model.families))
-    rgb, gates, grids = [], [], []
     png_dir = directory / name / "frames"
+    fps = cfg.fps or dataset.fps or 30.0
     steps = max(len(frames), len(views))
-    with progress_bar(f"render {name}", steps, enabled=progress) as bar:
+    with ExitStack() as stack, progress_bar(f"render {name}", steps, enabled=progress) as bar:
+        videos: dict[str, VideoWriter] = {}
+
+        def encode(suffix: str, image: np.ndarray) -> None:
+            """Stream ``image`` into ``<name><suffix>.mp4`` (opened on first use; only the current frame is held)."""
+            if suffix not in videos:
+                videos[suffix] = stack.enter_context(VideoWriter(directory / f"{name}{suffix}.mp4", fps=fps))
+            videos[suffix].write(image)
+
         for i in range(steps):
             frame = frames[i % len(frames)]
             camera = views[i % len(views)]
             t = float(dataset.times[frame])
-            out = model.render_frame(camera, t, ctx)
+            out = model.render_frame(camera, t, ctx, cache=False)  # each time is drawn once: a cache only fills
             image = to_uint8(out.image)
-            rgb.append(image)
+            encode("", image)
             if cfg.png:
                 png_dir.mkdir(parents=True, exist_ok=True)
                 iio.imwrite(png_dir / f"{i:05d}.png", image)
             if out.gates is not None:
                 gmap = gate_map(out.gates, colors)
-                gates.append(gmap)
                 tiles = [label_tile(dataset.frame(camera.name, frame), "ground truth")] if ground_truth else []
                 tiles += [label_tile(to_uint8(img), fam) for img, fam in zip(out.expert_images, model.families)]
                 tiles += [label_tile(image, "MoE"), label_tile(gmap, "gates")]
-                grids.append(tile_grid(tiles))
+                grid = tile_grid(tiles)
+                encode("_gates", gmap)
+                encode("_grid", grid)
+                if i == 0:
+                    iio.imwrite(directory / f"{name}_grid.png", grid)
             if cfg.export_ply and i == 0:
                 _export_ply(model, t, directory / name)
             bar.advance()
-    fps = cfg.fps or dataset.fps or 30.0
-    written = [f"{name}.mp4"]
-    write_video(directory / f"{name}.mp4", rgb, fps=fps)
-    if gates:
-        write_video(directory / f"{name}_gates.mp4", gates, fps=fps)
-        write_video(directory / f"{name}_grid.mp4", grids, fps=fps)
-        iio.imwrite(directory / f"{name}_grid.png", grids[0])
-        written += [f"{name}_gates.mp4", f"{name}_grid.mp4"]
-    return written
+    return [f"{name}{suffix}.mp4" for suffix in videos]
 
 
 def _export_ply(model: Renderable, t: float, directory: Path) -> None:

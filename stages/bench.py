@@ -9,6 +9,7 @@ from moegs.artifacts import ArtifactWriter, load_artifact, require_same
 from moegs.benchmark import BenchConfig, bench_model, device_name, markdown_table, plot_psnr_fps, plot_regions, write_csv
 from moegs.data.frame_range import require_same_frames
 from moegs.errors import InputError
+from moegs.evaluation import evaluation_frames
 from moegs.metrics import lpips_available
 from moegs.models import MODEL_KINDS, dataset_of, load_model, model_dataset
 from stages.common import StageResult, artifact_config, run_stage, stage_context
@@ -41,7 +42,8 @@ def run(cfg: BenchConfig, model_refs: list[str], workspace: Path, *, force: bool
         results = {"rows": rows, "device": device, "backend": ctx.backend,
                    "lpips": "LPIPS-AlexNet" if lpips_ok else lpips_reason,
                    "dataset": dataset_artifact.id, "test_cameras": [c.name for c in dataset.test_cameras],
-                   "frames": dataset.n_frames, "frame_range": frames.as_list()}
+                   "frames": dataset.n_frames, "frame_range": frames.as_list(),
+                   "eval_frames": evaluation_frames(dataset.n_frames, cfg.eval_frames)}
         (directory / "results.json").write_text(json.dumps(results, indent=2))
         write_csv(rows, directory / "results.csv")
         (directory / "results.md").write_text(markdown_table(rows) + f"\nDevice: {device}; backend: {ctx.backend}.\n")

@@ -78,7 +78,8 @@ def _finetune(
                               label=f"{label} {expert.family}")
         expert.config = original_config  # the artifact keeps the family's own config
         finish_expert(expert, dataset, dataset_artifact, directory, w, ctx, progress=progress,
-                      export_ply=False, train_seconds=student.metrics.get("train_seconds", 0.0) + result.seconds)
+                      export_ply=False, train_seconds=student.metrics.get("train_seconds", 0.0) + result.seconds,
+                      eval_frames=cfg.eval_frames)
         w.metrics.update({"finetune": label, "psnr_student_before": student.metrics.get("psnr"),
                           "finetune_steps": cfg.steps})
         w.extra["finetune"] = recipe

@@ -28,6 +28,8 @@ def run(
     :mod:`moegs.data.init_points`).
     """
     from moegs.data.build import build_dataset
+    from moegs.data.dataset import FRAMES_DIR
+    from moegs.data.frame_store import SUFFIX
 
     source = Path(source)
     if not source.is_dir():
@@ -44,6 +46,7 @@ def run(
 
     def build(directory: Path, w: ArtifactWriter) -> None:
         summary = build_dataset(source, directory, config, progress=progress)
+        w.checked_on_read.update(p.relative_to(directory).as_posix() for p in (directory / FRAMES_DIR).glob("*" + SUFFIX))
         w.metrics.update(summary["metrics"])
         w.compat.update(summary["compat"])
         w.extra["source"] = str(source.resolve())

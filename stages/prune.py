@@ -6,10 +6,11 @@ import dataclasses
 from pathlib import Path
 
 from moegs.artifacts import ArtifactWriter, load_artifact
+from moegs.evaluation import evaluation_frames
 from moegs.models import model_dataset
 from moegs.moe.evaluate import evaluate_moe
 from moegs.moe.io import load_moe, save_pruned_experts, save_router
-from moegs.moe.prune import PruneConfig, apply_pruning, gate_aware_scores, keep_masks, snapshot
+from moegs.moe.prune import PruneConfig, apply_pruning, gate_aware_scores, keep_masks, score_views, snapshot
 from moegs.moe.train import TrainRouterConfig, train_router
 from stages.common import StageResult, artifact_config, run_stage, stage_context
 
@@ -29,8 +30,10 @@ def run(cfg: PruneConfig, moe_ref: str, workspace: Path, *, force: bool = False,
     def build(directory: Path, w: ArtifactWriter) -> None:
         dataset = model_dataset(source)
         model = load_moe(source, ctx)
-        before = snapshot(model, dataset, ctx)
-        apply_pruning(model, keep_masks(gate_aware_scores(model, dataset, cfg.frame_stride, ctx, progress), cfg))
+        frames = evaluation_frames(dataset.n_frames, cfg.eval_frames)
+        views = score_views(dataset.train_cameras, dataset.n_frames, cfg.frame_stride, cfg.score_views)
+        before = snapshot(model, dataset, ctx, frames)
+        apply_pruning(model, keep_masks(gate_aware_scores(model, dataset, views, ctx, progress), cfg))
         if cfg.finetune_steps > 0:
             known = TrainRouterConfig.__dataclass_fields__
             router_cfg = TrainRouterConfig(**{k: v for k, v in source.config.items() if k in known})
@@ -38,8 +41,8 @@ def run(cfg: PruneConfig, moe_ref: str, workspace: Path, *, force: bool = False,
                          workdir=directory, resume=resume, label="fine-tune router")
         save_router(model.router, directory)
         save_pruned_experts(model.experts.experts, directory)
-        metrics = evaluate_moe(model, dataset, directory, ctx, None, progress=progress)
-        after = snapshot(model, dataset, ctx)
+        metrics = evaluate_moe(model, dataset, directory, ctx, None, eval_frames=cfg.eval_frames, progress=progress)
+        after = snapshot(model, dataset, ctx, frames)
         metrics.update(
             {
                 "psnr_before": source.metrics.get("psnr"),
@@ -51,6 +54,7 @@ def run(cfg: PruneConfig, moe_ref: str, workspace: Path, *, force: bool = False,
                 "fps_before": before["fps"],
                 "fps_after": after["fps"],
                 "removed_fraction": 1 - sum(after["gaussians"]) / max(sum(before["gaussians"]), 1),
+                "scored_views": len(views),
             }
         )
         w.metrics.update(metrics)

@@ -31,7 +31,7 @@ def run(cfg: RenderConfig, model_ref: str, workspace: Path, *, force: bool = Fal
                             inputs=[("model", model_artifact), ("dataset", dataset_artifact)])
 
     def build(directory: Path, w: ArtifactWriter) -> None:
-        dataset = model_dataset(model_artifact)
+        dataset = model_dataset(model_artifact, cache_mb=0)  # each ground-truth frame is read once
         model = load_model(model_artifact, ctx, tau=cfg.tau)
         frames = _frame_range(cfg, dataset.n_frames)
         outputs = []

@@ -99,7 +99,7 @@ def train_one(
         result = train_expert(expert, dataset, directory, ctx, resume=resume,
                               checkpoint_every=cfg.checkpoint_every, progress=progress, label=label)
         finish_expert(expert, dataset, dataset_artifact, directory, w, ctx, progress=progress,
-                      export_ply=cfg.export_ply, train_seconds=result.seconds)
+                      export_ply=cfg.export_ply, train_seconds=result.seconds, eval_frames=cfg.eval_frames)
         if rig is not None:
             w.metrics["rig"] = rig
 

@@ -49,7 +49,8 @@ def run(
         history, seconds = train_router(model, dataset, cfg, ctx, progress=progress, workdir=directory, resume=resume)
         save_router(router, directory)
         (directory / "router_log.json").write_text(json.dumps(history, indent=2))
-        w.metrics.update(evaluate_moe(model, dataset, directory, ctx, cfg.official_eval_tau, progress=progress))
+        w.metrics.update(evaluate_moe(model, dataset, directory, ctx, cfg.official_eval_tau, eval_frames=cfg.eval_frames,
+                                      progress=progress))
         w.metrics["train_seconds"] = seconds
         w.compat.update(
             {"dataset_id": dataset_id, "n_experts": len(expert_artifacts), "tau": cfg.tau,

@@ -59,10 +59,12 @@ def test_report_checks_the_memory_goal() -> None:
         return {"frames": frames, "stage": "train-router", "seconds": 2.0, "cpu_seconds": 1.5, "peak_rss_mb": rss,
                 "peak_cuda_mb": None}
 
-    base = {"cameras": 20, "width": 1352, "height": 1014, "cpu": "AMD EPYC", "decode": [],
+    base = {"cameras": 20, "width": 1352, "height": 1014, "cpu": "AMD EPYC", "decode": [], "steps": 12,
+            "router_steps": 6, "eval_frames": 4, "score_views": 0,
             "train_step_seconds": {30: {"hexplane": 1.25}}}
     flat = format_report({**base, "cases": [row(30, 1000), row(300, 1100)]})
     assert "(x1.10); meets the goal" in flat and "hexplane 1.25" in flat
+    assert "scores 4 spread test frames, prune all views" in flat
     assert "misses the goal" in format_report({**base, "cases": [row(30, 1000), row(300, 1300)]})
     assert "misses the goal" in format_report({**base, "cases": [row(30, 4000), row(300, 4100)]})
 

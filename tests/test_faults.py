@@ -23,7 +23,12 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from moegs.artifacts import COMPLETE, LOCK, PARTIAL, SCRATCH, ArtifactWriter, list_artifacts, scan_workspace
+from moegs.artifacts import (COMPLETE, LOCK, PARTIAL, SCRATCH, ArtifactWriter, list_artifacts, load_artifact,
+                             scan_workspace, sha256_file)
+from moegs.data.dataset import Dataset
+from moegs.data.preprocess_config import PreprocessConfig
+from moegs.errors import DamagedArtifactError
+from stages import preprocess
 from stages.common import run_stage
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -63,7 +68,7 @@ def assert_invariant(workspace: Path) -> None:
     for entry in scan_workspace(workspace):
         assert entry.state in (COMPLETE, PARTIAL, LOCK, SCRATCH), (entry.path, entry.state, entry.reason)
         if entry.state == COMPLETE:
-            entry.artifact.verify()
+            entry.artifact.verify(full=True)
     for kind_dir in workspace.glob("*/*"):
         for child in kind_dir.iterdir():
             if not (child.name.startswith(".") or child.name.endswith((".partial", ".lock"))):
@@ -113,3 +118,35 @@ def test_sigkill_of_preprocess_then_rerun_completes(tmp_path, tiny_raw):
     assert rerun.returncode == 0, err
     assert_invariant(workspace)
     assert [a.kind for a in list_artifacts(workspace)] == ["dataset"]
+
+
+def test_frame_stores_are_checked_lazily_but_tampering_is_still_caught(tmp_path, tiny_raw):
+    """Loading a dataset hashes its small files and the stores' digests, not the stores: a modified frame
+    is found when it is first read (and by a full verify), a truncated store or edited digests at load."""
+    result = preprocess.run(PreprocessConfig(frame_stop=3, init="random"), tiny_raw, tmp_path, "s", progress=False)
+    artifact = load_artifact(result.artifact.path)
+    entries = artifact.manifest["files"]
+    stores = sorted(rel for rel in entries if rel.startswith("frames/") and rel.endswith(".npy"))
+    assert stores and all(entries[rel]["verify"] == "on_read" for rel in stores)
+    assert all(entries[rel]["sha256"] == sha256_file(artifact.path / rel) for rel in stores)  # hashed while written
+    assert all("verify" not in info for rel, info in entries.items() if rel not in stores)
+    cam = Path(stores[0]).stem
+    store = artifact.path / stores[0]
+    raw = bytearray(store.read_bytes())
+    raw[-1] ^= 1  # last frame only
+    store.write_bytes(bytes(raw))
+    dataset = Dataset.load(load_artifact(artifact.path).path)  # the lazy load does not hash the store
+    dataset.frame(cam, 0)
+    with pytest.raises(DamagedArtifactError, match=rf"{cam}.npy: frame 2 does not match its sha256"):
+        dataset.frame(cam, 2)
+    with pytest.raises(DamagedArtifactError, match=rf"{cam}.npy: content does not match the sha256"):
+        load_artifact(artifact.path, verify=False).verify(full=True)
+    store.write_bytes(bytes(raw[:-1]))
+    with pytest.raises(DamagedArtifactError, match=rf"{cam}.npy: \d+ bytes, but the manifest records"):
+        load_artifact(artifact.path)
+    raw[-1] ^= 1
+    store.write_bytes(bytes(raw))
+    digests = store.with_suffix(".sha256")
+    digests.write_text(digests.read_text().replace("a", "b", 1))
+    with pytest.raises(DamagedArtifactError, match=rf"{cam}.sha256: content does not match"):
+        load_artifact(artifact.path)

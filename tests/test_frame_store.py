@@ -1,12 +1,12 @@
-"""The per-camera uint8 frame store: written sequentially, read one frame at a time, checked on open."""
+"""The per-camera uint8 frame store: written sequentially, read one frame at a time, checked on open and per frame."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from moegs.data.frame_store import FrameStore, FrameStoreWriter
-from moegs.errors import InputError
+from moegs.data.frame_store import FrameStore, FrameStoreWriter, digests_path
+from moegs.errors import DamagedArtifactError, InputError
 
 T, H, W = 4, 6, 5
 
@@ -68,3 +68,29 @@ def test_open_checks_shape_dtype_and_size(tmp_path) -> None:
         FrameStore(tmp_path / "junk.npy", T, H, W)
     with pytest.raises(InputError, match="frame store not readable"):
         FrameStore(tmp_path / "missing.npy", T, H, W)
+
+
+def test_each_frame_is_checked_against_its_digest_on_first_read(tmp_path) -> None:
+    data = frames()
+    path = tmp_path / "cam.npy"
+    write(path, data)
+    assert len(digests_path(path).read_text().split()) == T + 1  # the header, then every frame
+    raw = bytearray(path.read_bytes())
+    raw[-1] ^= 1  # the last byte of the last frame
+    path.write_bytes(bytes(raw))
+    store = FrameStore(path, T, H, W)  # opening hashes only the header
+    np.testing.assert_array_equal(store.read(0), data[0])
+    with pytest.raises(DamagedArtifactError, match=rf"cam.npy: frame {T - 1} does not match its sha256 in cam.sha256"):
+        store.read(T - 1)
+    store.close()
+    raw[-1] ^= 1
+    header_end = raw.index(b"\n")
+    raw[header_end - 1] = ord("\t")  # the header's space padding: numpy still parses it, the digest does not match
+    path.write_bytes(bytes(raw))
+    with pytest.raises(DamagedArtifactError, match="cam.npy: header does not match its sha256"):
+        FrameStore(path, T, H, W)
+    raw[header_end - 1] = ord(" ")
+    path.write_bytes(bytes(raw))
+    digests_path(path).write_text("\n".join(digests_path(path).read_text().split()[:-1]))
+    with pytest.raises(DamagedArtifactError, match=rf"cam.sha256: {T} digests for a header and {T} frames"):
+        FrameStore(path, T, H, W)

@@ -10,6 +10,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (backend must be chosen first)
 import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
 
 from moegs.cameras import Camera  # noqa: E402
 from moegs.data.colmap_init import PointCloud  # noqa: E402
@@ -27,7 +28,7 @@ def write_preview(path: Path, cameras: list[Camera], first_frames: dict[str, np.
     for ax in axes.ravel():
         ax.axis("off")
     for ax, (cam, overlay) in zip(axes.ravel(), panels):
-        ax.imshow(first_frames[cam.name])
+        ax.imshow(_thumbnail(first_frames[cam.name]), extent=(0, cam.width, cam.height, 0))  # pixel coordinates
         is_test = cam.name in test_cameras
         title = f"{cam.name} (test)" if is_test else cam.name
         if overlay:
@@ -47,3 +48,15 @@ def write_preview(path: Path, cameras: list[Camera], first_frames: dict[str, np.
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+THUMB_WIDTH = 400
+"""Panels are about 320 pixels wide at the sheet's dpi: drawing full-size N3V frames took a minute."""
+
+
+def _thumbnail(image: np.ndarray) -> np.ndarray:
+    height, width = image.shape[:2]
+    if width <= THUMB_WIDTH:
+        return image
+    size = (THUMB_WIDTH, max(1, round(height * THUMB_WIDTH / width)))
+    return np.asarray(Image.fromarray(image).resize(size, Image.Resampling.BILINEAR))

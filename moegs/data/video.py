@@ -80,66 +80,112 @@ def read_video(path: Path, start: int = 0, stop: int | None = None) -> np.ndarra
     return np.stack(frames)
 
 
-def write_video(path: Path, frames: Iterable[np.ndarray], fps: float = 30.0, quality: int = 8) -> int:
-    """Encode uint8 [H, W, 3] frames as H.264 MP4 and return the frame count, confirmed by reading the file back.
+def write_video(path: Path, frames: Iterable[np.ndarray], fps: float = 30.0, quality: int = 8,
+                preset: str = "medium") -> int:
+    """Encode uint8 [H, W, 3] frames as H.264 MP4 and return the frame count, confirmed by reading the file back
+    (see :class:`VideoWriter`; this is it fed from an iterable, so a generator is never held whole)."""
+    with VideoWriter(path, fps, quality, preset) as writer:
+        for frame in frames:
+            writer.write(frame)
+    return writer.sent
 
-    yuv420p chroma needs even sizes, so an odd row or column at the bottom/right is cropped. A
-    failed encode (ffmpeg's exit status, or fewer frames in the file than were sent) removes the
-    file and raises: an ``OSError`` with ENOSPC/EFBIG when the disk or the file-size limit ran out
-    (so the artifact layer cleans up), else a ``MoegsError`` with ffmpeg's message.
+
+class VideoWriter:
+    """A video encoded one frame at a time, so a renderer never holds its output frames.
+
+    ffmpeg writes a hidden temporary file beside ``path``; :meth:`close` checks ffmpeg's exit status
+    and that the file holds every frame sent, and only then renames it to ``path``. So a failed or
+    interrupted write never leaves a file under the final name: an exception inside the ``with``
+    block, a failed encode or a short file removes the temporary and raises, an ``OSError`` with
+    ENOSPC/EFBIG when the disk or the file-size limit ran out (so the artifact layer cleans up),
+    else a ``MoegsError`` with ffmpeg's message. yuv420p chroma needs even sizes, so an odd row or
+    column at the bottom/right is cropped.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryFile() as log:
-        encoder, sent, shape = None, 0, None
+
+    def __init__(self, path: Path, fps: float = 30.0, quality: int = 8, preset: str = "medium") -> None:
+        if not 1 <= quality <= 10:
+            raise InputError(f"video quality must be within 1..10, got {quality}")
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.fps, self.quality, self.preset = fps, quality, preset
+        self.sent = 0
+        self._temp = self.path.with_name(f".{self.path.name}.tmp")
+        self._log: IO[bytes] = tempfile.TemporaryFile()  # noqa: SIM115 (closed in close()/abort())
+        self._encoder: subprocess.Popen | None = None
+        self._shape: tuple[int, ...] | None = None
+
+    def write(self, frame: np.ndarray) -> None:
+        height, width = frame.shape[:2]
+        frame = np.ascontiguousarray(frame[: height - height % 2, : width - width % 2], dtype=np.uint8)
+        if self._encoder is None:
+            self._shape = frame.shape
+            self._encoder = _start_encoder(self._temp, frame.shape[1], frame.shape[0], self.fps, self.quality,
+                                           self.preset, self._log)
+        elif frame.shape != self._shape:
+            raise InputError(f"{self.path}: frame {self.sent} is {frame.shape[1]}x{frame.shape[0]}, the first was "
+                             f"{self._shape[1]}x{self._shape[0]}")
         try:
-            for frame in frames:
-                height, width = frame.shape[:2]
-                frame = np.ascontiguousarray(frame[: height - height % 2, : width - width % 2], dtype=np.uint8)
-                if encoder is None:
-                    shape = frame.shape
-                    encoder = _start_encoder(path, frame.shape[1], frame.shape[0], fps, quality, log)
-                elif frame.shape != shape:
-                    raise InputError(f"{path}: frame {sent} is {frame.shape[1]}x{frame.shape[0]}, the first was "
-                                     f"{shape[1]}x{shape[0]}")
-                try:
-                    encoder.stdin.write(frame.tobytes())
-                except BrokenPipeError:
-                    break  # ffmpeg died; its exit status says why
-                sent += 1
-            if encoder is None:
-                raise InputError(f"{path}: no frames to write")
-            try:
-                encoder.stdin.close()
-            except BrokenPipeError:
-                pass
-            code = encoder.wait()
-        except BaseException:
-            if encoder is not None:
-                encoder.kill()
-                encoder.wait()
-            path.unlink(missing_ok=True)
-            raise
+            self._encoder.stdin.write(frame.tobytes())
+        except BrokenPipeError:  # ffmpeg died; its exit status says why
+            raise self._failure(self._encoder.wait()) from None
+        self.sent += 1
+
+    def close(self) -> int:
+        """Finish the encode, check it and move it into place; returns the frame count."""
+        if self._encoder is None:
+            raise InputError(f"{self.path}: no frames to write")
+        try:
+            self._encoder.stdin.close()
+        except BrokenPipeError:
+            pass
+        code = self._encoder.wait()
         if code != 0:
-            path.unlink(missing_ok=True)
-            log.seek(0)
-            raise _encoder_failure(path, code, log.read().decode(errors="replace"))
-    written = _frames_in(path)
-    if written != sent:
-        path.unlink(missing_ok=True)
-        raise MoegsError(f"{path}: the encoded video holds {written} frames but {sent} were written; removed it")
-    return sent
+            raise self._failure(code)
+        written = _frames_in(self._temp)
+        if written != self.sent:
+            raise MoegsError(f"{self.path}: the encoded video holds {written} frames but {self.sent} were written; "
+                             "removed it")
+        self._temp.replace(self.path)
+        self._log.close()
+        return self.sent
+
+    def abort(self) -> None:
+        """Stop ffmpeg and remove the unfinished file."""
+        if self._encoder is not None and self._encoder.poll() is None:
+            self._encoder.kill()
+            self._encoder.wait()
+        self._temp.unlink(missing_ok=True)
+        self._log.close()
+
+    def _failure(self, code: int) -> Exception:
+        self._log.seek(0)
+        return _encoder_failure(self.path, code, self._log.read().decode(errors="replace"))
+
+    def __enter__(self) -> VideoWriter:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
+        if exc_type is not None:
+            self.abort()
+            return
+        try:
+            self.close()
+        except BaseException:
+            self.abort()
+            raise
 
 
-def _start_encoder(path: Path, width: int, height: int, fps: float, quality: int, log: IO[bytes]) -> subprocess.Popen:
-    """ffmpeg reading raw RGB frames on stdin; the same settings imageio-ffmpeg used (crf from quality 1-10)."""
-    if not 1 <= quality <= 10:
-        raise InputError(f"video quality must be within 1..10, got {quality}")
+def _start_encoder(path: Path, width: int, height: int, fps: float, quality: int, preset: str,
+                   log: IO[bytes]) -> subprocess.Popen:
+    """ffmpeg reading raw RGB frames on stdin; the same settings imageio-ffmpeg used (crf from quality 1-10).
+
+    ``preset`` trades encode speed for size at the same quality (``ultrafast`` for synthetic captures)."""
     crf = int((1 - quality / 10.0) * 51)
     command = [
         imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-f", "rawvideo", "-vcodec", "rawvideo", "-s", f"{width}x{height}",
         "-pix_fmt", "rgb24", "-r", str(Fraction(fps).limit_denominator()), "-i", "-", "-an",
-        "-vcodec", "libx264", "-pix_fmt", "yuv420p", "-crf", str(crf), "-v", "error", str(path),
+        "-vcodec", "libx264", "-preset", preset, "-pix_fmt", "yuv420p", "-crf", str(crf), "-f", "mp4", "-v", "error",
+        str(path),
     ]
     return subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=log)
 

@@ -10,6 +10,7 @@ from typing import Any
 from moegs.config import bounded, build_config, check_config
 from moegs.data.dataset import FRAME_CACHE_MB
 from moegs.data.frame_range import check_frames_syntax
+from moegs.evaluation import EVAL_FRAMES
 from moegs.errors import InputError
 from moegs.experts import DYNAMIC_FAMILIES, family_names, get_family
 from moegs.experts.base import ExpertConfig
@@ -24,6 +25,8 @@ class _TrainExpertsSettings:
     export_ply: bool = False
     frame_cache_mb: float = bounded(FRAME_CACHE_MB, ge=0.0)
     """Budget of the dataset's decoded frames (LRU; 0 turns it off)."""
+    eval_frames: int = bounded(EVAL_FRAMES, ge=0)
+    """Test frames scored after training, spread evenly (0 = every frame); the manifest lists them."""
     frames: list[int] | str | None = None
     """Train on dataset frames [START, STOP) only ("0:150" or [0, 150]; default all): one chunk of a long
     sequence, with its own local time. The range is part of each expert's id and manifest."""

@@ -22,6 +22,7 @@ from moegs.config import bounded, check_config
 from moegs.context import RenderContext
 from moegs.data.dataset import FRAME_CACHE_MB, Dataset
 from moegs.errors import InputError
+from moegs.evaluation import EVAL_FRAMES
 from moegs.experts import family_names
 from moegs.experts.base import Expert, ExpertConfig
 from moegs.moe.model import MoEModel
@@ -55,6 +56,8 @@ class DistillConfig:
     """Budget of the frozen experts' deformed Gaussians (LRU)."""
     frame_cache_mb: float = bounded(FRAME_CACHE_MB, ge=0.0)
     """Budget of the dataset's decoded frames (LRU)."""
+    eval_frames: int = bounded(EVAL_FRAMES, ge=0)
+    """Test frames scored after fine-tuning, spread evenly (0 = every frame)."""
     device: str = "auto"
     backend: str = "auto"
 

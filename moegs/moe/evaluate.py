@@ -11,16 +11,19 @@ import torch
 from moegs.artifacts import Artifact
 from moegs.context import RenderContext
 from moegs.data.dataset import Dataset
-from moegs.evaluation import evaluate_renderer
+from moegs.evaluation import evaluate_renderer, evaluation_frames
 from moegs.moe.model import MoEModel
 
 
 @torch.no_grad()
 def evaluate_moe(
-    model: MoEModel, dataset: Dataset, directory: Path | None, ctx: RenderContext, official_tau: float | None, *, progress: bool
+    model: MoEModel, dataset: Dataset, directory: Path | None, ctx: RenderContext, official_tau: float | None, *,
+    eval_frames: int, progress: bool
 ) -> dict:
-    """Blend PSNR/SSIM on the test cameras, per-region winners, the router's preferred expert per region,
-    and (with ``official_tau``) the PSNR when evaluated at that temperature instead."""
+    """Blend PSNR/SSIM on ``eval_frames`` spread frames of the test cameras (0 = all), per-region winners, the
+    router's preferred expert per region, and (with ``official_tau``) the PSNR when evaluated at that
+    temperature instead."""
+    frames = evaluation_frames(dataset.n_frames, eval_frames)
     region_gates: dict[str, list[np.ndarray]] = {}
     names = dataset.region_names
     rays = {camera.name: camera.rays(ctx.device) for camera in dataset.test_cameras}
@@ -39,7 +42,8 @@ def evaluate_moe(
         return out.image
 
     video = None if directory is None else directory / "preview.mp4"
-    scores = evaluate_renderer(render, dataset, video_path=video, progress=progress, label="evaluate moe")
+    scores = evaluate_renderer(render, dataset, frames=frames, video_path=video, progress=progress,
+                               label="evaluate moe")
     families = [a.compat.get("family", f"expert{k}") for k, a in enumerate(model.expert_artifacts)]
     metrics = {
         "psnr": scores["psnr"],
@@ -48,6 +52,7 @@ def evaluate_moe(
         "gaussians": model.num_gaussians,
         "gaussians_per_expert": model.gaussians_per_expert,
         "megabytes": model.megabytes(),
+        "eval_frames": frames,
         "families": families,
         "expert_psnr": [a.metrics.get("psnr") for a in model.expert_artifacts],
         "region_winner": region_winner(model.expert_artifacts, families),
@@ -59,7 +64,7 @@ def evaluate_moe(
     if official_tau is not None and official_tau != model.tau:
         metrics["psnr_official_tau"] = evaluate_renderer(
             lambda camera, t: model.blend(camera, t, ctx, tau=official_tau).image,
-            dataset, progress=progress, label=f"evaluate moe tau={official_tau:g}",
+            dataset, frames=frames, progress=progress, label=f"evaluate moe tau={official_tau:g}",
         )["psnr"]
     if directory is not None:
         (directory / "eval.json").write_text(json.dumps(scores, indent=2))

@@ -3,23 +3,31 @@
 Each Gaussian i of expert k is scored by what it adds to the *blended* image over the training
 views: r_i^k = sum over views and pixels of gate^k(p) * alpha_i * T_i(p). A Gaussian that is
 opaque but sits where the router never picks its expert scores ~0 and goes, with its gate rows.
+The views are a bounded sample spread over cameras and frames (``score_views``), so the work does
+not grow with the capture (19 training cameras x 300 frames is 5700 renders at N3V size).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
+from moegs.cameras import Camera
 from moegs.config import bounded, check_config
 from moegs.context import RenderContext
 from moegs.errors import InputError
 from moegs.data.dataset import Dataset
 from moegs.densify import remove_gaussians
-from moegs.evaluation import measure_fps
+from moegs.evaluation import EVAL_FRAMES, measure_fps
 from moegs.moe.model import MoEModel
 from moegs.progress import progress_bar
 from moegs.raster import GaussianSet, rasterize_multi
+
+
+SCORE_VIEWS = 256
+"""Default cap on the views scored: every view of the demo preset (9 cameras x 24 frames), 1 in 22 at N3V size."""
 
 
 @dataclass
@@ -32,9 +40,13 @@ class PruneConfig:
     threshold: float | None = bounded(None, ge=0.0)
     """Instead: remove Gaussians whose contribution per training view is below this (in pixels)."""
     frame_stride: int = bounded(1, ge=1)
-    """Score on every n-th frame of every training camera."""
+    """Score on every n-th frame of every training camera..."""
+    score_views: int = bounded(SCORE_VIEWS, ge=0)
+    """... or at most this many of those (camera, frame) views, spread evenly over both (0 = all)."""
     finetune_steps: int = bounded(0, ge=0)
     """Router fine-tuning steps after pruning (0 = none)."""
+    eval_frames: int = bounded(EVAL_FRAMES, ge=0)
+    """Test frames the pruned blend is scored on, spread evenly (0 = every frame)."""
     device: str = "auto"
     backend: str = "auto"
 
@@ -45,11 +57,11 @@ class PruneConfig:
 
 
 @torch.no_grad()
-def gate_aware_scores(model: MoEModel, dataset: Dataset, frame_stride: int, ctx: RenderContext, progress: bool) -> list[torch.Tensor]:
-    """r_i^k averaged over the scored views, per expert [N_k]: each Gaussian's share of the blended image in pixels."""
+def gate_aware_scores(model: MoEModel, dataset: Dataset, views: list[tuple[Camera, int]], ctx: RenderContext,
+                      progress: bool) -> list[torch.Tensor]:
+    """r_i^k averaged over ``views`` (camera, frame), per expert [N_k]: each Gaussian's share of the blended image
+    in pixels."""
     scores = [torch.zeros(n, device=ctx.device) for n in model.gaussians_per_expert]
-    frames = list(range(0, dataset.n_frames, frame_stride))
-    views = [(cam, f) for cam in dataset.train_cameras for f in frames]
     with progress_bar("score gaussians", len(views), enabled=progress) as bar:
         for camera, frame in views:
             t = float(dataset.times[frame])
@@ -63,6 +75,18 @@ def gate_aware_scores(model: MoEModel, dataset: Dataset, frame_stride: int, ctx:
                 scores[k] += contrib
             bar.advance()
     return [s / len(views) for s in scores]
+
+
+def score_views(cameras: list[Camera], n_frames: int, frame_stride: int, limit: int) -> list[tuple[Camera, int]]:
+    """Every ``frame_stride``-th frame of every camera, or ``limit`` of those spread evenly (0 = all).
+
+    The views are taken at even steps through the camera-major list, so each camera gets its share
+    and, as the step is not a multiple of the frame count, at frames that differ from camera to camera.
+    """
+    views = [(cam, f) for cam in cameras for f in range(0, n_frames, frame_stride)]
+    if limit == 0 or limit >= len(views):
+        return views
+    return [views[i] for i in sorted(set(np.linspace(0, len(views) - 1, limit).round().astype(int).tolist()))]
 
 
 def keep_masks(scores: list[torch.Tensor], cfg: PruneConfig) -> list[torch.Tensor]:
@@ -100,8 +124,9 @@ def apply_pruning(model: MoEModel, masks: list[torch.Tensor]) -> None:
     model.experts.clear()
 
 
-def snapshot(model: MoEModel, dataset: Dataset, ctx: RenderContext) -> dict:
-    """Gaussians per expert, storage and render speed on the first test camera (same views before and after)."""
+def snapshot(model: MoEModel, dataset: Dataset, ctx: RenderContext, frames: list[int]) -> dict:
+    """Gaussians per expert, storage and render speed on the first test camera at ``frames`` (pass the same
+    before and after)."""
     fps = measure_fps(lambda cam, t: model.render_frame(cam, t, ctx, cache=False).image,
-                      dataset.test_cameras[0], [float(t) for t in dataset.times])
+                      dataset.test_cameras[0], [float(dataset.times[f]) for f in frames])
     return {"gaussians": model.gaussians_per_expert, "megabytes": model.megabytes(), "fps": fps}

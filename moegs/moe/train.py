@@ -19,6 +19,7 @@ from moegs.context import RenderContext
 from moegs.data.dataset import FRAME_CACHE_MB, Dataset
 from moegs.data.views import StreamedViews
 from moegs.errors import CheckpointError
+from moegs.evaluation import EVAL_FRAMES
 from moegs.losses import photometric
 from moegs.moe.model import MoEModel
 from moegs.moe.render import DEFORMED_CACHE_MB
@@ -49,6 +50,8 @@ class TrainRouterConfig:
     """Budget of the frozen experts' deformed Gaussians (LRU; they are reused across cameras and steps)."""
     frame_cache_mb: float = bounded(FRAME_CACHE_MB, ge=0.0)
     """Budget of the dataset's decoded frames (LRU)."""
+    eval_frames: int = bounded(EVAL_FRAMES, ge=0)
+    """Test frames the blend is scored on after training, spread evenly (0 = every frame)."""
     device: str = "auto"
     backend: str = "auto"
     log_every: int = bounded(50, ge=1)
