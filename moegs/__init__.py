@@ -6,4 +6,4 @@ import os
 # (a 2-core test run went from 6 s to 95 s under load); passive waiting must be set before torch loads.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"

@@ -52,10 +52,15 @@ class TrainResult:
     gaussians: int
 
 
+FUSED_ADAM_DEVICES = ("cpu", "cuda")
+"""Where torch has a fused Adam kernel; elsewhere (mps, the tests' fake ``meta`` device) torch's default runs."""
+
+
 def _adam(params: list[Tensor], lr: float) -> torch.optim.Optimizer:
     """Adam with 3DGS's eps as one fused kernel per tensor: torch's default on CPU is a loop of
     ~10 elementwise ops per tensor (2x the time on the fields' 30-odd tensors); same update rule."""
-    return torch.optim.Adam(params, lr=lr, eps=1e-15, fused=True)
+    fused = all(p.device.type in FUSED_ADAM_DEVICES for p in params)
+    return torch.optim.Adam(params, lr=lr, eps=1e-15, fused=fused or None)
 
 
 def make_optimizers(expert: Expert, extent: float) -> tuple[dict[str, torch.optim.Optimizer], torch.optim.Optimizer | None]:
