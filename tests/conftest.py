@@ -10,6 +10,31 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
+from tests import avx2_child  # noqa: E402
+
+AVX2_CHILD = pytest.StashKey[avx2_child.Child]()
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Start the AVX2 kernel check as soon as it is collected, so its compile runs beside the suite."""
+    if any(item.name == avx2_child.TEST_NAME for item in session.items):
+        session.config.stash[AVX2_CHILD] = avx2_child.start()
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    child = session.config.stash.get(AVX2_CHILD, None)
+    if child is not None:
+        child.stop()
+
+
+@pytest.fixture
+def avx2_result(request) -> tuple[int, str]:
+    """Exit status and output of the AVX2 kernel check (started at collection, or now)."""
+    child = request.config.stash.get(AVX2_CHILD, None)
+    if child is None:
+        child = request.config.stash[AVX2_CHILD] = avx2_child.start()
+    return child.result()
+
 
 @pytest.fixture(scope="session")
 def tiny_raw(tmp_path_factory) -> Path:

@@ -12,7 +12,7 @@ import torch
 from moegs.config import build_config
 from moegs.errors import InputError
 from moegs.experts.base import Expert
-from moegs.experts.deform_mlp import ScaledLinear
+from moegs.experts.deform_mlp import ScaledLinear, StepCounter
 from moegs.experts.embedding import EmbeddingConfig, EmbeddingExpert, knn_graph
 from moegs.experts.hexplane import PLANE_AXES, HexPlaneConfig, HexPlaneExpert, HexPlaneField, sample_plane
 from moegs.raster import GaussianSet
@@ -313,3 +313,20 @@ def test_embedding_smoothness_gradient_is_bitwise_reproducible() -> None:
     grads = [torch.autograd.grad(expert.regularisation(0.5), z)[0] for _ in range(4)]
     assert float(grads[0].abs().max()) > 0.0
     assert all(torch.equal(g, grads[0]) for g in grads[1:])
+
+
+def test_step_counter_reads_loaded_steps():
+    """The counter keeps its value on the host, and a loaded state dict replaces it (a reloaded
+    expert renders with its trained warm-up/annealing state, not step 0)."""
+    trained = StepCounter()
+    trained.update(700)
+    trained.update(300)  # never goes back
+    assert trained.value == 700 and int(trained.steps) == 700
+    reloaded = StepCounter()
+    assert reloaded.value == 0
+    reloaded.load_state_dict(trained.state_dict())
+    assert reloaded.value == 700
+    holder = torch.nn.Module()
+    holder.progress = StepCounter()
+    holder.load_state_dict({"progress.steps": torch.tensor(42)})
+    assert holder.progress.value == 42

@@ -4,10 +4,8 @@ single pass vs separate passes, contribution identity, and backend resolution.""
 from __future__ import annotations
 
 import math
-import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numba
 import numpy as np
@@ -20,6 +18,7 @@ from moegs.raster.bench import make_scene
 from moegs.raster.cpu_backend import _consts, _exp_neg, _exp_tuple
 from moegs.raster.cpu_common import FASTMATH
 from moegs.raster.grad_sink import grad_sink
+from tests import avx2_child
 
 # cpu and torch both compute in float32 here, in different orders (and cpu's exp is a polynomial
 # within a few ulp of libm's, see test_cpu_exp_accuracy): most values agree to ~1e-7, but
@@ -99,22 +98,16 @@ def test_cpu_matches_torch(n, width, height, channels):
         assert nonzero > 0.9, f"{name}: only {float(nonzero):.2f} of visible Gaussians get a gradient"
 
 
-def test_cpu_avx2_code_matches_torch():
+def test_cpu_avx2_code_matches_torch(avx2_result):
     """The kernels compiled for AVX2 (`FAST_MASKED_STORES` off: 0/1-mask arithmetic instead of
     selects), as most machines run them, pass the same comparison of values and gradients: in a
     child process targeting haswell without AVX-512 (the host's code is what the other tests
-    check). Float32 only, as training runs: the child compiles every kernel again (~1 min)."""
-    env = dict(os.environ, NUMBA_CPU_NAME="haswell", NUMBA_CPU_FEATURES="")
+    check). Float32 only, as training runs; the child (tests/avx2_child.py) starts at collection."""
     check = "from moegs.raster.cpu_common import FAST_MASKED_STORES as F; assert not F"
-    assert subprocess.run([sys.executable, "-c", check], env=env).returncode == 0
-    test = "tests/test_raster.py::test_cpu_matches_torch[800-77-43-3]"
-    root = Path(__file__).resolve().parents[1]
-    proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", test],
-        env=env, cwd=root, capture_output=True, text=True,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
-    assert "1 passed" in proc.stdout
+    assert subprocess.run([sys.executable, "-c", check], env=avx2_child.environment()).returncode == 0
+    code, output = avx2_result
+    assert code == 0, output[-5000:]
+    assert "1 passed" in output
 
 
 @pytest.mark.parametrize("backend", ["torch", "cpu"])

@@ -141,10 +141,19 @@ class StepCounter(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.register_buffer("steps", torch.zeros((), dtype=torch.long))
+        self._host: int | None = 0
+        """The buffer's value on the host: reading a CUDA scalar every deform would make the GPU wait."""
 
     def update(self, step: int) -> None:
-        self.steps.fill_(max(int(self.steps), int(step)))
+        self._host = max(self.value, int(step))
+        self.steps.fill_(self._host)
 
     @property
     def value(self) -> int:
-        return int(self.steps)
+        if self._host is None:
+            self._host = int(self.steps)
+        return self._host
+
+    def _load_from_state_dict(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003 (torch's signature)
+        super()._load_from_state_dict(*args, **kwargs)
+        self._host = None  # the loaded buffer is read once, on the next ``value``
