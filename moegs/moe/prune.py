@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from moegs.cameras import Camera
@@ -19,6 +18,7 @@ from moegs.config import bounded, check_config
 from moegs.context import RenderContext
 from moegs.errors import InputError
 from moegs.data.dataset import Dataset
+from moegs.data.init_points import spread_indices
 from moegs.densify import remove_gaussians
 from moegs.evaluation import EVAL_FRAMES, measure_fps
 from moegs.moe.model import MoEModel
@@ -86,7 +86,7 @@ def score_views(cameras: list[Camera], n_frames: int, frame_stride: int, limit: 
     views = [(cam, f) for cam in cameras for f in range(0, n_frames, frame_stride)]
     if limit == 0 or limit >= len(views):
         return views
-    return [views[i] for i in sorted(set(np.linspace(0, len(views) - 1, limit).round().astype(int).tolist()))]
+    return [views[i] for i in spread_indices(len(views), limit)]
 
 
 def keep_masks(scores: list[torch.Tensor], cfg: PruneConfig) -> list[torch.Tensor]:
