@@ -21,8 +21,11 @@ $(STAMP): pyproject.toml
 demo: install
 	$(BIN)/moegs demo
 
+# Two workers (pytest-xdist); the tests of the tiny demo share one worker, which builds the demo once.
+TEST_WORKERS ?= 2
+
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
 
 bench: install
 	$(BIN)/python -m moegs.raster.bench

@@ -178,15 +178,21 @@ def run(families: list[str], n_points: int, steps: int, cpu_time: bool = False) 
     import numba
 
     settings = demo_settings()
+    threads = torch.get_num_threads(), numba.get_num_threads()
     if cpu_time:
         torch.set_num_threads(1)
         numba.set_num_threads(1)
+    try:
+        rows = [bench_family(f, settings, n_points, steps, cpu_time) for f in families]
+    finally:  # a caller's later work (a test in the same process) keeps its thread counts
+        torch.set_num_threads(threads[0])
+        numba.set_num_threads(threads[1])
     return {
         "cpu": cpu_description(),
         "clock": "thread CPU time, 1 thread" if cpu_time else "wall time",
         "width": PRESETS["demo"].width,
         "height": PRESETS["demo"].height,
-        "families": [bench_family(f, settings, n_points, steps, cpu_time) for f in families],
+        "families": rows,
     }
 
 

@@ -4,10 +4,18 @@ The child targets haswell without AVX-512 (``FAST_MASKED_STORES`` off: 0/1-mask 
 masked stores), as most machines run the kernels, and runs one comparison against torch. It compiles
 every kernel again (about a minute on one core), so ``conftest`` starts it beside the rest of the
 suite and ``test_raster`` waits for its result.
+
+It also checks that kernels loaded from numba's cache compute bit for bit what the freshly compiled
+ones did: with fastmath's ``reassoc`` they did not (LLVM vectorised the sums differently in the JIT
+and in the cached object code), so the first run on a machine trained other weights than every
+later one, and a resumed job differed from an uninterrupted one. The child compiles into an empty
+cache directory, fingerprints a forward and backward pass, runs the comparison (from the cache),
+then fingerprints again in a new process that loads every kernel from the cache.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import sys
@@ -26,6 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 class Child:
     process: subprocess.Popen
     output: IO[str]
+    cache: tempfile.TemporaryDirectory
 
     def result(self) -> tuple[int, str]:
         """Wait for the child; its exit status and output."""
@@ -38,6 +47,7 @@ class Child:
             self.process.kill()
             self.process.wait()
         self.output.close()
+        self.cache.cleanup()
 
 
 def environment() -> dict[str, str]:
@@ -45,10 +55,52 @@ def environment() -> dict[str, str]:
 
 
 def start() -> Child:
-    """Run the comparison under the AVX2 target (output to a file: a pipe nobody reads could fill)."""
+    """Run the checks under the AVX2 target (output to a file: a pipe nobody reads could fill)."""
     output = tempfile.TemporaryFile("w+")
+    cache = tempfile.TemporaryDirectory(prefix="moegs-avx2-numba-")
     process = subprocess.Popen(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", COMPARISON],
-        env=environment(), cwd=ROOT, stdout=output, stderr=subprocess.STDOUT, text=True,
+        [sys.executable, "-m", "tests.avx2_child"],
+        env={**environment(), "NUMBA_CACHE_DIR": cache.name}, cwd=ROOT, stdout=output,
+        stderr=subprocess.STDOUT, text=True,
     )
-    return Child(process, output)
+    return Child(process, output, cache)
+
+
+def fingerprint() -> str:
+    """sha256 of the cpu backend's image, alpha, depth and every gradient on a fixed scene."""
+    import torch
+
+    from tests.test_raster import _params, _render, _scene
+
+    gs, viewmat, K = _scene(800, 77, 43, 3, seed=800)
+    params = _params(gs)
+    out = _render(params, viewmat, K, 77, 43, "cpu", background=torch.full((3,), 0.3))
+    loss = (out.image * out.image).sum() + out.alpha.sum() + (out.depth * out.alpha).sum()
+    grads = torch.autograd.grad(loss, params)
+    digest = hashlib.sha256()
+    for tensor in (out.image, out.alpha, out.depth, *grads):
+        digest.update(tensor.detach().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def main() -> int:
+    """Fingerprint (compiles), the comparison against torch, fingerprint again (loads from the cache)."""
+    def fingerprint_process() -> str:
+        run = subprocess.run([sys.executable, "-c", "from tests.avx2_child import fingerprint; print(fingerprint())"],
+                             cwd=ROOT, capture_output=True, text=True)
+        if run.returncode != 0:
+            raise SystemExit(f"fingerprint failed:\n{run.stdout}{run.stderr}")
+        return run.stdout.strip().splitlines()[-1]
+
+    compiled = fingerprint_process()
+    comparison = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", COMPARISON], cwd=ROOT)
+    cached = fingerprint_process()
+    print(f"fingerprint compiled {compiled[:16]}, loaded from cache {cached[:16]}")
+    if compiled != cached:
+        print("kernels loaded from the cache compute other values than the freshly compiled ones")
+        return 1
+    return comparison.returncode
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -15,8 +15,22 @@ from tests import avx2_child  # noqa: E402
 AVX2_CHILD = pytest.StashKey[avx2_child.Child]()
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under ``pytest -n N --dist loadgroup`` every test of the tiny demo runs on one worker, which builds it once."""
+    for item in items:
+        if "tiny_demo" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("tiny_demo"))
+
+
 def pytest_collection_finish(session: pytest.Session) -> None:
-    """Start the AVX2 kernel check as soon as it is collected, so its compile runs beside the suite."""
+    """Start the AVX2 kernel check as soon as it is collected, so its compile runs beside the suite.
+
+    Not in an xdist worker: every worker collects every test, and only one runs it (its fixture starts
+    the child then, while the other workers go on).
+    """
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        return
     if any(item.name == avx2_child.TEST_NAME for item in session.items):
         session.config.stash[AVX2_CHILD] = avx2_child.start()
 

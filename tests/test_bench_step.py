@@ -10,6 +10,10 @@ from moegs import bench_step
 
 
 def test_bench_step_reports_the_split(capsys):
+    import numba
+    import torch
+
+    threads = torch.get_num_threads(), numba.get_num_threads()
     bench_step.main(["--json", "--families", "polynomial", "--steps", "1", "--gaussians", "600", "--cpu-time"])
     result = json.loads(capsys.readouterr().out)
     assert result["cpu"]["numba_target"] and result["cpu"]["cpu_model"]
@@ -19,6 +23,7 @@ def test_bench_step_reports_the_split(capsys):
     parts = [row[f"{p}_ms"] for p in bench_step.PARTS]
     assert all(v >= 0.0 for v in parts) and row["raster_fwd_ms"] > 0.0 and row["backward_ms"] > 0.0
     assert row["step_ms"] == pytest.approx(sum(parts), abs=0.05)
+    assert (torch.get_num_threads(), numba.get_num_threads()) == threads  # --cpu-time's one thread does not leak
 
 
 def test_bench_step_refuses_an_unknown_family():

@@ -102,12 +102,14 @@ def test_cpu_avx2_code_matches_torch(avx2_result):
     """The kernels compiled for AVX2 (`FAST_MASKED_STORES` off: 0/1-mask arithmetic instead of
     selects), as most machines run them, pass the same comparison of values and gradients: in a
     child process targeting haswell without AVX-512 (the host's code is what the other tests
-    check). Float32 only, as training runs; the child (tests/avx2_child.py) starts at collection."""
+    check). Float32 only, as training runs; the child (tests/avx2_child.py) starts at collection.
+    The child also checks that kernels loaded from numba's cache compute bit for bit what the freshly
+    compiled ones did (they did not with fastmath's reassoc)."""
     check = "from moegs.raster.cpu_common import FAST_MASKED_STORES as F; assert not F"
     assert subprocess.run([sys.executable, "-c", check], env=avx2_child.environment()).returncode == 0
     code, output = avx2_result
     assert code == 0, output[-5000:]
-    assert "1 passed" in output
+    assert "1 passed" in output and "fingerprint compiled" in output
 
 
 @pytest.mark.parametrize("backend", ["torch", "cpu"])

@@ -26,8 +26,8 @@ counts in the compute dtype (no int64 lanes), no select chains, and conditional 
 selects (masked stores) only where masked stores are cheap (`FAST_MASKED_STORES`: AVX-512), as
 exact 0/1-mask arithmetic elsewhere (AVX2's vmaskmovps store is microcoded on AMD: the AVX2
 backward took 1.4x as long with it on the demo scene). fastmath allows only
-reassociation and contraction (the sums over pixels in the backward), never finite-math
-assumptions. Measured on 2 cores at 256x192 with 20k Gaussians: `python -m moegs.raster.bench`;
+contraction (fused multiply-adds), never reassociation (cached and fresh code then differed)
+nor finite-math assumptions. Measured on 2 cores at 256x192 with 20k Gaussians: `python -m moegs.raster.bench`;
 AVX2 code is generated on any x86 machine with NUMBA_CPU_NAME=haswell NUMBA_CPU_FEATURES=""
 (the name alone keeps the host's AVX-512 features).
 """

@@ -11,8 +11,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-# Sums may be reassociated (vectorised) and multiply-adds fused; NaN/inf semantics stay exact.
-FASTMATH = {"reassoc", "contract", "nsz"}
+# Multiply-adds may be fused; NaN/inf semantics stay exact. No reassociation: with it, LLVM
+# vectorised the sums differently in the JIT and in numba's cached object code, so the kernels
+# loaded from the cache computed other values than those just compiled (the first run on a machine
+# trained other weights than later runs). Without it the cpu step was as fast (raster bench, bench_step).
+FASTMATH = {"contract", "nsz"}
 
 
 def _target_has_avx512() -> bool:
