@@ -83,18 +83,20 @@ def fingerprint() -> str:
     return digest.hexdigest()
 
 
+def fingerprint_in_new_process() -> str:
+    """:func:`fingerprint` in a fresh interpreter (which compiles, or loads the kernels from the cache)."""
+    run = subprocess.run([sys.executable, "-c", "from tests.avx2_child import fingerprint; print(fingerprint())"],
+                         cwd=ROOT, capture_output=True, text=True)
+    if run.returncode != 0:
+        raise SystemExit(f"fingerprint failed:\n{run.stdout}{run.stderr}")
+    return run.stdout.strip().splitlines()[-1]
+
+
 def main() -> int:
     """Fingerprint (compiles), the comparison against torch, fingerprint again (loads from the cache)."""
-    def fingerprint_process() -> str:
-        run = subprocess.run([sys.executable, "-c", "from tests.avx2_child import fingerprint; print(fingerprint())"],
-                             cwd=ROOT, capture_output=True, text=True)
-        if run.returncode != 0:
-            raise SystemExit(f"fingerprint failed:\n{run.stdout}{run.stderr}")
-        return run.stdout.strip().splitlines()[-1]
-
-    compiled = fingerprint_process()
+    compiled = fingerprint_in_new_process()
     comparison = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", COMPARISON], cwd=ROOT)
-    cached = fingerprint_process()
+    cached = fingerprint_in_new_process()
     print(f"fingerprint compiled {compiled[:16]}, loaded from cache {cached[:16]}")
     if compiled != cached:
         print("kernels loaded from the cache compute other values than the freshly compiled ones")

@@ -17,7 +17,9 @@ AVX2_CHILD = pytest.StashKey[avx2_child.Child]()
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Under ``pytest -n N --dist loadgroup`` every test of the tiny demo runs on one worker, which builds it once."""
+    """Under ``pytest -n N --dist loadgroup`` every test of the tiny demo runs on one worker, which builds it once.
+
+    tryfirst: xdist reads the groups in its own ``pytest_collection_modifyitems``."""
     for item in items:
         if "tiny_demo" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.xdist_group("tiny_demo"))
