@@ -10,6 +10,11 @@ CUDA memory on a GPU). Memory must stay flat in the number of frames: the goal i
 300 frames and at most 1.2x the smallest case. Also times frame decoding of a 1080x1920 and a
 2704x2028 video, decoded at full size and resized in Python versus scaled by ffmpeg while decoding.
 
+The amount of work per stage defaults by device (``WORK``): at 1352x1014 one rasterisation of a
+freshly initialised expert costs about 2 CPU seconds on two cores, so on a CPU each stage does the
+least that still measures it (2 steps per family, 1 scored frame, 2 rendered frames) and the
+default run ends in about 15 minutes; on a GPU, a few dozen steps and every frame rendered.
+
 The content is cheap but geometrically consistent: every camera looks down +z with the same
 rotation, so a fronto-parallel textured plane at depth d appears shifted by f * offset / d pixels.
 A textured background plane and a moving textured square nearer to the rig give parallax and motion.
@@ -36,9 +41,11 @@ from moegs.cameras import Camera, cameras_to_llff
 from moegs.data.video import iter_video, write_video
 
 FAMILIES = ("hexplane", "embedding", "polynomial", "keyframe")
-EVAL_FRAMES = 4
-"""Test frames each stage scores here: enough to see the cost per frame, few enough for 15 minutes on 2 cores."""
-SCORE_VIEWS = 8
+WORK = {
+    "cpu": {"steps": 2, "router_steps": 1, "eval_frames": 1, "score_views": 2, "render_frames": 2},
+    "cuda": {"steps": 24, "router_steps": 12, "eval_frames": 4, "score_views": 8, "render_frames": 0},
+}
+"""Default work per stage by device (see the module docstring); every option overrides its entry."""
 SCENE = "scale"
 BACKGROUND_DEPTH = 4.0
 OBJECT_DEPTH = 2.0
@@ -147,7 +154,8 @@ def run_cli(args: list[str], log_path: Path) -> dict:
 def bench_config(steps: int, router_steps: int, eval_frames: int, score_views: int) -> dict:
     """Short schedules: a few steps per stage are enough to see time per step and memory. Every stage
     scores the same ``eval_frames`` spread frames (and prune ``score_views`` views) at every frame
-    count, so only what must grow with the capture does: preprocess and the render of every frame."""
+    count, so only what must grow with the capture does: preprocess, and the render when it draws
+    every frame (``--render-frames 0``)."""
     return {
         "train_experts": {"checkpoint_every": 10 * steps, "eval_frames": eval_frames,
                           **{name: {"iterations": steps} for name in FAMILIES}},
@@ -164,8 +172,13 @@ def artifacts(workspace: Path, kind: str) -> list[Path]:
     return sorted(found, key=lambda p: p.stat().st_mtime)
 
 
+def render_step(n_frames: int, render_frames: int) -> int:
+    """The render's ``frame_step`` that draws about ``render_frames`` frames spread over the clip (0 = all)."""
+    return 1 if render_frames <= 0 else max(1, math.ceil(n_frames / render_frames))
+
+
 def run_case(capture: Path, workspace: Path, n_frames: int, families: list[str], config: Path,
-             init_args: list[str]) -> tuple[list[dict], dict[str, float]]:
+             init_args: list[str], render_frames: int = 0) -> tuple[list[dict], dict[str, float]]:
     """Every stage on the first ``n_frames`` frames; rows for the table and seconds per training step."""
     workspace.mkdir(parents=True, exist_ok=True)
     base = ["--workspace", str(workspace), "--log-level", "warning"]
@@ -192,7 +205,8 @@ def run_case(capture: Path, workspace: Path, n_frames: int, families: list[str],
     moe = str(artifacts(workspace, "moe")[-1])
     stage("prune", ["prune", "--moe", moe, "-c", str(config)])
     pruned = str(artifacts(workspace, "moe")[-1])
-    stage("render", ["render", "--model", pruned, "-c", str(config)])
+    stage("render", ["render", "--model", pruned, "-c", str(config),
+                     "--set", f"frame_step={render_step(n_frames, render_frames)}"])
     stage("bench", ["bench", *experts, moe, pruned, "-c", str(config)])
     return rows, step_seconds
 
@@ -246,20 +260,34 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--frames", default="30,100,300", help="Comma-separated frame counts (default 30,100,300).")
     parser.add_argument("--cameras", type=int, default=20, help="Cameras in the rig (default 20, as N3V).")
     parser.add_argument("--size", type=_parse_size, default=(1352, 1014), help="WIDTHxHEIGHT (default 1352x1014).")
-    parser.add_argument("--steps", type=int, default=12, help="Training steps per expert family (default 12).")
-    parser.add_argument("--router-steps", type=int, default=6, help="Router training steps (default 6).")
-    parser.add_argument("--eval-frames", type=int, default=EVAL_FRAMES,
-                        help=f"Test frames every stage scores, spread evenly (0 = all; default {EVAL_FRAMES}).")
-    parser.add_argument("--score-views", type=int, default=SCORE_VIEWS,
-                        help=f"Training views prune scores (0 = all; default {SCORE_VIEWS}).")
+    cpu, gpu = WORK["cpu"], WORK["cuda"]
+    by_device = "default {} on a CPU, {} on a GPU"
+    parser.add_argument("--steps", type=int, default=None,
+                        help="Training steps per expert family (" + by_device.format(cpu["steps"], gpu["steps"]) + ").")
+    parser.add_argument("--router-steps", type=int, default=None,
+                        help="Router training steps (" + by_device.format(cpu["router_steps"], gpu["router_steps"]) + ").")
+    parser.add_argument("--eval-frames", type=int, default=None,
+                        help="Test frames every stage scores, spread evenly (0 = all; "
+                             + by_device.format(cpu["eval_frames"], gpu["eval_frames"]) + ").")
+    parser.add_argument("--score-views", type=int, default=None,
+                        help="Training views prune scores (0 = all; " + by_device.format(cpu["score_views"], gpu["score_views"]) + ").")
+    parser.add_argument("--render-frames", type=int, default=None,
+                        help="Frames the render draws, spread over the clip (0 = every frame; "
+                             + by_device.format(cpu["render_frames"], "all") + ").")
     parser.add_argument("--families", default=",".join(FAMILIES), help="Expert families (default: all four).")
     parser.add_argument("--init-arg", action="append", default=None,
-                        help="Extra preprocess argument for the initial points (repeatable; default: --init random).")
+                        help="Extra preprocess argument for the initial points (repeatable; default: --init carve).")
     parser.add_argument("--decode-frames", type=int, default=30,
                         help="Frames per video in the decoding comparison (0 skips it; default 30).")
     parser.add_argument("--workdir", type=Path, default=None, help="Keep everything here (default: a temp folder, removed).")
     parser.add_argument("--json", action="store_true", help="Print the results as JSON on stdout.")
     args = parser.parse_args(argv)
+    import torch  # after parsing, so --help stays quick
+
+    work = WORK["cuda" if torch.cuda.is_available() else "cpu"]
+    for key, value in work.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
     try:
         frame_counts = sorted({int(v) for v in args.frames.split(",") if v.strip()})
     except ValueError:
@@ -267,8 +295,8 @@ def main(argv: list[str] | None = None) -> int:
     families = [f.strip() for f in args.families.split(",") if f.strip()]
     if not frame_counts or min(frame_counts) < 2 or args.cameras < 2 or args.steps < 1 or args.router_steps < 1:
         parser.error("need frame counts >= 2, at least 2 cameras and at least one step")
-    if args.eval_frames < 0 or args.score_views < 0:
-        parser.error("--eval-frames and --score-views must be >= 0 (0 = all)")
+    if min(args.eval_frames, args.score_views, args.render_frames) < 0:
+        parser.error("--eval-frames, --score-views and --render-frames must be >= 0 (0 = all)")
     unknown = sorted(set(families) - set(FAMILIES))
     if not families or unknown:
         parser.error(f"--families: unknown {unknown}; choose from {', '.join(FAMILIES)}")
@@ -291,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
         for n_frames in frame_counts:
             case_dir = workdir / f"frames{n_frames}"
             rows, step_seconds[n_frames] = run_case(capture, case_dir, n_frames, families, config,
-                                                    args.init_arg or ["--init", "random"])
+                                                    args.init_arg or ["--init", "carve"], args.render_frames)
             cases.extend(rows)
             if args.workdir is None:
                 shutil.rmtree(case_dir)
@@ -300,6 +328,7 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(workdir, ignore_errors=True)
     report = {"cameras": args.cameras, "width": width, "height": height, "steps": args.steps,
               "router_steps": args.router_steps, "eval_frames": args.eval_frames, "score_views": args.score_views,
+              "render_frames": args.render_frames,
               "cases": cases,
               "train_step_seconds": step_seconds, "decode": decode, "cpu": _cpu_model()}
     if args.json:
@@ -313,7 +342,8 @@ def format_report(report: dict) -> str:
     """The table, the RSS goal check, seconds per training step and the decoding comparison."""
     lines = [f"{report['cameras']} cameras at {report['width']}x{report['height']} ({report['cpu']}); "
              f"{report['steps']} steps per family, {report['router_steps']} router steps, every stage scores "
-             f"{report['eval_frames'] or 'all'} spread test frames, prune {report['score_views'] or 'all'} views",
+             f"{report['eval_frames'] or 'all'} spread test frames, prune {report['score_views'] or 'all'} views, "
+             f"render {report.get('render_frames') or 'all'} frames",
              f"{'frames':>6}  {'stage':24s} {'seconds':>8} {'CPU s':>8}  {'peak RSS MB':>11}  {'peak CUDA MB':>12}"]
     for row in report["cases"]:
         cuda = "-" if row["peak_cuda_mb"] is None else f"{row['peak_cuda_mb']:.0f}"

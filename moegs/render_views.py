@@ -34,6 +34,9 @@ class RenderConfig:
     """Views along the path (default: one per frame, so the scene plays while the camera moves)."""
     frame_start: int = bounded(0, ge=0)
     frame_stop: int | None = bounded(None, ge=1)
+    frame_step: int = bounded(1, ge=1)
+    """Render every k-th frame of the range (a quick preview of a long clip; by default the video keeps
+    real time, at the capture's frame rate divided by k)."""
     fps: float | None = bounded(None, gt=0.0)
     png: bool = True
     export_ply: bool = False
@@ -66,7 +69,7 @@ def render_sequence(
     """
     colors = expert_colors(len(model.families))
     png_dir = directory / name / "frames"
-    fps = cfg.fps or dataset.fps or 30.0
+    fps = cfg.fps or (dataset.fps or 30.0) / cfg.frame_step
     steps = max(len(frames), len(views))
     with ExitStack() as stack, progress_bar(f"render {name}", steps, enabled=progress) as bar:
         videos: dict[str, VideoWriter] = {}

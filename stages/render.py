@@ -51,7 +51,7 @@ def _frame_range(cfg: RenderConfig, n_frames: int) -> list[int]:
     stop = n_frames if cfg.frame_stop is None else min(cfg.frame_stop, n_frames)
     if not 0 <= cfg.frame_start < stop:
         raise InputError(f"frame range [{cfg.frame_start}, {cfg.frame_stop}) is empty for {n_frames} frames")
-    return list(range(cfg.frame_start, stop))
+    return list(range(cfg.frame_start, stop, cfg.frame_step))
 
 
 def _camera_sequences(cfg: RenderConfig, dataset: Dataset, n_frames: int) -> dict[str, list[Camera]]:

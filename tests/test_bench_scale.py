@@ -43,7 +43,8 @@ def test_decoding_comparison(tmp_path) -> None:
 @pytest.mark.slow
 def test_end_to_end_at_toy_size(tmp_path, capsys) -> None:
     code = main(["--frames", "3", "--cameras", "2", "--size", "64x48", "--steps", "1", "--router-steps", "1",
-                 "--families", "hexplane,polynomial", "--decode-frames", "0", "--workdir", str(tmp_path), "--json"])
+                 "--render-frames", "2", "--init-arg=--init", "--init-arg=random", "--families", "hexplane,polynomial", "--decode-frames", "0",
+                 "--workdir", str(tmp_path), "--json"])
     report = json.loads(capsys.readouterr().out)
     assert code == 0
     stages = [row["stage"] for row in report["cases"]]
@@ -52,6 +53,9 @@ def test_end_to_end_at_toy_size(tmp_path, capsys) -> None:
     assert all(row["frames"] == 3 and row["seconds"] > 0 and row["peak_rss_mb"] > 10 for row in report["cases"])
     assert set(report["train_step_seconds"]["3"]) == {"hexplane", "polynomial"}
     assert (tmp_path / "frames3" / "scale" / "bench").is_dir()
+    render, = (tmp_path / "frames3" / "scale" / "render").glob("*/manifest.json")
+    assert json.loads(render.read_text())["metrics"]["frames"] == 2  # frames 0 and 2 of 3: --render-frames 2
+    assert report["render_frames"] == 2
 
 
 def test_report_checks_the_memory_goal() -> None:
@@ -60,11 +64,11 @@ def test_report_checks_the_memory_goal() -> None:
                 "peak_cuda_mb": None}
 
     base = {"cameras": 20, "width": 1352, "height": 1014, "cpu": "AMD EPYC", "decode": [], "steps": 12,
-            "router_steps": 6, "eval_frames": 4, "score_views": 0,
+            "router_steps": 6, "eval_frames": 4, "score_views": 0, "render_frames": 0,
             "train_step_seconds": {30: {"hexplane": 1.25}}}
     flat = format_report({**base, "cases": [row(30, 1000), row(300, 1100)]})
     assert "(x1.10); meets the goal" in flat and "hexplane 1.25" in flat
-    assert "scores 4 spread test frames, prune all views" in flat
+    assert "scores 4 spread test frames, prune all views, render all frames" in flat
     assert "misses the goal" in format_report({**base, "cases": [row(30, 1000), row(300, 1300)]})
     assert "misses the goal" in format_report({**base, "cases": [row(30, 4000), row(300, 4100)]})
 
