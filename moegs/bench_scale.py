@@ -11,9 +11,10 @@ CUDA memory on a GPU). Memory must stay flat in the number of frames: the goal i
 2704x2028 video, decoded at full size and resized in Python versus scaled by ffmpeg while decoding.
 
 The amount of work per stage defaults by device (``WORK``): at 1352x1014 one rasterisation of a
-freshly initialised expert costs about 2 CPU seconds on two cores, so on a CPU each stage does the
-least that still measures it (2 steps per family, 1 scored frame, 2 rendered frames) and the
-default run ends in about 15 minutes; on a GPU, a few dozen steps and every frame rendered.
+freshly initialised expert of 20,000 carved points costs about 2 seconds on two cores, so on a CPU
+each stage does the least that still measures it (10,000 points, 2 steps per family, 1 scored
+frame and view, 2 rendered frames) and the default run ends in about 15 minutes; on a GPU,
+20,000 points, a few dozen steps and every frame rendered.
 
 The content is cheap but geometrically consistent: every camera looks down +z with the same
 rotation, so a fronto-parallel textured plane at depth d appears shifted by f * offset / d pixels.
@@ -42,8 +43,8 @@ from moegs.data.video import iter_video, write_video
 
 FAMILIES = ("hexplane", "embedding", "polynomial", "keyframe")
 WORK = {
-    "cpu": {"steps": 2, "router_steps": 1, "eval_frames": 1, "score_views": 2, "render_frames": 2},
-    "cuda": {"steps": 24, "router_steps": 12, "eval_frames": 4, "score_views": 8, "render_frames": 0},
+    "cpu": {"steps": 2, "router_steps": 1, "eval_frames": 1, "score_views": 1, "render_frames": 2, "init_points": 10000},
+    "cuda": {"steps": 24, "router_steps": 12, "eval_frames": 4, "score_views": 8, "render_frames": 0, "init_points": 20000},
 }
 """Default work per stage by device (see the module docstring); every option overrides its entry."""
 SCENE = "scale"
@@ -275,8 +276,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="Frames the render draws, spread over the clip (0 = every frame; "
                              + by_device.format(cpu["render_frames"], "all") + ").")
     parser.add_argument("--families", default=",".join(FAMILIES), help="Expert families (default: all four).")
+    parser.add_argument("--init-points", type=int, default=None,
+                        help="Initial points the carving keeps (" + by_device.format(cpu["init_points"], gpu["init_points"]) + ").")
     parser.add_argument("--init-arg", action="append", default=None,
-                        help="Extra preprocess argument for the initial points (repeatable; default: --init carve).")
+                        help="Preprocess arguments for the initial points instead (repeatable; default: "
+                             "--init carve --init-points N).")
     parser.add_argument("--decode-frames", type=int, default=30,
                         help="Frames per video in the decoding comparison (0 skips it; default 30).")
     parser.add_argument("--workdir", type=Path, default=None, help="Keep everything here (default: a temp folder, removed).")
@@ -295,8 +299,8 @@ def main(argv: list[str] | None = None) -> int:
     families = [f.strip() for f in args.families.split(",") if f.strip()]
     if not frame_counts or min(frame_counts) < 2 or args.cameras < 2 or args.steps < 1 or args.router_steps < 1:
         parser.error("need frame counts >= 2, at least 2 cameras and at least one step")
-    if min(args.eval_frames, args.score_views, args.render_frames) < 0:
-        parser.error("--eval-frames, --score-views and --render-frames must be >= 0 (0 = all)")
+    if min(args.eval_frames, args.score_views, args.render_frames) < 0 or args.init_points < 1:
+        parser.error("--eval-frames, --score-views and --render-frames must be >= 0 (0 = all), --init-points >= 1")
     unknown = sorted(set(families) - set(FAMILIES))
     if not families or unknown:
         parser.error(f"--families: unknown {unknown}; choose from {', '.join(FAMILIES)}")
@@ -319,7 +323,8 @@ def main(argv: list[str] | None = None) -> int:
         for n_frames in frame_counts:
             case_dir = workdir / f"frames{n_frames}"
             rows, step_seconds[n_frames] = run_case(capture, case_dir, n_frames, families, config,
-                                                    args.init_arg or ["--init", "carve"], args.render_frames)
+                                                    args.init_arg or ["--init", "carve", "--init-points", str(args.init_points)],
+                                                    args.render_frames)
             cases.extend(rows)
             if args.workdir is None:
                 shutil.rmtree(case_dir)
@@ -328,7 +333,7 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(workdir, ignore_errors=True)
     report = {"cameras": args.cameras, "width": width, "height": height, "steps": args.steps,
               "router_steps": args.router_steps, "eval_frames": args.eval_frames, "score_views": args.score_views,
-              "render_frames": args.render_frames,
+              "render_frames": args.render_frames, "init": args.init_arg or ["--init", "carve", "--init-points", str(args.init_points)],
               "cases": cases,
               "train_step_seconds": step_seconds, "decode": decode, "cpu": _cpu_model()}
     if args.json:
@@ -343,7 +348,7 @@ def format_report(report: dict) -> str:
     lines = [f"{report['cameras']} cameras at {report['width']}x{report['height']} ({report['cpu']}); "
              f"{report['steps']} steps per family, {report['router_steps']} router steps, every stage scores "
              f"{report['eval_frames'] or 'all'} spread test frames, prune {report['score_views'] or 'all'} views, "
-             f"render {report.get('render_frames') or 'all'} frames",
+             f"render {report.get('render_frames') or 'all'} frames; init {' '.join(report.get('init', []))}",
              f"{'frames':>6}  {'stage':24s} {'seconds':>8} {'CPU s':>8}  {'peak RSS MB':>11}  {'peak CUDA MB':>12}"]
     for row in report["cases"]:
         cuda = "-" if row["peak_cuda_mb"] is None else f"{row['peak_cuda_mb']:.0f}"
