@@ -179,8 +179,9 @@ def render_step(n_frames: int, render_frames: int) -> int:
 
 
 def run_case(capture: Path, workspace: Path, n_frames: int, families: list[str], config: Path,
-             init_args: list[str], render_frames: int = 0) -> tuple[list[dict], dict[str, float]]:
-    """Every stage on the first ``n_frames`` frames; rows for the table and seconds per training step."""
+             preprocess_args: list[str], render_frames: int = 0) -> tuple[list[dict], dict[str, float]]:
+    """Every stage on the first ``n_frames`` frames; rows for the table and seconds per training step.
+    ``preprocess_args``: the initial points' options and any ``--downscale``."""
     workspace.mkdir(parents=True, exist_ok=True)
     base = ["--workspace", str(workspace), "--log-level", "warning"]
     rows: list[dict] = []
@@ -193,7 +194,7 @@ def run_case(capture: Path, workspace: Path, n_frames: int, families: list[str],
               file=sys.stderr, flush=True)
 
     stage("preprocess", ["preprocess", str(capture), "--format", "n3v", "--scene", SCENE,
-                         "--frame-stop", str(n_frames), *init_args])
+                         "--frame-stop", str(n_frames), *preprocess_args])
     dataset = str(artifacts(workspace, "dataset")[-1])
     step_seconds = {}
     for family in families:
@@ -261,6 +262,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--frames", default="30,100,300", help="Comma-separated frame counts (default 30,100,300).")
     parser.add_argument("--cameras", type=int, default=20, help="Cameras in the rig (default 20, as N3V).")
     parser.add_argument("--size", type=_parse_size, default=(1352, 1014), help="WIDTHxHEIGHT (default 1352x1014).")
+    parser.add_argument("--source-scale", type=int, default=1,
+                        help="Write the videos at this multiple of --size and preprocess with --downscale K, "
+                             "as N3V's 2704x2028 videos are (default 1: at --size; 2 is N3V's real decode).")
     cpu, gpu = WORK["cpu"], WORK["cuda"]
     by_device = "default {} on a CPU, {} on a GPU"
     parser.add_argument("--steps", type=int, default=None,
@@ -299,8 +303,9 @@ def main(argv: list[str] | None = None) -> int:
     families = [f.strip() for f in args.families.split(",") if f.strip()]
     if not frame_counts or min(frame_counts) < 2 or args.cameras < 2 or args.steps < 1 or args.router_steps < 1:
         parser.error("need frame counts >= 2, at least 2 cameras and at least one step")
-    if min(args.eval_frames, args.score_views, args.render_frames) < 0 or args.init_points < 1:
-        parser.error("--eval-frames, --score-views and --render-frames must be >= 0 (0 = all), --init-points >= 1")
+    if min(args.eval_frames, args.score_views, args.render_frames) < 0 or min(args.init_points, args.source_scale) < 1:
+        parser.error("--eval-frames, --score-views and --render-frames must be >= 0 (0 = all), "
+                     "--init-points and --source-scale >= 1")
     unknown = sorted(set(families) - set(FAMILIES))
     if not families or unknown:
         parser.error(f"--families: unknown {unknown}; choose from {', '.join(FAMILIES)}")
@@ -308,12 +313,15 @@ def main(argv: list[str] | None = None) -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     workers = os.cpu_count() or 1
     width, height = args.size
+    source = (width * args.source_scale, height * args.source_scale)
+    init = args.init_arg or ["--init", "carve", "--init-points", str(args.init_points)]
+    preprocess_args = [*init, *(["--downscale", str(args.source_scale)] if args.source_scale > 1 else [])]
     try:
         decode = bench_decoding(workdir, args.decode_frames) if args.decode_frames > 0 else []
         capture = workdir / "capture"
         started = time.perf_counter()
-        write_capture(capture, args.cameras, width, height, max(frame_counts), workers)
-        print(f"capture: {args.cameras} cameras x {max(frame_counts)} frames at {width}x{height} written in "
+        write_capture(capture, args.cameras, *source, max(frame_counts), workers)
+        print(f"capture: {args.cameras} cameras x {max(frame_counts)} frames at {source[0]}x{source[1]} written in "
               f"{time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
         config = workdir / "bench_scale.yaml"
         config.write_text(json.dumps(bench_config(args.steps, args.router_steps, args.eval_frames, args.score_views),
@@ -322,8 +330,7 @@ def main(argv: list[str] | None = None) -> int:
         step_seconds: dict[int, dict[str, float]] = {}
         for n_frames in frame_counts:
             case_dir = workdir / f"frames{n_frames}"
-            rows, step_seconds[n_frames] = run_case(capture, case_dir, n_frames, families, config,
-                                                    args.init_arg or ["--init", "carve", "--init-points", str(args.init_points)],
+            rows, step_seconds[n_frames] = run_case(capture, case_dir, n_frames, families, config, preprocess_args,
                                                     args.render_frames)
             cases.extend(rows)
             if args.workdir is None:
@@ -333,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(workdir, ignore_errors=True)
     report = {"cameras": args.cameras, "width": width, "height": height, "steps": args.steps,
               "router_steps": args.router_steps, "eval_frames": args.eval_frames, "score_views": args.score_views,
-              "render_frames": args.render_frames, "init": args.init_arg or ["--init", "carve", "--init-points", str(args.init_points)],
+              "render_frames": args.render_frames, "init": init, "source": f"{source[0]}x{source[1]}",
               "cases": cases,
               "train_step_seconds": step_seconds, "decode": decode, "cpu": _cpu_model()}
     if args.json:
@@ -345,7 +352,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def format_report(report: dict) -> str:
     """The table, the RSS goal check, seconds per training step and the decoding comparison."""
-    lines = [f"{report['cameras']} cameras at {report['width']}x{report['height']} ({report['cpu']}); "
+    source = report.get("source", f"{report['width']}x{report['height']}")
+    decoded = "" if source == f"{report['width']}x{report['height']}" else f" (decoded from {source} videos)"
+    lines = [f"{report['cameras']} cameras at {report['width']}x{report['height']}{decoded} ({report['cpu']}); "
              f"{report['steps']} steps per family, {report['router_steps']} router steps, every stage scores "
              f"{report['eval_frames'] or 'all'} spread test frames, prune {report['score_views'] or 'all'} views, "
              f"render {report.get('render_frames') or 'all'} frames; init {' '.join(report.get('init', []))}",

@@ -43,7 +43,7 @@ def test_decoding_comparison(tmp_path) -> None:
 @pytest.mark.slow
 def test_end_to_end_at_toy_size(tmp_path, capsys) -> None:
     code = main(["--frames", "3", "--cameras", "2", "--size", "64x48", "--steps", "1", "--router-steps", "1",
-                 "--render-frames", "2", "--init-arg=--init", "--init-arg=random", "--families", "hexplane,polynomial", "--decode-frames", "0",
+                 "--render-frames", "2", "--source-scale", "2", "--init-arg=--init", "--init-arg=random", "--families", "hexplane,polynomial", "--decode-frames", "0",
                  "--workdir", str(tmp_path), "--json"])
     report = json.loads(capsys.readouterr().out)
     assert code == 0
@@ -55,7 +55,10 @@ def test_end_to_end_at_toy_size(tmp_path, capsys) -> None:
     assert (tmp_path / "frames3" / "scale" / "bench").is_dir()
     render, = (tmp_path / "frames3" / "scale" / "render").glob("*/manifest.json")
     assert json.loads(render.read_text())["metrics"]["frames"] == 2  # frames 0 and 2 of 3: --render-frames 2
-    assert report["render_frames"] == 2
+    assert report["render_frames"] == 2 and report["source"] == "128x96"  # videos at 2x, preprocessed at --downscale 2
+    dataset, = (tmp_path / "frames3" / "scale" / "dataset").glob("*/manifest.json")
+    assert (json.loads(dataset.read_text())["metrics"]["width"], json.loads(dataset.read_text())["metrics"]["height"]) == (64, 48)
+    assert "at 64x48 (decoded from 128x96 videos)" in format_report(report)
 
 
 def test_report_checks_the_memory_goal() -> None:
