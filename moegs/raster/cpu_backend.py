@@ -265,6 +265,18 @@ def _tile_box(t, tiles_x, width, height):
 
 
 @njit(cache=True, inline="always")
+def _open_tile(it, order, offsets, gids, means2d, conics, opac, feats, set_ids, ellipses, tiles_x, width, height):
+    """The it-th tile of the schedule: its first list entry and entry count, the gathered
+    Gaussians of `_gather_tile` and the box of `_tile_box`."""
+    t = order[it]
+    start = offsets[t]
+    n = offsets[t + 1] - start
+    g, half, f, s = _gather_tile(gids, start, n, means2d, conics, opac, feats, set_ids, ellipses)
+    x0, y0, m, y_end = _tile_box(t, tiles_x, width, height)
+    return start, n, g, half, f, s, x0, y0, m, y_end
+
+
+@njit(cache=True, inline="always")
 def _entry_spans(g, half, j, x0, y0, m, y_end):
     """The tile halves entry j's ellipse touches, as slot ranges: (first half, last half, p0 and
     p1 within a half); half h covers slots h * 128 + [p0, p1). Last < first when the entry draws
@@ -349,11 +361,8 @@ def _forward_kernel(
     zero = one - one
     ec = _exp_tuple(consts)
     for it in prange(order.shape[0]):
-        t = order[it]
-        start = offsets[t]
-        n = offsets[t + 1] - start
-        g, half, f, s = _gather_tile(gids, start, n, means2d, conics, opac, feats, set_ids, ellipses)
-        x0, y0, m, y_end = _tile_box(t, tiles_x, width, height)
+        start, n, g, half, f, s, x0, y0, m, y_end = _open_tile(
+            it, order, offsets, gids, means2d, conics, opac, feats, set_ids, ellipses, tiles_x, width, height)
         state = _forward_state(x0, y0, m, y_end, n_sets, one, feats.dtype)
         acc = np.zeros((n_sets, d, _NPIX), feats.dtype)
         alive = n_sets * m * (y_end - y0)  # (set, pixel) pairs not yet saturated
@@ -410,11 +419,8 @@ def _feature_grad_kernel(
     zero = one - one
     ec = _exp_tuple(consts)
     for it in prange(order.shape[0]):
-        t = order[it]
-        start = offsets[t]
-        n = offsets[t + 1] - start
-        g, half, _, s = _gather_tile(gids, start, n, means2d, conics, opac, feats, set_ids, ellipses)
-        x0, y0, m, y_end = _tile_box(t, tiles_x, width, height)
+        start, n, g, half, _, s, x0, y0, m, y_end = _open_tile(
+            it, order, offsets, gids, means2d, conics, opac, feats, set_ids, ellipses, tiles_x, width, height)
         state = _forward_state(x0, y0, m, y_end, n_sets, one, feats.dtype)
         g_acc = np.zeros((n_sets, d, _NPIX), feats.dtype)
         for k in range(n_sets):
@@ -504,11 +510,8 @@ def _backward_kernel(
     zero = one - one
     ec = _exp_tuple(consts)
     for it in prange(order.shape[0]):
-        t = order[it]
-        start = offsets[t]
-        n = offsets[t + 1] - start
-        g, half, f, s = _gather_tile(gids, start, n, means2d, conics, opac, feats, set_ids, ellipses)
-        x0, y0, m, y_end = _tile_box(t, tiles_x, width, height)
+        start, n, g, half, f, s, x0, y0, m, y_end = _open_tile(
+            it, order, offsets, gids, means2d, conics, opac, feats, set_ids, ellipses, tiles_x, width, height)
         # per-set state in `_slot` order; rest = sum_{j>i} w_j (f_j . dL/dacc) + T_final dL/dT_final;
         # pixels outside the image keep last = 0, so no entry is ever used there
         state = np.empty(n_sets * _BWD_FIELDS * _NPIX, feats.dtype)
