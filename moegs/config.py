@@ -2,7 +2,7 @@
 
 A config file holds one section per stage (``preprocess:``, ``train_experts:``, ...), so one file
 describes a whole project. Unknown sections and keys are rejected by name, never dropped; values
-are parsed with ``yaml.safe_load`` (no eval, no pickled objects) and checked against the field type.
+are parsed with a ``yaml.SafeLoader`` of YAML 1.2 numbers (no eval, no pickled objects) and checked against the field type.
 
 Numeric limits live next to the fields they limit (:func:`bounded`) and are checked in one place,
 :func:`check_config`, which a config class calls from ``__post_init__``: a config that exists is
@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import re
 import types
 import typing
 from pathlib import Path
@@ -22,6 +23,42 @@ from typing import Any, TypeVar
 import yaml
 
 from moegs.errors import InputError
+
+
+class ConfigLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` with YAML 1.2 numbers: YAML 1.1 reads ``30:45`` as the base-60 integer
+    1845 and ``010`` as octal 8, and leaves ``1e4`` a string. Here ``30:45`` stays a string (a frame
+    range), ``010`` is 10, and ``1e4`` is a float."""
+
+
+ConfigLoader.yaml_implicit_resolvers = {
+    first: [(tag, regex) for tag, regex in resolvers if tag not in ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float")]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+ConfigLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:int", re.compile(r"^(?:[-+]?[0-9][0-9_]*|0x[0-9a-fA-F_]+|0o[0-7_]+)$"), list("-+0123456789")
+)
+ConfigLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^(?:[-+]?(?:\.[0-9]+|[0-9][0-9_]*(?:\.[0-9_]*)?)(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"),
+    list("-+0123456789."),
+)
+
+
+def _construct_int(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> int:
+    """Decimal unless prefixed (``0x``, ``0o``): a leading zero is not octal."""
+    text = str(loader.construct_scalar(node)).replace("_", "")
+    if text.lower().startswith(("0x", "0o")):
+        return int(text, 0)
+    return int(text, 10)
+
+
+ConfigLoader.add_constructor("tag:yaml.org,2002:int", _construct_int)
+
+
+def load_config_yaml(text: str) -> Any:
+    """Parse config YAML (files and ``--set`` values) with :class:`ConfigLoader`."""
+    return yaml.load(text, Loader=ConfigLoader)  # noqa: S506 - a SafeLoader subclass
 
 T = TypeVar("T")
 
@@ -68,7 +105,7 @@ def _read_yaml(path: Path) -> dict:
     if not path.is_file():
         raise InputError(f"{path}: config file not found")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = load_config_yaml(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise InputError(f"{path}: invalid YAML ({str(exc).splitlines()[0]})") from None
     if not isinstance(data, dict):
@@ -100,7 +137,7 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
         if not sep or not key.strip():
             raise InputError(f"--set {item!r}: expected KEY=VALUE (e.g. --set iterations=2000)")
         try:
-            out[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
+            out[key.strip()] = load_config_yaml(raw) if raw.strip() else ""
         except yaml.YAMLError:
             out[key.strip()] = raw
     return out

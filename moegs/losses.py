@@ -30,7 +30,7 @@ def l1(img: Tensor, gt: Tensor, weight: Tensor | None = None) -> Tensor:
     all pixels and channels, so a map of ones gives plain L1 (distillation uses this to stress the
     pixels where the MoE teacher is better).
     """
-    _check_pair(img, gt)
+    check_image_pair(img, gt)
     err = (img - gt).abs()
     if weight is not None:
         if weight.shape != img.shape[:-1]:
@@ -41,7 +41,7 @@ def l1(img: Tensor, gt: Tensor, weight: Tensor | None = None) -> Tensor:
 
 def ssim(img: Tensor, gt: Tensor) -> Tensor:
     """Differentiable mean SSIM over pixels, channels and batch (Gaussian window 11, sigma 1.5)."""
-    _check_pair(img, gt)
+    check_image_pair(img, gt)
     h, w = img.shape[-3], img.shape[-2]
     if min(h, w) < SSIM_WIN_SIZE:
         raise InputError(f"SSIM needs images of at least {SSIM_WIN_SIZE}x{SSIM_WIN_SIZE} px, got {h}x{w}")
@@ -49,7 +49,7 @@ def ssim(img: Tensor, gt: Tensor) -> Tensor:
     if img.device.type == "cpu" and gt.device.type == "cpu" and not gt.requires_grad:
         return SSIMCPU.apply(_batched(img).to(dtype), _batched(gt).to(dtype), SSIM_WIN_SIZE, SSIM_SIGMA, *SSIM_K)
     x = _to_bchw(img)
-    y = _to_bchw(gt).to(x)
+    y = _to_bchw(gt).to(x.dtype)
     return _msssim_ssim(
         x, y, data_range=1.0, size_average=True, win_size=SSIM_WIN_SIZE, win_sigma=SSIM_SIGMA, K=SSIM_K
     )
@@ -76,11 +76,15 @@ def photometric(
     return loss
 
 
-def _check_pair(img: Tensor, gt: Tensor) -> None:
+def check_image_pair(img: Tensor, gt: Tensor) -> None:
+    """Refuse an image pair that cannot be compared: other shapes, ranks or devices."""
     if img.shape != gt.shape:
         raise InputError(f"image shapes differ: {tuple(img.shape)} vs {tuple(gt.shape)}")
     if img.ndim not in (3, 4):
         raise InputError(f"images must be [H, W, C] or [B, H, W, C], got {tuple(img.shape)}")
+    if img.device != gt.device:
+        # a silent copy would hide a ground truth left on the host (one transfer per step on a GPU)
+        raise ValueError(f"image on {img.device} but ground truth on {gt.device}: put both on one device")
 
 
 def _batched(img: Tensor) -> Tensor:

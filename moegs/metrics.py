@@ -52,21 +52,21 @@ class ImageMetrics:
 
 def psnr(img: Tensor, gt: Tensor) -> float:
     """PSNR in dB of images clamped to [0, 1]; ``inf`` for identical images."""
-    _check_pair(img, gt)
+    losses.check_image_pair(img, gt)
     mse = float(((img.detach().clamp(0, 1) - gt.detach().clamp(0, 1)) ** 2).double().mean())
     return _psnr_from_mse(mse)
 
 
 def ssim(img: Tensor, gt: Tensor) -> float:
     """Gaussian-window SSIM (same definition as the loss) of images clamped to [0, 1]."""
-    _check_pair(img, gt)
+    losses.check_image_pair(img, gt)
     with torch.no_grad():
         return float(losses.ssim(img.clamp(0, 1), gt.clamp(0, 1)))
 
 
 def flip(img: Tensor, gt: Tensor) -> float:
     """Mean LDR FLIP error (NVIDIA flip-evaluator, default 67 pixels per degree); lower is better."""
-    _check_pair(img, gt)
+    losses.check_image_pair(img, gt)
     if img.ndim != 3 or img.shape[-1] != 3:
         raise InputError(f"FLIP needs [H, W, 3] images, got {tuple(img.shape)}")
     try:
@@ -94,7 +94,7 @@ def lpips_available(weights_dir: str | Path | None) -> tuple[bool, str]:
 
 def lpips_alex(img: Tensor, gt: Tensor, weights_dir: str | Path) -> float:
     """LPIPS (AlexNet, v0.1 heads) between two [H, W, 3] images in [0, 1]; lower is better."""
-    _check_pair(img, gt)
+    losses.check_image_pair(img, gt)
     if img.ndim != 3 or img.shape[-1] != 3:
         raise InputError(f"LPIPS needs [H, W, 3] images, got {tuple(img.shape)}")
     if min(img.shape[0], img.shape[1]) < 32:
@@ -106,7 +106,7 @@ def lpips_alex(img: Tensor, gt: Tensor, weights_dir: str | Path) -> float:
 
 def region_psnr(img: Tensor, gt: Tensor, labels: Tensor) -> dict[int, float]:
     """PSNR over the pixels of each region id in ``labels`` [H, W] (integer map)."""
-    _check_pair(img, gt)
+    losses.check_image_pair(img, gt)
     if labels.shape != img.shape[:2]:
         raise InputError(f"region labels must have shape {tuple(img.shape[:2])}, got {tuple(labels.shape)}")
     sq = ((img.detach().clamp(0, 1) - gt.detach().clamp(0, 1)) ** 2).double().mean(dim=-1)
@@ -147,7 +147,7 @@ def evaluate_images(
     PSNR averaged over the images where the region occurs, and the per-image :class:`ImageMetrics`
     as dicts. ``region_labels`` is [H, W] (shared) or [B, H, W]. Unavailable metrics are ``None``.
     """
-    _check_pair(pred, gt)
+    losses.check_image_pair(pred, gt)
     preds = pred if pred.ndim == 4 else pred.unsqueeze(0)
     gts = gt if gt.ndim == 4 else gt.unsqueeze(0)
     labels = None
@@ -269,10 +269,3 @@ def _mean(values: list[float | None]) -> float | None:
     if not values or any(v is None for v in values):
         return None
     return float(np.mean(values))
-
-
-def _check_pair(img: Tensor, gt: Tensor) -> None:
-    if img.shape != gt.shape:
-        raise InputError(f"image shapes differ: {tuple(img.shape)} vs {tuple(gt.shape)}")
-    if img.ndim not in (3, 4):
-        raise InputError(f"images must be [H, W, C] or [B, H, W, C], got {tuple(img.shape)}")

@@ -10,7 +10,7 @@ import pytest
 
 import dataclasses
 
-from moegs.config import resolve_config
+from moegs.config import parse_overrides, resolve_config
 from moegs.errors import InputError
 from moegs.experts.settings import TrainExpertsConfig
 from moegs.moe.distill import DistillConfig
@@ -44,6 +44,24 @@ def test_layers(tmp_path):
 
 def test_exponent_without_dot_is_a_number():
     assert resolve_config(Outer, None, "stage", ["train.lr=8e-3"]).train.lr == 0.008
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [("30:45", "30:45"), ("010", 10), ("1e4", 1e4), ("-2", -2), ("0x10", 16), ("1_000", 1000), (".5", 0.5)],
+)
+def test_yaml_numbers_are_yaml_1_2(text, value):
+    """YAML 1.1 reads 30:45 as the base-60 number 1845 and 010 as octal 8: in a frame range or an
+    iteration count that is a silent wrong value. Both --set and config files read YAML 1.2 numbers."""
+    parsed = parse_overrides([f"k={text}"])["k"]
+    assert parsed == value and type(parsed) is type(value)
+
+
+def test_frame_range_from_set_and_file(tmp_path):
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text("train_experts:\n  frames: 30:45\n")
+    assert resolve_config(TrainExpertsConfig, cfg_file, "train_experts", []).frames == "30:45"
+    assert resolve_config(TrainExpertsConfig, None, "train_experts", ["frames=5:9"]).frames == "5:9"
 
 
 def test_list_from_comma_string():

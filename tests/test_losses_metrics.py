@@ -158,3 +158,12 @@ def test_evaluate_images_batch_averages():
     assert result["n_images"] == 2 and len(result["per_image"]) == 2
     assert result["psnr"] == pytest.approx((metrics.psnr(p1, g1) + metrics.psnr(p2, g2)) / 2)
     assert result["flip"] == pytest.approx((metrics.flip(p1, g1) + metrics.flip(p2, g2)) / 2)
+
+
+def test_image_pair_on_two_devices_is_refused():
+    """A ground truth on another device is an error, not a silent copy (one transfer per step on a GPU)."""
+    img = torch.zeros(16, 16, 3)
+    gt = torch.zeros(16, 16, 3, device="meta")
+    for fn in (losses.ssim, losses.l1, metrics.psnr):
+        with pytest.raises(ValueError, match="meta"):
+            fn(img, gt)
