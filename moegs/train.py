@@ -23,7 +23,7 @@ from moegs.data.dataset import Dataset
 from moegs.data.views import StreamedViews
 from moegs.errors import CheckpointError
 from moegs.experts.base import Expert
-from moegs.losses import photometric
+from moegs.losses import motion_weight, photometric
 from moegs.progress import progress_bar
 from moegs.rendering import render_expert
 
@@ -140,10 +140,13 @@ def train_expert(
             sh_degree = cfg.sh_degree if cfg.sh_every <= 0 else min(step // cfg.sh_every, cfg.sh_degree)
             expert.set_view(None if novel else cam_index)
             step_background = ctx.tensor(torch.rand(3, generator=generator)) if cfg.random_background else background
-            out = render_expert(expert, camera, t, ctx, step_background, sh_degree=sh_degree, retain_grad=True)
+            out = render_expert(expert, camera, t, ctx, step_background, sh_degree=sh_degree, retain_grad=True,
+                                cull_transparent=cfg.cull_transparent)
             loss = expert.regularisation(t)
             if not novel:
-                loss = loss + photometric(out.image, views.image(cam_index, frame), lambda_dssim=cfg.lambda_dssim)
+                gt = views.image(cam_index, frame)
+                weight = motion_weight(gt, views.background(cam_index), cfg.motion_weight) if cfg.motion_weight else None
+                loss = loss + photometric(out.image, gt, lambda_dssim=cfg.lambda_dssim, weight=weight)
             if teacher is not None:
                 target, weight = teacher.target(camera, frame)
                 loss = loss + teacher.beta * photometric(out.image, target, lambda_dssim=cfg.lambda_dssim, weight=weight)

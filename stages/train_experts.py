@@ -12,6 +12,7 @@ from moegs.config import to_dict
 from moegs.context import RenderContext
 from moegs.data.dataset import Dataset
 from moegs.data.frame_range import FrameRange, dataset_frames, parse_frames, select_frames
+from moegs.data.point_motion import moving_points
 from moegs.errors import MoegsError
 from moegs.expert_output import finish_expert
 from moegs.experts import get_family
@@ -95,12 +96,16 @@ def train_one(
 
     def build(directory: Path, w: ArtifactWriter) -> None:
         points = dataset.points
-        expert = cls.from_points(family_cfg, points.xyz, points.rgb, points.time, dataset.n_frames).placed(ctx.device)
+        moving = moving_points(dataset, points, dataset.train_cameras) if cls.wants_moving_points(family_cfg) else None
+        expert = cls.from_points(family_cfg, points.xyz, points.rgb, points.time, dataset.n_frames,
+                                 moving=moving).placed(ctx.device)
         result = train_expert(expert, dataset, directory, ctx, resume=resume,
                               checkpoint_every=cfg.checkpoint_every, progress=progress, label=label)
         finish_expert(expert, dataset, dataset_artifact, directory, w, ctx, progress=progress,
                       export_ply=cfg.export_ply, train_seconds=result.seconds, eval_frames=cfg.eval_frames)
         if rig is not None:
             w.metrics["rig"] = rig
+        if moving is not None:
+            w.metrics["moving_seeds"] = int(moving.sum())
 
     return run_stage(writer, build, ctx=ctx, force=force, resume=resume)

@@ -167,3 +167,15 @@ def test_image_pair_on_two_devices_is_refused():
     for fn in (losses.ssim, losses.l1, metrics.psnr):
         with pytest.raises(ValueError, match="meta"):
             fn(img, gt)
+
+
+def test_motion_weight_ramps_from_the_background_to_full_weight():
+    background = torch.full((4, 4, 3), 0.5)
+    gt = background.clone()
+    gt[0, 0] = 0.5 + losses.MOTION_THRESHOLD * 3  # far from the background: full weight
+    gt[1, 1, 2] = 0.5 - losses.MOTION_THRESHOLD / 2  # half the threshold, in one channel
+    weight = losses.motion_weight(gt, background, strength=4.0)
+    expected = torch.ones(4, 4)
+    expected[0, 0], expected[1, 1] = 5.0, 3.0
+    assert torch.allclose(weight, expected)
+    assert torch.equal(losses.motion_weight(background, background, 4.0), torch.ones(4, 4))

@@ -54,3 +54,23 @@ def test_damaged_router_checkpoint_trains_from_start(tiny_demo, tmp_path) -> Non
     model = _fresh_model(expert_artifacts)
     train_router(model, dataset, cfg, CPU, progress=False, workdir=tmp_path, resume=True)
     assert torch.equal(model.router.gates[0], reference.router.gates[0])
+
+
+def test_router_motion_weight_reaches_the_loss(tiny_demo, monkeypatch) -> None:
+    """With ``motion_weight`` every router step's L1 gets the sampled view's motion weight map."""
+    import moegs.moe.train as router_train
+
+    moe = tiny_demo.steps["moe"].artifact
+    expert_artifacts = [moe.resolve_input(e) for e in moe.input_refs("expert")][:2]
+    dataset = Dataset.load(moe.resolve_input(moe.input_refs("dataset")[0]).path)
+    weights = []
+    real = router_train.photometric
+
+    def spy(img, gt, lambda_dssim=0.2, weight=None):
+        weights.append(weight)
+        return real(img, gt, lambda_dssim=lambda_dssim, weight=weight)
+
+    monkeypatch.setattr(router_train, "photometric", spy)
+    cfg = dataclasses.replace(TrainRouterConfig(), iterations=2, motion_weight=3.0, device="cpu", backend="cpu")
+    train_router(_fresh_model(expert_artifacts), dataset, cfg, CPU, progress=False)
+    assert len(weights) == 2 and all(w is not None and float(w.min()) >= 1.0 and float(w.max()) <= 4.0 for w in weights)

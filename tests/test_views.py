@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from moegs.data.dataset import Dataset
+from moegs.data.init_points import BACKGROUND_FRAMES, spread_indices
 from moegs.data.views import StreamedViews
 from moegs.errors import InputError
 from tests.test_dataset import build_small
@@ -62,3 +63,17 @@ def test_frames_move_as_uint8_and_convert_on_the_device(dataset) -> None:
     assert image.device.type == "meta" and image.dtype == torch.float32
     assert image.shape == (camera.height, camera.width, 3)
     views.close()
+
+
+def test_background_is_the_temporal_median_of_spread_frames(dataset) -> None:
+    """Each camera's background is the per-pixel median of the frames spread over the clip (kept as
+    uint8, so it is the median rounded to 1/255)."""
+    views = StreamedViews(dataset, dataset.train_cameras, prefetch=False)
+    name = views.cameras[1].name
+    index = spread_indices(dataset.n_frames, BACKGROUND_FRAMES)
+    stack = np.stack([dataset.frame(name, i) for i in index]).astype(np.float64)
+    expected = torch.from_numpy(np.median(stack, axis=0).round() / 255.0).float()
+    background = views.background(1)
+    assert background.shape == (views.cameras[1].height, views.cameras[1].width, 3)
+    assert torch.allclose(background, expected, atol=1e-6)
+    assert views.background(1) is not background and torch.equal(views.background(1), background)

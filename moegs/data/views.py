@@ -18,6 +18,7 @@ from torch import Tensor
 
 from moegs.cameras import Camera
 from moegs.data.dataset import Dataset
+from moegs.data.point_motion import camera_background
 
 
 class StreamedViews:
@@ -30,6 +31,7 @@ class StreamedViews:
         self.device = torch.device(device)
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="frame-prefetch") if prefetch else None
         self._pending: tuple[tuple[int, int], Future[np.ndarray]] | None = None
+        self._backgrounds: dict[int, Tensor] = {}
 
     def sample(self, generator: torch.Generator, frame_limit: int) -> tuple[int, int]:
         """A random (camera index, frame) with frame < ``frame_limit``; its frame starts loading now."""
@@ -47,6 +49,14 @@ class StreamedViews:
         else:
             array = self._read(cam_index, frame)
         return torch.from_numpy(array).to(self.device).to(torch.float32).div_(255.0)
+
+    def background(self, cam_index: int) -> Tensor:
+        """float32 [H, W, 3] on the views' device: the camera's temporal-median background
+        (:func:`moegs.data.point_motion.camera_background`), computed on first use and kept as uint8."""
+        if cam_index not in self._backgrounds:
+            background = camera_background(self.dataset, self.cameras[cam_index].name)
+            self._backgrounds[cam_index] = torch.from_numpy(background).to(self.device)
+        return self._backgrounds[cam_index].to(torch.float32).div_(255.0)
 
     def _read(self, cam_index: int, frame: int) -> np.ndarray:
         return self.dataset.frame(self.cameras[cam_index].name, frame)

@@ -26,6 +26,7 @@ from moegs import gaussians as core
 from moegs.cameras import Camera
 from moegs.config import ConfigValueError, bounded, build_config, check_config
 from moegs.densify import DensifyConfig
+from moegs.errors import InputError
 from moegs.raster import GaussianSet
 from moegs.sh import MAX_SH_DEGREE
 from moegs.context import RenderContext
@@ -65,7 +66,14 @@ class ExpertConfig:
     """Train against a random background colour each step, so an empty pixel is never right: Gaussians
     must cover every pixel opaquely (closed scenes seen by few cameras, where gaps are otherwise left
     at ``background``). Renders after training use ``background``."""
+    motion_weight: float = bounded(0.0, ge=0.0)
+    """Weight moving content up in the L1 term: a pixel that differs from its camera's temporal-median
+    background counts ``1 + motion_weight`` times (:func:`moegs.losses.motion_weight`; 0: plain L1)."""
     seed: int = bounded(0, ge=0)
+    cull_transparent: bool = False
+    """Densification counts a view for a Gaussian only where its opacity there reaches the compositing
+    threshold (1/255): temporal families then judge a short-lived Gaussian by the instants it
+    exists at (see :func:`moegs.rendering.render_expert`). False: every view it projects into (3DGS)."""
     point_times: str = "all"
     """Initial points: ``all`` of them, or ``first``: only those of the earliest time (4DGaussians,
     E-D3DGS and Ex4DGS start from frame 0; a later frame's points on moving objects are then left
@@ -112,23 +120,36 @@ class Expert(nn.Module):
     # ---- construction --------------------------------------------------------------------------
     @classmethod
     def from_points(
-        cls, config: ExpertConfig, xyz: np.ndarray, rgb: np.ndarray, times: np.ndarray, n_frames: int
+        cls, config: ExpertConfig, xyz: np.ndarray, rgb: np.ndarray, times: np.ndarray, n_frames: int,
+        moving: np.ndarray | None = None,
     ) -> Expert:
-        """Initialise from triangulated points (``times`` = normalised time each point was seen at)."""
+        """Initialise from triangulated points (``times`` = normalised time each point was seen at;
+        ``moving``: which lie on moving content, see :func:`moegs.data.point_motion.moving_points`,
+        given when :meth:`wants_moving_points` asks for it)."""
         times = np.asarray(times, dtype=np.float32).reshape(-1)
+        moving = np.zeros(len(times), dtype=bool) if moving is None else np.asarray(moving, dtype=bool).reshape(-1)
+        if len(moving) != len(times):
+            raise InputError(f"{cls.family}: got {len(moving)} moving flags for {len(times)} points")
         if config.point_times == "first" and len(times):
             first = times == times.min()
-            xyz, rgb, times = xyz[first], rgb[first], times[first]
+            xyz, rgb, times, moving = xyz[first], rgb[first], times[first], moving[first]
         params = core.init_from_points(xyz, rgb, config.sh_degree, init_opacity=config.init_opacity)
         aabb = torch.tensor(np.stack([xyz.min(0), xyz.max(0)]), dtype=torch.float32)
-        extra = cls.init_per_gaussian(config, params, torch.as_tensor(times), n_frames)
+        extra = cls.init_per_gaussian(config, params, torch.as_tensor(times), n_frames, torch.as_tensor(moving))
         return cls(config, {**params, **extra}, n_frames, aabb)
 
     @classmethod
+    def wants_moving_points(cls, config: ExpertConfig) -> bool:
+        """Family hook: whether :meth:`from_points` should be told which points lie on moving content
+        (finding them reads frames, so only families that use it ask)."""
+        return False
+
+    @classmethod
     def init_per_gaussian(
-        cls, config: ExpertConfig, params: dict[str, Tensor], times: Tensor, n_frames: int
+        cls, config: ExpertConfig, params: dict[str, Tensor], times: Tensor, n_frames: int, moving: Tensor
     ) -> dict[str, Tensor]:
-        """Family hook: extra per-Gaussian tensors (first dim N) at initialisation."""
+        """Family hook: extra per-Gaussian tensors (first dim N) at initialisation (``moving`` [N] bool:
+        all False unless :meth:`wants_moving_points`)."""
         return {}
 
     def build_fields(self) -> nn.Module:

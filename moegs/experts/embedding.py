@@ -176,7 +176,7 @@ class EmbeddingExpert(Expert):
 
     @classmethod
     def init_per_gaussian(
-        cls, config: ExpertConfig, params: dict[str, Tensor], times: Tensor, n_frames: int
+        cls, config: ExpertConfig, params: dict[str, Tensor], times: Tensor, n_frames: int, moving: Tensor
     ) -> dict[str, Tensor]:
         """z_g = 0 for every Gaussian (paper): all start with the same motion."""
         return {"embedding": torch.zeros(params["means"].shape[0], cast(EmbeddingConfig, config).gaussian_dim)}

@@ -68,6 +68,11 @@ class KeyframeConfig(ExpertConfig):
     var_pad: float = 1.0
     """Floor of the temporal opacity width in frames (Ex4DGS ``var_pad``): a fade is never sharper
     than width exp(b) + var_pad / 2.36 frames (2.36: full width at half maximum over sigma); 0: no floor."""
+    dynamic_moving_seeds: bool = False
+    """Seeds on moving content (:func:`moegs.data.point_motion.moving_points`) start dynamic, visible
+    around their instant only (appear = vanish = their time, one frame of fade), instead of as static
+    Gaussians: a moving object's seeds from later frames are otherwise static copies along its path,
+    visible all clip long. False: everything starts static (Ex4DGS)."""
     lr_velocity: float = 1e-4
     lr_key_offsets: float = 1.6e-4
     """Keyframe positions, times the scene extent, decaying log-linearly to ``lr_key_offsets_final``."""
@@ -115,9 +120,11 @@ class KeyframeExpert(Expert):
 
     @classmethod
     def init_per_gaussian(
-        cls, config: ExpertConfig, params: dict[str, Tensor], times: Tensor, n_frames: int
+        cls, config: ExpertConfig, params: dict[str, Tensor], times: Tensor, n_frames: int, moving: Tensor
     ) -> dict[str, Tensor]:
-        """Everything starts static (Ex4DGS initialises from first-frame points only; ``times`` is unused).
+        """Everything starts static (Ex4DGS initialises from first-frame points only; ``times`` is unused),
+        except, with ``dynamic_moving_seeds``, the ``moving`` seeds: dynamic, appearing and vanishing
+        at their own time with one frame of fade.
 
         Keyframe tracks start at zero offset with the canonical rotation, visible over the whole clip
         with one keyframe interval of fade, so a row is valid whenever it is converted or copied.
@@ -127,14 +134,26 @@ class KeyframeExpert(Expert):
         n = means.shape[0]
         n_key = cls.num_keyframes(config, n_frames)
         quats = normalize_quats(params["quats"].detach())
+        bounds = means.new_tensor([0.0, 1.0]).expand(n, 2).clone()
+        log_widths = means.new_full((n, 2), math.log(config.keyframe_interval / n_frames))
+        dynamic = means.new_zeros(n)
+        if config.dynamic_moving_seeds:
+            seeds = moving.to(torch.bool).reshape(-1)
+            dynamic[seeds] = 1.0
+            bounds[seeds] = times.reshape(-1, 1).to(means)[seeds].expand(-1, 2)
+            log_widths[seeds] = math.log(1.0 / n_frames)
         return {
-            "dynamic": means.new_zeros(n),
+            "dynamic": dynamic,
             "velocity": means.new_zeros(n, 3),
             "key_offsets": means.new_zeros(n, n_key, 3),
             "key_quats": quats[:, None, :].expand(n, n_key, 4).clone(),
-            "opacity_bounds": means.new_tensor([0.0, 1.0]).expand(n, 2).clone(),
-            "opacity_log_widths": means.new_full((n, 2), math.log(config.keyframe_interval / n_frames)),
+            "opacity_bounds": bounds,
+            "opacity_log_widths": log_widths,
         }
+
+    @classmethod
+    def wants_moving_points(cls, config: ExpertConfig) -> bool:
+        return cast(KeyframeConfig, config).dynamic_moving_seeds
 
     # ---- time <-> keyframes --------------------------------------------------------------------
     def keyframe_times(self) -> Tensor:

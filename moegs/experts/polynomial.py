@@ -40,6 +40,10 @@ class PolynomialConfig(ExpertConfig):
     init_t_log_scale: float = 0.0
     """Initial temporal log-scale s_tau. STG's N3V value 0 (width 1 = the whole clip) keeps points seen
     only in the first frame visible throughout; Technicolor uses -2 (width e^-2 of the clip)."""
+    static_t_log_scale: float | None = None
+    """Initial s_tau of the seeds on the static background (:func:`moegs.data.point_motion.moving_points`);
+    ``init_t_log_scale`` is then that of the seeds on moving content. None: one value for all (STG).
+    A background seed lives the whole clip, a moving one only around its instant, where it is right."""
     lr_t_center: float = 1e-4
     lr_t_log_scale: float = 3e-2
     lr_motion: float = 2.8e-4
@@ -65,21 +69,29 @@ class PolynomialExpert(Expert):
 
     @classmethod
     def init_per_gaussian(
-        cls, config: ExpertConfig, params: dict[str, Tensor], times: Tensor, n_frames: int
+        cls, config: ExpertConfig, params: dict[str, Tensor], times: Tensor, n_frames: int, moving: Tensor
     ) -> dict[str, Tensor]:
-        """mu_tau = the time each point was observed (STG keeps every SfM point's frame time); motion 0."""
+        """mu_tau = the time each point was observed (STG keeps every SfM point's frame time); motion 0;
+        s_tau = ``init_t_log_scale``, or ``static_t_log_scale`` on the static seeds when it is set."""
         config = cast(PolynomialConfig, config)
         n = params["means"].shape[0]
         times = times.reshape(-1).to(params["means"])
         if times.shape[0] != n:
             raise InputError(f"polynomial: got {times.shape[0]} point times for {n} points")
+        t_log_scale = times.new_full((n,), config.init_t_log_scale)
+        if config.static_t_log_scale is not None:
+            t_log_scale[~moving.to(torch.bool).reshape(-1)] = config.static_t_log_scale
         return {
             "t_center": times.clone(),
-            "t_log_scale": times.new_full((n,), config.init_t_log_scale),
+            "t_log_scale": t_log_scale,
             "motion": times.new_zeros((n, 3, 3)),
             "omega": times.new_zeros((n, 4)),
             "row_id": torch.arange(n, dtype=times.dtype, device=times.device),
         }
+
+    @classmethod
+    def wants_moving_points(cls, config: ExpertConfig) -> bool:
+        return cast(PolynomialConfig, config).static_t_log_scale is not None
 
     def deform(self, t: float) -> dict[str, Tensor]:
         """STG's evaluation. dt is detached in the motion terms as in the official code, so mu_tau is

@@ -20,7 +20,7 @@ from moegs.data.dataset import FRAME_CACHE_MB, Dataset
 from moegs.data.views import StreamedViews
 from moegs.errors import CheckpointError
 from moegs.evaluation import EVAL_FRAMES
-from moegs.losses import photometric
+from moegs.losses import motion_weight, photometric
 from moegs.moe.model import MoEModel
 from moegs.moe.render import DEFORMED_CACHE_MB
 from moegs.moe.router import PixelRouter
@@ -45,6 +45,10 @@ class TrainRouterConfig:
     lr_time: float = bounded(0.05, ge=0.0)
     lr_mlp: float = bounded(0.05, ge=0.0)
     lambda_dssim: float = bounded(0.2, ge=0.0, le=1.0)
+    motion_weight: float = bounded(0.0, ge=0.0)
+    """Weight moving content up in the L1 term, as the experts' ``motion_weight``
+    (:func:`moegs.losses.motion_weight`): the gates then follow the expert best on the moving objects
+    there instead of the one best on the background around them. 0: plain L1."""
     single_pass: bool = True
     deformed_cache_mb: float = bounded(DEFORMED_CACHE_MB, ge=0.0)
     """Budget of the frozen experts' deformed Gaussians (LRU; they are reused across cameras and steps)."""
@@ -127,7 +131,8 @@ def train_router(
             out = model.blend(camera, float(dataset.times[frame]), ctx, tau=cfg.tau,
                               single_pass=cfg.single_pass, rays=rays[camera.name])
             target = views.image(cam_index, frame)
-            loss = photometric(out.image, target, lambda_dssim=cfg.lambda_dssim)
+            weight = motion_weight(target, views.background(cam_index), cfg.motion_weight) if cfg.motion_weight else None
+            loss = photometric(out.image, target, lambda_dssim=cfg.lambda_dssim, weight=weight)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
