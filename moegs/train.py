@@ -23,7 +23,7 @@ from moegs.data.dataset import Dataset
 from moegs.data.views import StreamedViews
 from moegs.errors import CheckpointError
 from moegs.experts.base import Expert
-from moegs.losses import motion_weight, photometric
+from moegs.losses import photometric
 from moegs.progress import progress_bar
 from moegs.rendering import render_expert
 
@@ -145,7 +145,7 @@ def train_expert(
             loss = expert.regularisation(t)
             if not novel:
                 gt = views.image(cam_index, frame)
-                weight = motion_weight(gt, views.background(cam_index), cfg.motion_weight) if cfg.motion_weight else None
+                weight = views.loss_weight(cam_index, gt, cfg.motion_weight)
                 loss = loss + photometric(out.image, gt, lambda_dssim=cfg.lambda_dssim, weight=weight)
             if teacher is not None:
                 target, weight = teacher.target(camera, frame)

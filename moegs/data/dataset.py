@@ -24,6 +24,7 @@ from moegs.cache import ByteLRUCache, budget_bytes
 from moegs.cameras import Camera, cameras_from_json
 from moegs.data.colmap_init import PointCloud
 from moegs.data.frame_store import SUFFIX, FrameStore
+from moegs.data.init_points import BACKGROUND_FRAMES, spread_indices
 from moegs.errors import InputError
 
 CAMERAS_FILE = "cameras.json"
@@ -73,6 +74,7 @@ class Dataset:
         self.frame_offset = 0
         """Index in the frame stores of this dataset's frame 0 (non-zero for a chunk: ``frame_range.select_frames``)."""
         self.frame_cache: ByteLRUCache[np.ndarray] = ByteLRUCache(budget_bytes(cache_mb, "frame_cache_mb"))
+        self._backgrounds: dict[tuple[str, int, int], np.ndarray] = {}
         self._stores = {cam.name: FrameStore(store_path(self.path, cam.name), n_frames, cam.height, cam.width)
                         for cam in cameras}
         self._points: PointCloud | None = None
@@ -130,6 +132,16 @@ class Dataset:
             raise InputError(f"{self.path}: frame {i} outside 0..{self.n_frames - 1}")
         stored = self.frame_offset + int(i)
         return self.frame_cache.get_or_create((cam_name, stored), lambda: store.read(stored))
+
+    def background(self, cam_name: str) -> np.ndarray:
+        """uint8 [H, W, 3]: the camera's per-pixel temporal median over :data:`BACKGROUND_FRAMES` frames
+        spread over the clip (rounded to the nearest level). Rigs are static, so what a frame shows
+        elsewhere is moving content. Computed once per camera and frame range (chunks share the dict)."""
+        key = (cam_name, self.frame_offset, self.n_frames)
+        if key not in self._backgrounds:
+            stack = np.stack([self.frame(cam_name, i) for i in spread_indices(self.n_frames, BACKGROUND_FRAMES)])
+            self._backgrounds[key] = np.median(stack, axis=0).round().astype(np.uint8)
+        return self._backgrounds[key]
 
     def frame_tensor(self, cam_name: str, i: int, device: torch.device | str = "cpu") -> torch.Tensor:
         """Frame i as float32 [H, W, 3] in [0, 1] on ``device`` (moved as uint8, converted there)."""

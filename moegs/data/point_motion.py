@@ -1,12 +1,10 @@
-"""Moving content in the training frames of a static rig: each camera's background and the initial
-points that lie on moving objects.
+"""Which initial points lie on moving content, so the explicit temporal families can give them a short
+life and the background seeds the whole clip (:meth:`moegs.experts.base.Expert.from_points`).
 
-Rigs here do not move, so a camera's per-pixel temporal median over frames spread across the clip
-is its static background, and what differs from it at a frame is moving content (the space
-carving's foreground test, :mod:`moegs.data.carving`). Two uses: the training loss can weight
-moving pixels up (:func:`moegs.losses.motion_weight`), and the explicit temporal families can give
-seeds on moving objects a short life and seeds on the background the whole clip
-(:meth:`moegs.experts.base.Expert.from_points`).
+Rigs here do not move, so a camera's per-pixel temporal median (:meth:`moegs.data.dataset.Dataset.background`)
+is its static background and what differs from it at a frame is moving content: the space carving's
+foreground test (:mod:`moegs.data.carving`), and the pixels the loss weighs up
+(:func:`moegs.losses.motion_weight`).
 """
 
 from __future__ import annotations
@@ -16,15 +14,7 @@ import numpy as np
 from moegs.cameras import Camera
 from moegs.data.colmap_init import PointCloud
 from moegs.data.dataset import Dataset
-from moegs.data.init_points import BACKGROUND_FRAMES, spread_indices
 from moegs.losses import MOTION_THRESHOLD
-
-
-def camera_background(dataset: Dataset, name: str) -> np.ndarray:
-    """uint8 [H, W, 3]: the camera's per-pixel median over :data:`BACKGROUND_FRAMES` frames spread
-    over the clip (rounded to the nearest level)."""
-    stack = np.stack([dataset.frame(name, i) for i in spread_indices(dataset.n_frames, BACKGROUND_FRAMES)])
-    return np.median(stack, axis=0).round().astype(np.uint8)
 
 
 def moving_points(dataset: Dataset, points: PointCloud, cameras: list[Camera],
@@ -40,7 +30,7 @@ def moving_points(dataset: Dataset, points: PointCloud, cameras: list[Camera],
     votes = np.zeros(len(points), dtype=np.int32)
     seen = np.zeros(len(points), dtype=np.int32)
     for cam in cameras:
-        background = camera_background(dataset, cam.name).astype(np.int16)
+        background = dataset.background(cam.name).astype(np.int16)
         uv, depth = cam.project(points.xyz)
         col, row = np.floor(uv[:, 0]).astype(np.int64), np.floor(uv[:, 1]).astype(np.int64)
         inside = (depth > 0) & (col >= 0) & (col < cam.width) & (row >= 0) & (row < cam.height)

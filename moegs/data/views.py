@@ -18,7 +18,7 @@ from torch import Tensor
 
 from moegs.cameras import Camera
 from moegs.data.dataset import Dataset
-from moegs.data.point_motion import camera_background
+from moegs.losses import motion_weight
 
 
 class StreamedViews:
@@ -52,11 +52,15 @@ class StreamedViews:
 
     def background(self, cam_index: int) -> Tensor:
         """float32 [H, W, 3] on the views' device: the camera's temporal-median background
-        (:func:`moegs.data.point_motion.camera_background`), computed on first use and kept as uint8."""
+        (:meth:`moegs.data.dataset.Dataset.background`), moved once and kept as uint8."""
         if cam_index not in self._backgrounds:
-            background = camera_background(self.dataset, self.cameras[cam_index].name)
-            self._backgrounds[cam_index] = torch.from_numpy(background).to(self.device)
+            self._backgrounds[cam_index] = torch.from_numpy(self.dataset.background(self.cameras[cam_index].name)).to(self.device)
         return self._backgrounds[cam_index].to(torch.float32).div_(255.0)
+
+    def loss_weight(self, cam_index: int, image: Tensor, strength: float) -> Tensor | None:
+        """The L1 weight map of ``image`` (a frame of that camera) with moving content counting up to
+        ``1 + strength`` times (:func:`moegs.losses.motion_weight`); None (plain L1) at strength 0."""
+        return motion_weight(image, self.background(cam_index), strength) if strength else None
 
     def _read(self, cam_index: int, frame: int) -> np.ndarray:
         return self.dataset.frame(self.cameras[cam_index].name, frame)

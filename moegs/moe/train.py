@@ -20,7 +20,7 @@ from moegs.data.dataset import FRAME_CACHE_MB, Dataset
 from moegs.data.views import StreamedViews
 from moegs.errors import CheckpointError
 from moegs.evaluation import EVAL_FRAMES
-from moegs.losses import motion_weight, photometric
+from moegs.losses import photometric
 from moegs.moe.model import MoEModel
 from moegs.moe.render import DEFORMED_CACHE_MB
 from moegs.moe.router import PixelRouter
@@ -131,7 +131,7 @@ def train_router(
             out = model.blend(camera, float(dataset.times[frame]), ctx, tau=cfg.tau,
                               single_pass=cfg.single_pass, rays=rays[camera.name])
             target = views.image(cam_index, frame)
-            weight = motion_weight(target, views.background(cam_index), cfg.motion_weight) if cfg.motion_weight else None
+            weight = views.loss_weight(cam_index, target, cfg.motion_weight)
             loss = photometric(out.image, target, lambda_dssim=cfg.lambda_dssim, weight=weight)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
