@@ -10,10 +10,13 @@ STAMP  := $(VENV)/.moegs-installed
 install: $(STAMP)
 
 # torch first and alone, so the CPU wheel is in place before anything could pull a CUDA build.
+# pip byte-compiles one file at a time (about a minute on 2 cores); compileall then uses every core
+# and, like pip, leaves a file it cannot compile (torch ships Python 3.12-only test helpers) to the interpreter.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet torch==2.13.0
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --no-compile torch==2.13.0
+	$(BIN)/python -m pip install --quiet --no-compile -e '.[dev]'
+	$(BIN)/python -c "import compileall, sysconfig; compileall.compile_dir(sysconfig.get_path('purelib'), quiet=2, workers=0)"
 	$(BIN)/python -m pip check
 	$(BIN)/python -c "import torch; assert torch.__version__.startswith('2.13.0'), torch.__version__; print('torch', torch.__version__)"
 	touch $(STAMP)

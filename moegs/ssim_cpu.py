@@ -32,7 +32,7 @@ def gaussian_window(size: int, sigma: float, dtype: np.dtype) -> np.ndarray:
     return (g / g.sum()).numpy().astype(dtype)
 
 
-@njit(cache=True, inline="always", fastmath=FASTMATH)
+@njit(cache=True, fastmath=FASTMATH)
 def _filter_valid(src, g, out, tmp):
     """out[h - k + 1, w - k + 1] = separable valid correlation of src[h, w] with g (k taps)."""
     k = g.shape[0]
@@ -51,7 +51,7 @@ def _filter_valid(src, g, out, tmp):
                 out[r, c] += tmp[r + t, c] * g[t]
 
 
-@njit(cache=True, inline="always", fastmath=FASTMATH)
+@njit(cache=True, fastmath=FASTMATH)
 def _filter_full(src, g, out, tmp):
     """The transpose of `_filter_valid`: out[h + k - 1, w + k - 1] = sum over taps of g[t] src shifted by t."""
     k = g.shape[0]
@@ -72,7 +72,7 @@ def _filter_full(src, g, out, tmp):
                 out[r, c + t] += tmp[r, c] * g[t]
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _product(a, b, out):
     for r in range(a.shape[0]):
         for c in range(a.shape[1]):

@@ -88,7 +88,7 @@ def _consts(dtype: np.dtype) -> np.ndarray:
     )
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _exp_tuple(consts):
     """`_exp_neg`'s constants as a tuple: scalars in registers, so a row loop that reads them
     needs no loads (loads from an array it might alias would block vectorisation)."""
@@ -158,7 +158,7 @@ def _exp_poly_numba(r, ec):
     return degree_12
 
 
-@njit(cache=True, inline="always", fastmath=FASTMATH)
+@njit(cache=True, fastmath=FASTMATH)
 def _exp_neg(x, ec):
     """exp(x) for x in [-10, 0] (clamped to it) without a libm call, so pixel loops vectorise.
 
@@ -195,7 +195,7 @@ def _ellipses(conics, opac):
     return out
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _gather_tile(gids, start, n, means2d, conics, opac, feats, set_ids, ellipses):
     """Contiguous copies of one tile's Gaussians (the inner loops then stream through memory):
     g = (mx, my, a, b, c, opacity, power bound, list position j) in the compute dtype, half extents
@@ -223,7 +223,7 @@ def _gather_tile(gids, start, n, means2d, conics, opac, feats, set_ids, ellipses
     return g, half, f, s
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _pixel_range(centre, half, lo, end):
     """Pixels [r0, r1) (rows or columns) within [lo, end) whose centres r + 0.5 lie in centre +- half."""
     p0 = max(float(lo), np.ceil(centre - half - 0.5))
@@ -233,14 +233,14 @@ def _pixel_range(centre, half, lo, end):
     return int(p0), int(p1) + 1
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _slot(ly, lx):
     """Where tile pixel (row ly, column lx) lives in the tile-local arrays: the left 8 columns,
     row-major, then the right 8 (see `_HALF`)."""
     return (lx // _HALF) * (TILE * _HALF) + ly * _HALF + lx % _HALF
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _init_state(state, x0, y0, n_fields, n_sets, one):
     """Per set: the pixel centres in `_slot` order (in the compute dtype: an int + float32 sum
     would be float64), transmittance 1 and last 0; other fields are left to the caller."""
@@ -255,7 +255,7 @@ def _init_state(state, x0, y0, n_fields, n_sets, one):
                 v[_LAST + p] = one - one
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _tile_box(t, tiles_x, width, height):
     """Tile t's first column and row, its width in the image (partial at the right edge) and the
     row past its last one in the image."""
@@ -264,7 +264,7 @@ def _tile_box(t, tiles_x, width, height):
     return x0, y0, min(x0 + TILE, width) - x0, min(y0 + TILE, height)
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _open_tile(it, order, offsets, gids, means2d, conics, opac, feats, set_ids, ellipses, tiles_x, width, height):
     """The it-th tile of the schedule: its first list entry and entry count, the gathered
     Gaussians of `_gather_tile` and the box of `_tile_box`."""
@@ -276,7 +276,7 @@ def _open_tile(it, order, offsets, gids, means2d, conics, opac, feats, set_ids, 
     return start, n, g, half, f, s, x0, y0, m, y_end
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _entry_spans(g, half, j, x0, y0, m, y_end):
     """The tile halves entry j's ellipse touches, as slot ranges: (first half, last half, p0 and
     p1 within a half); half h covers slots h * 128 + [p0, p1). Last < first when the entry draws
@@ -290,7 +290,7 @@ def _entry_spans(g, half, j, x0, y0, m, y_end):
     return (col_lo - x0) // _HALF, (col_hi - 1 - x0) // _HALF, (row_lo - y0) * _HALF, (row_hi - y0) * _HALF
 
 
-@njit(cache=True, inline="always", fastmath=FASTMATH)
+@njit(cache=True, fastmath=FASTMATH)
 def _composite_span(v, n, mx, my, a, b, c, o, bound, tag, consts, ec):
     """Composite one Gaussian into n consecutive tile pixels (whole rows): v is the set's state
     from the span's first pixel on (fields at the constant offsets `_XS`..`_DONE`). Sets
@@ -332,7 +332,7 @@ def _composite_span(v, n, mx, my, a, b, c, o, bound, tag, consts, ec):
     return int(n_sat)
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _forward_state(x0, y0, m, y_end, n_sets, one, dtype):
     """Per-set compositing state of a tile in `_slot` order; pixels outside the image start
     saturated, so they are never composited nor counted."""
@@ -453,7 +453,7 @@ def _feature_grad_kernel(
                 break
 
 
-@njit(cache=True, inline="always", fastmath=FASTMATH)
+@njit(cache=True, fastmath=FASTMATH)
 def _backprop_span(v, n, mx, my, a, b, c, o, bound, j, consts, ec):
     """One Gaussian's gradient terms from n consecutive tile pixels (v as in `_composite_span`,
     fields `_XS`..`_FG`), walking back to front: recovers its T_p (updating T and rest), sets
