@@ -144,9 +144,10 @@ def prune(
 ) -> None:
     """Gate-aware pruning: drop the Gaussians that add least to the blended image -> a new moe artifact.
 
-    Score r = sum over training views of gate(p) * alpha * T; the pruned MoE carries its own smaller
-    experts and gate tables and plugs in wherever the original did. Reports Gaussians, storage,
-    FPS and PSNR before and after.
+    Score r = sum over training views of w(p) * gate(p) * alpha * T, where w weighs moving content up
+    as the router's loss did (its motion_weight; --set motion_weight=W to choose); the pruned MoE
+    carries its own smaller experts and gate tables and plugs in wherever the original did. Reports
+    Gaussians, storage, FPS and PSNR before and after.
     Example: moegs prune --moe synth/moe/latest --keep-fraction 0.5
     """
     from stages import prune as stage

@@ -33,7 +33,8 @@ def run(cfg: PruneConfig, moe_ref: str, workspace: Path, *, force: bool = False,
         frames = evaluation_frames(dataset.n_frames, cfg.eval_frames)
         views = score_views(dataset.train_cameras, dataset.n_frames, cfg.frame_stride, cfg.score_views)
         before = snapshot(model, dataset, ctx, frames)
-        apply_pruning(model, keep_masks(gate_aware_scores(model, dataset, views, ctx, progress), cfg))
+        strength = source.config.get("motion_weight", 0.0) if cfg.motion_weight is None else cfg.motion_weight
+        apply_pruning(model, keep_masks(gate_aware_scores(model, dataset, views, ctx, progress, strength), cfg))
         if cfg.finetune_steps > 0:
             known = TrainRouterConfig.__dataclass_fields__
             router_cfg = TrainRouterConfig(**{k: v for k, v in source.config.items() if k in known})
@@ -55,6 +56,7 @@ def run(cfg: PruneConfig, moe_ref: str, workspace: Path, *, force: bool = False,
                 "fps_after": after["fps"],
                 "removed_fraction": 1 - sum(after["gaussians"]) / max(sum(before["gaussians"]), 1),
                 "scored_views": len(views),
+                "score_motion_weight": strength,
             }
         )
         w.metrics.update(metrics)

@@ -1,8 +1,11 @@
 """Gate-aware pruning of a mixture: score every Gaussian by its share of the blend, keep the best.
 
 Each Gaussian i of expert k is scored by what it adds to the *blended* image over the training
-views: r_i^k = sum over views and pixels of gate^k(p) * alpha_i * T_i(p). A Gaussian that is
+views: r_i^k = sum over views and pixels of w(p) * gate^k(p) * alpha_i * T_i(p). A Gaussian that is
 opaque but sits where the router never picks its expert scores ~0 and goes, with its gate rows.
+w is the router's own L1 weight (:func:`moegs.losses.motion_weight`, 1 everywhere without it): a
+small moving object covers few pixels, so by area alone its Gaussians rank below the background's
+and are pruned first, undoing what the motion-weighted router and experts learnt.
 The views are a bounded sample spread over cameras and frames (``score_views``), so the work does
 not grow with the capture (19 training cameras x 300 frames is 5700 renders at N3V size).
 """
@@ -21,6 +24,7 @@ from moegs.data.dataset import Dataset
 from moegs.data.init_points import spread_indices
 from moegs.densify import remove_gaussians
 from moegs.evaluation import EVAL_FRAMES, measure_fps
+from moegs.losses import motion_weight
 from moegs.moe.model import MoEModel
 from moegs.progress import progress_bar
 from moegs.raster import GaussianSet, rasterize_multi
@@ -38,7 +42,11 @@ class PruneConfig:
     """Keep this share of all Gaussians, ranked jointly across experts by their blended contribution
     (0.5 when neither this nor ``threshold`` is given)."""
     threshold: float | None = bounded(None, ge=0.0)
-    """Instead: remove Gaussians whose contribution per training view is below this (in pixels)."""
+    """Instead: remove Gaussians whose contribution per training view is below this (in pixels, each
+    weighted as in ``motion_weight``)."""
+    motion_weight: float | None = bounded(None, ge=0.0)
+    """Moving content counts up to ``1 + motion_weight`` times in the scores, as in the router's L1
+    (:func:`moegs.losses.motion_weight`; 0: by area alone). None: the MoE's own ``motion_weight``."""
     frame_stride: int = bounded(1, ge=1)
     """Score on every n-th frame of every training camera..."""
     score_views: int = bounded(SCORE_VIEWS, ge=0)
@@ -58,14 +66,16 @@ class PruneConfig:
 
 @torch.no_grad()
 def gate_aware_scores(model: MoEModel, dataset: Dataset, views: list[tuple[Camera, int]], ctx: RenderContext,
-                      progress: bool) -> list[torch.Tensor]:
+                      progress: bool, motion_strength: float = 0.0) -> list[torch.Tensor]:
     """r_i^k averaged over ``views`` (camera, frame), per expert [N_k]: each Gaussian's share of the blended image
-    in pixels."""
+    in pixels, moving content weighted up by ``motion_strength`` (0: every pixel counts once)."""
     scores = [torch.zeros(n, device=ctx.device) for n in model.gaussians_per_expert]
     with progress_bar("score gaussians", len(views), enabled=progress) as bar:
         for camera, frame in views:
             t = float(dataset.times[frame])
             gates = model.blend(camera, t, ctx).gates
+            if motion_strength:
+                gates = gates * _pixel_weight(dataset, camera, frame, motion_strength, ctx.device)
             gs = [model.experts.at(k, t, camera) for k in range(len(model.experts))]
             sets = [GaussianSet(g.means, g.quats, g.scales, g.opacities, g.opacities[:, None]) for g in gs]
             out = rasterize_multi(sets, camera.viewmat_tensor(ctx.device), camera.K_tensor(ctx.device),
@@ -75,6 +85,12 @@ def gate_aware_scores(model: MoEModel, dataset: Dataset, views: list[tuple[Camer
                 scores[k] += contrib
             bar.advance()
     return [s / len(views) for s in scores]
+
+
+def _pixel_weight(dataset: Dataset, camera: Camera, frame: int, strength: float, device: torch.device) -> torch.Tensor:
+    """[H, W]: the router's L1 weight of this training frame (against its camera's temporal-median background)."""
+    background = torch.from_numpy(dataset.background(camera.name)).to(device).to(torch.float32).div_(255.0)
+    return motion_weight(dataset.frame_tensor(camera.name, frame, device), background, strength)
 
 
 def score_views(cameras: list[Camera], n_frames: int, frame_stride: int, limit: int) -> list[tuple[Camera, int]]:
