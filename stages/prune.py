@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from moegs.artifacts import ArtifactWriter, load_artifact
+from moegs.artifacts import Artifact, ArtifactWriter, load_artifact
 from moegs.evaluation import evaluation_frames
 from moegs.models import model_dataset
 from moegs.moe.evaluate import evaluate_moe
@@ -33,11 +33,13 @@ def run(cfg: PruneConfig, moe_ref: str, workspace: Path, *, force: bool = False,
         frames = evaluation_frames(dataset.n_frames, cfg.eval_frames)
         views = score_views(dataset.train_cameras, dataset.n_frames, cfg.frame_stride, cfg.score_views)
         before = snapshot(model, dataset, ctx, frames)
-        strength = source.config.get("motion_weight", 0.0) if cfg.motion_weight is None else cfg.motion_weight
+        router_weight = _router_motion_weight(source)
+        strength = router_weight if cfg.motion_weight is None else cfg.motion_weight
         apply_pruning(model, keep_masks(gate_aware_scores(model, dataset, views, ctx, progress, strength), cfg))
         if cfg.finetune_steps > 0:
-            known = TrainRouterConfig.__dataclass_fields__
-            router_cfg = TrainRouterConfig(**{k: v for k, v in source.config.items() if k in known})
+            known = set(TrainRouterConfig.__dataclass_fields__) - {"motion_weight"}
+            router_cfg = TrainRouterConfig(**{k: v for k, v in source.config.items() if k in known},
+                                           motion_weight=router_weight)
             train_router(model, dataset, router_cfg, ctx, progress=progress, iterations=cfg.finetune_steps,
                          workdir=directory, resume=resume, label="fine-tune router")
         save_router(model.router, directory)
@@ -57,9 +59,17 @@ def run(cfg: PruneConfig, moe_ref: str, workspace: Path, *, force: bool = False,
                 "removed_fraction": 1 - sum(after["gaussians"]) / max(sum(before["gaussians"]), 1),
                 "scored_views": len(views),
                 "score_motion_weight": strength,
+                "router_motion_weight": router_weight,
             }
         )
         w.metrics.update(metrics)
         w.compat.update({**source.compat, "pruned": True})
 
     return run_stage(writer, build, ctx=ctx, force=force, resume=resume)
+
+
+def _router_motion_weight(source: Artifact) -> float:
+    """The motion weight the source's router was trained with; a pruned MoE passes on its own source's."""
+    if source.manifest.get("created_by", {}).get("stage") == "prune":
+        return float(source.metrics.get("router_motion_weight", 0.0))
+    return float(source.config.get("motion_weight") or 0.0)

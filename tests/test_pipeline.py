@@ -97,7 +97,7 @@ def test_pruning_halves_the_gaussians_and_stays_close(tiny_demo):
 def test_motion_weighted_scores_rank_moving_content_up(tiny_demo, demo_workspace):
     """Each pixel's term is weighted by the router's L1 weight (1 to 1 + strength), so every score lies
     between the plain one and (1 + strength) times it, reaching the top only for Gaussians seen on
-    moving content; the prune stage takes the strength from the MoE unless told."""
+    moving content; the prune stage takes the strength from the MoE's router unless told."""
     from moegs.models import model_dataset
     from moegs.moe.prune import PruneConfig, gate_aware_scores, score_views
     from stages import prune
@@ -117,6 +117,10 @@ def test_motion_weighted_scores_rank_moving_content_up(tiny_demo, demo_workspace
     told = prune.run(PruneConfig(keep_fraction=0.5, motion_weight=4.0, eval_frames=1), str(moe.path), demo_workspace,
                      progress=False).artifact
     assert told.metrics["score_motion_weight"] == 4.0 and told.metrics["removed_fraction"] == pytest.approx(0.5, abs=0.01)
+    # a pruned MoE pruned again (with a fine-tune) passes on its router's weight, not the score's override
+    again = prune.run(PruneConfig(keep_fraction=0.8, finetune_steps=2, eval_frames=1), str(told.path), demo_workspace,
+                      progress=False).artifact
+    assert again.metrics["router_motion_weight"] == again.metrics["score_motion_weight"] == 0.0
 
 
 def test_distilled_student_not_worse_than_baseline(tiny_demo):
