@@ -33,13 +33,13 @@ def run(cfg: PruneConfig, moe_ref: str, workspace: Path, *, force: bool = False,
         frames = evaluation_frames(dataset.n_frames, cfg.eval_frames)
         views = score_views(dataset.train_cameras, dataset.n_frames, cfg.frame_stride, cfg.score_views)
         before = snapshot(model, dataset, ctx, frames)
-        router_weight = _router_motion_weight(source)
+        trained = _router_training(source)
+        router_weight = float(trained.config.get("motion_weight", 0.0))
         strength = router_weight if cfg.motion_weight is None else cfg.motion_weight
         apply_pruning(model, keep_masks(gate_aware_scores(model, dataset, views, ctx, progress, strength), cfg))
         if cfg.finetune_steps > 0:
-            known = set(TrainRouterConfig.__dataclass_fields__) - {"motion_weight"}
-            router_cfg = TrainRouterConfig(**{k: v for k, v in source.config.items() if k in known},
-                                           motion_weight=router_weight)
+            known = TrainRouterConfig.__dataclass_fields__
+            router_cfg = TrainRouterConfig(**{k: v for k, v in trained.config.items() if k in known})
             train_router(model, dataset, router_cfg, ctx, progress=progress, iterations=cfg.finetune_steps,
                          workdir=directory, resume=resume, label="fine-tune router")
         save_router(model.router, directory)
@@ -68,8 +68,9 @@ def run(cfg: PruneConfig, moe_ref: str, workspace: Path, *, force: bool = False,
     return run_stage(writer, build, ctx=ctx, force=force, resume=resume)
 
 
-def _router_motion_weight(source: Artifact) -> float:
-    """The motion weight the source's router was trained with; a pruned MoE passes on its own source's."""
-    if source.manifest.get("created_by", {}).get("stage") == "prune":
-        return float(source.metrics.get("router_motion_weight", 0.0))
-    return float(source.config.get("motion_weight") or 0.0)
+def _router_training(source: Artifact) -> Artifact:
+    """The artifact whose config trained this MoE's router (its motion weight, learning rates): a pruned
+    MoE points back through its sources, so a prune of a prune fine-tunes as the first one did."""
+    while source.manifest.get("created_by", {}).get("stage") == "prune":
+        source = source.resolve_input(next(e for e in source.manifest["inputs"] if e["role"] == "source"))
+    return source

@@ -94,13 +94,13 @@ def test_pruning_halves_the_gaussians_and_stays_close(tiny_demo):
     assert model.num_gaussians == sum(m["gaussians_after"])
 
 
-def test_motion_weighted_scores_rank_moving_content_up(tiny_demo, demo_workspace):
+def test_motion_weighted_scores_rank_moving_content_up(tiny_demo, tmp_path):
     """Each pixel's term is weighted by the router's L1 weight (1 to 1 + strength), so every score lies
     between the plain one and (1 + strength) times it, reaching the top only for Gaussians seen on
     moving content; the prune stage takes the strength from the MoE's router unless told."""
     from moegs.models import model_dataset
     from moegs.moe.prune import PruneConfig, gate_aware_scores, score_views
-    from stages import prune
+    from stages import prune, train_router
 
     moe = tiny_demo.steps["moe"].artifact
     dataset, model = model_dataset(moe), load_moe(moe, CPU)
@@ -114,13 +114,21 @@ def test_motion_weighted_scores_rank_moving_content_up(tiny_demo, demo_workspace
     # measured: median 1.17 (most Gaussians are background), max 5.00 (seen only on moving content)
     assert float(ratio.median()) < 1.5 < float(ratio.max())
     assert tiny_demo.steps["pruned"].artifact.metrics["score_motion_weight"] == 0.0  # the tiny router has none
-    told = prune.run(PruneConfig(keep_fraction=0.5, motion_weight=4.0, eval_frames=1), str(moe.path), demo_workspace,
+
+    workspace = tmp_path / "ws"  # not the demo's: other tests expect its one train-router MoE
+    experts = [str(a.path) for a in _experts(tiny_demo).values()]
+    weighted_moe = train_router.run(TrainRouterConfig(iterations=2, motion_weight=4.0, eval_frames=1), experts,
+                                    workspace, progress=False).artifact
+    inherited = prune.run(PruneConfig(eval_frames=1), str(weighted_moe.path), workspace, progress=False).artifact
+    assert inherited.metrics["score_motion_weight"] == 4.0
+    assert inherited.metrics["removed_fraction"] == pytest.approx(0.5, abs=0.01)
+    told = prune.run(PruneConfig(motion_weight=0.0, eval_frames=1), str(weighted_moe.path), workspace,
                      progress=False).artifact
-    assert told.metrics["score_motion_weight"] == 4.0 and told.metrics["removed_fraction"] == pytest.approx(0.5, abs=0.01)
-    # a pruned MoE pruned again (with a fine-tune) passes on its router's weight, not the score's override
-    again = prune.run(PruneConfig(keep_fraction=0.8, finetune_steps=2, eval_frames=1), str(told.path), demo_workspace,
+    assert told.metrics["score_motion_weight"] == 0.0 and told.metrics["router_motion_weight"] == 4.0
+    # a pruned MoE pruned again (with a fine-tune) scores and trains as its router was trained, not as the override
+    again = prune.run(PruneConfig(keep_fraction=0.8, finetune_steps=2, eval_frames=1), str(told.path), workspace,
                       progress=False).artifact
-    assert again.metrics["router_motion_weight"] == again.metrics["score_motion_weight"] == 0.0
+    assert again.metrics["router_motion_weight"] == again.metrics["score_motion_weight"] == 4.0
 
 
 def test_distilled_student_not_worse_than_baseline(tiny_demo):
