@@ -21,10 +21,10 @@ from moegs.config import bounded, check_config
 from moegs.context import RenderContext
 from moegs.errors import InputError
 from moegs.data.dataset import Dataset
+from moegs.data.views import StreamedViews
 from moegs.data.init_points import spread_indices
 from moegs.densify import remove_gaussians
 from moegs.evaluation import EVAL_FRAMES, measure_fps
-from moegs.losses import motion_weight
 from moegs.moe.model import MoEModel
 from moegs.progress import progress_bar
 from moegs.raster import GaussianSet, rasterize_multi
@@ -70,12 +70,16 @@ def gate_aware_scores(model: MoEModel, dataset: Dataset, views: list[tuple[Camer
     """r_i^k averaged over ``views`` (camera, frame), per expert [N_k]: each Gaussian's share of the blended image
     in pixels, moving content weighted up by ``motion_strength`` (0: every pixel counts once)."""
     scores = [torch.zeros(n, device=ctx.device) for n in model.gaussians_per_expert]
+    cameras = list({camera.name: camera for camera, _ in views}.values())
+    frames = StreamedViews(dataset, cameras, ctx.device, prefetch=False)  # the router's weight, made as it was
+    index = {camera.name: i for i, camera in enumerate(cameras)}
     with progress_bar("score gaussians", len(views), enabled=progress) as bar:
         for camera, frame in views:
             t = float(dataset.times[frame])
             gates = model.blend(camera, t, ctx).gates
             if motion_strength:
-                gates = gates * _pixel_weight(dataset, camera, frame, motion_strength, ctx.device)
+                i = index[camera.name]
+                gates = gates * frames.loss_weight(i, frames.image(i, frame), motion_strength)
             gs = [model.experts.at(k, t, camera) for k in range(len(model.experts))]
             sets = [GaussianSet(g.means, g.quats, g.scales, g.opacities, g.opacities[:, None]) for g in gs]
             out = rasterize_multi(sets, camera.viewmat_tensor(ctx.device), camera.K_tensor(ctx.device),
@@ -85,12 +89,6 @@ def gate_aware_scores(model: MoEModel, dataset: Dataset, views: list[tuple[Camer
                 scores[k] += contrib
             bar.advance()
     return [s / len(views) for s in scores]
-
-
-def _pixel_weight(dataset: Dataset, camera: Camera, frame: int, strength: float, device: torch.device) -> torch.Tensor:
-    """[H, W]: the router's L1 weight of this training frame (against its camera's temporal-median background)."""
-    background = torch.from_numpy(dataset.background(camera.name)).to(device).to(torch.float32).div_(255.0)
-    return motion_weight(dataset.frame_tensor(camera.name, frame, device), background, strength)
 
 
 def score_views(cameras: list[Camera], n_frames: int, frame_stride: int, limit: int) -> list[tuple[Camera, int]]:
