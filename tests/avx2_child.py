@@ -67,9 +67,11 @@ def start() -> Child:
 
 
 def fingerprint() -> str:
-    """sha256 of the cpu backend's image, alpha, depth and every gradient on a fixed scene."""
+    """sha256 of the cpu backend's image, alpha, depth and every gradient on a fixed scene, and of
+    the frozen-geometry pass (the router's feature walk) with its per-Gaussian contributions."""
     import torch
 
+    from moegs.raster import GaussianSet, rasterize_multi
     from tests.test_raster import _params, _render, _scene
 
     gs, viewmat, K = _scene(800, 77, 43, 3, seed=800)
@@ -77,8 +79,13 @@ def fingerprint() -> str:
     out = _render(params, viewmat, K, 77, 43, "cpu", background=torch.full((3,), 0.3))
     loss = (out.image * out.image).sum() + out.alpha.sum() + (out.depth * out.alpha).sum()
     grads = torch.autograd.grad(loss, params)
+    frozen = GaussianSet(*(t.detach() for t in params[:4]), params[4])
+    weight = torch.rand((1, 43, 77), generator=torch.Generator().manual_seed(800))
+    multi = rasterize_multi([frozen], viewmat, K, 77, 43, torch.full((1, 3), 0.3), backend="cpu",
+                            return_contrib=True, contrib_weight=weight)
+    feature_grad = torch.autograd.grad((multi.image * multi.image).sum(), params[4])
     digest = hashlib.sha256()
-    for tensor in (out.image, out.alpha, out.depth, *grads):
+    for tensor in (out.image, out.alpha, out.depth, *grads, multi.image, multi.contrib[0], *feature_grad):
         digest.update(tensor.detach().contiguous().numpy().tobytes())
     return digest.hexdigest()
 

@@ -29,7 +29,10 @@ selects (masked stores) only where masked stores are cheap (`FAST_MASKED_STORES`
 exact 0/1-mask arithmetic elsewhere (AVX2's vmaskmovps store is microcoded on AMD: the AVX2
 backward took 1.4x as long with it on the demo scene). fastmath allows only
 contraction (fused multiply-adds), never reassociation (cached and fresh code then differed)
-nor finite-math assumptions. Measured on 2 cores at 256x192 with 20k Gaussians: `python -m moegs.raster.bench`;
+nor finite-math assumptions. A running sum would then keep its loop scalar, so no pixel loop has
+one: the backward's per-entry sums over a span (gradient moments, feature dot products, the
+contributions) are `cpu_lanes` vector intrinsics in a fixed order, and the saturation count adds
+exact 0/1 values (`_count`). Measured on 2 cores at 256x192 with 20k Gaussians: `python -m moegs.raster.bench`;
 AVX2 code is generated on any x86 machine with NUMBA_CPU_NAME=haswell NUMBA_CPU_FEATURES=""
 (the name alone keeps the host's AVX-512 features).
 """
@@ -47,6 +50,7 @@ from torch import Tensor
 
 from moegs.errors import InputError
 from moegs.raster.cpu_common import FAST_MASKED_STORES, FASTMATH, as_numpy, compute_dtype, threads_for
+from moegs.raster.cpu_lanes import lane_dot, lane_sum
 from moegs.raster.projection import ALPHA_MAX, ALPHA_MIN, T_MIN, TILE, TileBins
 
 # Below this many tile-list entries (~ a 64x48 image of a few hundred Gaussians) one thread is faster.
@@ -64,7 +68,8 @@ _XS, _YS, _TRANS, _LAST, _W = (f * _NPIX for f in range(5))
 _DONE = 5 * _NPIX  # forward: 1 where the pixel saturated (or lies outside the image)
 _FWD_FIELDS = 6
 _REST, _FG = 5 * _NPIX, 6 * _NPIX  # backward: sum of later terms; f . dL/dacc of the current entry
-_BWD_FIELDS = 7
+_TERMS = 7 * _NPIX  # backward: the current entry's 6 per-pixel gradient terms, summed by `lane_sum`
+_BWD_FIELDS = 13
 _MAX_TILE_ENTRIES = 2**24
 # Slack on the power below which alpha < 1/255: far above float32 rounding of power (~1e-6).
 _BOUND_MARGIN = 1e-4
@@ -169,6 +174,13 @@ def _exp_neg(x, ec):
     n = np.floor(-x * ec[1] + ec[17])  # round(-x / ln 2), 0..15
     r = x + n * ec[2] + n * ec[3]  # x + n ln 2, in [-0.35, 0.35]
     return _times_pow2_neg(_exp_poly(r, ec), n)
+
+
+@njit(cache=True, fastmath={"contract", "nsz", "reassoc"})
+def _count(total, flag):
+    """total + flag for 0/1 counts in a float dtype: sums of small integers are exact in any order,
+    so this one addition may be reassociated, which lets LLVM vectorise the loop that counts."""
+    return total + flag
 
 
 @njit(parallel=True, cache=True, error_model="numpy")
@@ -320,7 +332,7 @@ def _composite_span(v, n, mx, my, a, b, c, o, bound, tag, consts, ec):
             v[_TRANS + p] = t_next if use else t_now
             v[_LAST + p] = tag if use else v[_LAST + p]
             v[_DONE + p] = one if sat else v[_DONE + p]
-            n_sat += one if sat else zero
+            n_sat = _count(n_sat, one if sat else zero)
         else:  # the same as exact arithmetic with 0/1 masks: plain stores
             u = one if use else zero
             s = one if sat else zero
@@ -328,7 +340,7 @@ def _composite_span(v, n, mx, my, a, b, c, o, bound, tag, consts, ec):
             v[_TRANS + p] = t_now * (one - alpha * u)
             v[_LAST + p] += (tag - v[_LAST + p]) * u
             v[_DONE + p] += (one - v[_DONE + p]) * s
-            n_sat += s
+            n_sat = _count(n_sat, s)
     return int(n_sat)
 
 
@@ -349,6 +361,18 @@ def _forward_state(x0, y0, m, y_end, n_sets, one, dtype):
     return state
 
 
+@njit(cache=True)
+def _tile_weight(contrib_weight, x0, y0, m, y_end, n_sets, want_contrib, dtype):
+    """The tile's pixels of contrib_weight [K, H, W] in `_slot` order, 0 outside the image (empty
+    when no contribution is wanted)."""
+    weight = np.zeros((n_sets if want_contrib else 0, _NPIX), dtype)
+    for k in range(weight.shape[0]):
+        for ly in range(y_end - y0):
+            for i in range(m):
+                weight[k, _slot(ly, i)] = contrib_weight[k, y0 + ly, x0 + i]
+    return weight
+
+
 @njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
 def _forward_kernel(
     means2d, conics, opac, feats, set_ids, offsets, gids, order, width, height, tiles_x, n_sets,
@@ -365,6 +389,7 @@ def _forward_kernel(
             it, order, offsets, gids, means2d, conics, opac, feats, set_ids, ellipses, tiles_x, width, height)
         state = _forward_state(x0, y0, m, y_end, n_sets, one, feats.dtype)
         acc = np.zeros((n_sets, d, _NPIX), feats.dtype)
+        weight = _tile_weight(contrib_weight, x0, y0, m, y_end, n_sets, want_contrib, feats.dtype)
         alive = n_sets * m * (y_end - y0)  # (set, pixel) pairs not yet saturated
         for j in range(n):
             h0, h1, q0, q1 = _entry_spans(g, half, j, x0, y0, m, y_end)
@@ -386,10 +411,7 @@ def _forward_kernel(
                     for q in range(q1 - q0):
                         acc_span[q] += w_span[q] * fj
                 if want_contrib:
-                    for q in range(q1 - q0):
-                        ly, i = (q0 + q) // _HALF, hf * _HALF + (q0 + q) % _HALF
-                        if i < m:
-                            contrib += contrib_weight[k, y0 + ly, x0 + i] * w_span[q]
+                    contrib += lane_dot(w_span, weight[k, p0:], q1 - q0)
             if want_contrib:
                 out_contrib[start + j] = contrib
             if alive == 0:
@@ -444,11 +466,7 @@ def _feature_grad_kernel(
                 )
                 w_span = v[_W:_W + q1 - q0]
                 for ch in range(d):
-                    g_span = g_acc[k, ch, p0:p0 + q1 - q0]
-                    total = zero
-                    for q in range(q1 - q0):
-                        total += w_span[q] * g_span[q]
-                    out[ch] += total
+                    out[ch] += lane_dot(w_span, g_acc[k, ch, p0:], q1 - q0)
             if alive == 0:
                 break
 
@@ -456,13 +474,13 @@ def _feature_grad_kernel(
 @njit(cache=True, fastmath=FASTMATH)
 def _backprop_span(v, n, mx, my, a, b, c, o, bound, j, consts, ec):
     """One Gaussian's gradient terms from n consecutive tile pixels (v as in `_composite_span`,
-    fields `_XS`..`_FG`), walking back to front: recovers its T_p (updating T and rest), sets
+    fields `_XS`..`_TERMS`), walking back to front: recovers its T_p (updating T and rest), sets
     w[p] = alpha_p T_p (0 where not composited) and returns the sums of d/d(mx, my, a, b, c, opacity)."""
     half, one, alpha_min, alpha_max = consts[0], consts[1], consts[2], consts[3]
     zero = one - one
-    # d/d(mx, my, a, b, c) are linear in the moments of d_power over (dx, dy): sum those and apply
-    # the conic afterwards (half the multiplies per pixel, and fewer live registers on AVX2)
-    s_x, s_y, s_xx, s_xy, s_yy, g_opac = zero, zero, zero, zero, zero, zero
+    # d/d(mx, my, a, b, c) are linear in the moments of d_power over (dx, dy): the per-pixel terms
+    # go to the `_TERMS` fields (so this loop has no running sums and vectorises) and `lane_sum` adds
+    # them; the conic is applied to the moments afterwards (half the multiplies per pixel)
     for p in range(n):
         dx = mx - v[_XS + p]
         dy = my - v[_YS + p]
@@ -489,13 +507,19 @@ def _backprop_span(v, n, mx, my, a, b, c, o, bound, j, consts, ec):
             v[_W + p] = w * u
         smooth = used & (raw <= alpha_max)  # alpha = o * gauss, not the 0.99 clamp
         d_power = alpha * d_alpha if smooth else zero
-        g_opac += gauss * d_alpha if smooth else zero
         dp_x = d_power * dx
-        s_x += dp_x
-        s_y += d_power * dy
-        s_xx += dp_x * dx
-        s_xy += dp_x * dy
-        s_yy += d_power * dy * dy
+        v[_TERMS + p] = dp_x
+        v[_TERMS + _NPIX + p] = d_power * dy
+        v[_TERMS + 2 * _NPIX + p] = dp_x * dx
+        v[_TERMS + 3 * _NPIX + p] = dp_x * dy
+        v[_TERMS + 4 * _NPIX + p] = d_power * dy * dy
+        v[_TERMS + 5 * _NPIX + p] = gauss * d_alpha if smooth else zero
+    s_x = lane_sum(v[_TERMS:], n)
+    s_y = lane_sum(v[_TERMS + _NPIX:], n)
+    s_xx = lane_sum(v[_TERMS + 2 * _NPIX:], n)
+    s_xy = lane_sum(v[_TERMS + 3 * _NPIX:], n)
+    s_yy = lane_sum(v[_TERMS + 4 * _NPIX:], n)
+    g_opac = lane_sum(v[_TERMS + 5 * _NPIX:], n)
     return -(a * s_x + b * s_y), -(b * s_x + c * s_y), -half * s_xx, -s_xy, -half * s_yy, g_opac
 
 
@@ -557,11 +581,7 @@ def _backward_kernel(
                     out[q] += sums[q]
                 w_span = v[_W:_W + q1 - q0]
                 for ch in range(d):
-                    g_span = g_acc[k, ch, p0:p0 + q1 - q0]
-                    total = zero
-                    for q in range(q1 - q0):
-                        total += w_span[q] * g_span[q]
-                    out[6 + ch] += total
+                    out[6 + ch] += lane_dot(w_span, g_acc[k, ch, p0:], q1 - q0)
 
 
 @njit(cache=True)

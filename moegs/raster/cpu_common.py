@@ -14,7 +14,8 @@ from torch import Tensor
 # Multiply-adds may be fused; NaN/inf semantics stay exact. No reassociation: with it, LLVM
 # vectorised the sums differently in the JIT and in numba's cached object code, so the kernels
 # loaded from the cache computed other values than those just compiled (the first run on a machine
-# trained other weights than later runs). Without it the cpu step was as fast (raster bench, bench_step).
+# trained other weights than later runs). Without it a loop with a running sum stays scalar, so the
+# kernels' sums over pixels are vector code written out in a fixed order (`cpu_lanes`).
 FASTMATH = {"contract", "nsz"}
 
 
