@@ -10,8 +10,8 @@ from moegs.experts.hexplane import PLANE_AXES, HexPlaneField, sample_plane
 from moegs.experts.hexplane_cpu import HexPlaneCPU
 
 
-def _field(dtype: torch.dtype) -> HexPlaneField:
-    field = HexPlaneField(5, 4, [1, 2], 3, torch.Generator().manual_seed(0)).to(dtype)
+def _field(dtype: torch.dtype, features: int = 3) -> HexPlaneField:
+    field = HexPlaneField(5, 4, [1, 2], features, torch.Generator().manual_seed(0)).to(dtype)
     with torch.no_grad():
         for p in field.parameters():
             p.uniform_(0.5, 1.5, generator=torch.Generator().manual_seed(p.numel()))
@@ -43,10 +43,11 @@ def _kernel(field: HexPlaneField, coords: torch.Tensor) -> torch.Tensor:
     return HexPlaneCPU.apply(coords, np.array(PLANE_AXES, np.int64), len(field.levels), *planes)
 
 
+@pytest.mark.parametrize("features", [3, 19])  # under one 8-lane row; two rows and a rest
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_values_and_gradients_match_grid_sample(dtype: torch.dtype) -> None:
-    field = _field(dtype)
-    upstream = torch.randn(40, 6, generator=torch.Generator().manual_seed(5), dtype=dtype)
+def test_values_and_gradients_match_grid_sample(dtype: torch.dtype, features: int) -> None:
+    field = _field(dtype, features)
+    upstream = torch.randn(40, 2 * features, generator=torch.Generator().manual_seed(5), dtype=dtype)
     results = []
     for fn in (_reference, _kernel):
         field.zero_grad()

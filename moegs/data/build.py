@@ -46,7 +46,8 @@ def build_dataset(src: Path, out_dir: Path, config: PreprocessConfig, *, num_thr
     :func:`moegs.data.init_points.initial_points` (``config.init``; ``auto`` picks COLMAP, carving
     or the shared frusta and the manifest records which and why). Returns ``{"metrics": {...},
     "compat": {...}, "init": {...}}`` for the manifest. Cameras are decoded by ``decode_workers``
-    threads (default: one per core), COLMAP runs on ``num_threads``; neither changes the result.
+    threads (default: one per core), COLMAP triangulates one frame set per core, each on
+    ``num_threads``; neither changes the result.
     """
     started = _time.perf_counter()
     out_dir = Path(out_dir)
