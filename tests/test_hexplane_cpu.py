@@ -43,7 +43,7 @@ def _kernel(field: HexPlaneField, coords: torch.Tensor) -> torch.Tensor:
     return HexPlaneCPU.apply(coords, np.array(PLANE_AXES, np.int64), len(field.levels), *planes)
 
 
-@pytest.mark.parametrize("features", [3, 19])  # under one 8-lane row; two rows and a rest
+@pytest.mark.parametrize("features", [3, 19])  # a few channels, and more than two vector widths
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_values_and_gradients_match_grid_sample(dtype: torch.dtype, features: int) -> None:
     field = _field(dtype, features)

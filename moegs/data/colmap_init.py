@@ -26,6 +26,7 @@ from moegs.cameras import Camera
 from moegs.errors import InputError, MissingDependencyError
 
 log = logging.getLogger("moegs")
+MAX_WORKERS = 4  # frame sets triangulated at once by default
 
 
 @dataclass
@@ -118,10 +119,11 @@ def colmap_points(
     artifacts promise: with more, SIFT extraction stores the images in the order the threads finish
     (other image ids, other match order) and the seeded RANSAC streams interleave differently, so
     repeated runs differ (demo scene, 2 threads: 6,844-6,850 points run to run; 1 thread: 6,849
-    every time, 9.6 s instead of 7.9 s). Instead, ``workers`` threads (default: one per core)
-    triangulate that many frame sets at once, each in its own database with its own seeded
-    single-threaded COLMAP run, so the points are those of one frame set at a time (pycolmap lets
-    go of the GIL: 6 demo frame sets 12.9 -> 8.2 s on 2 cores, the same points).
+    every time, 9.6 s instead of 7.9 s). Instead, ``workers`` threads (default: one per core, at
+    most `MAX_WORKERS`, as each run holds its images and SIFT state) triangulate that many frame
+    sets at once, each in its own database with its own seeded single-threaded COLMAP run, so the
+    points are those of one frame set at a time (pycolmap lets go of the GIL: 6 demo frame sets
+    12.9 -> 8.2 s on 2 cores, the same points). Ctrl-C lets the runs in progress finish first.
 
     ``progress`` is called once per frame set. ``two_view_tracks`` keeps points seen by only two cameras (COLMAP drops them by default). Rigs
     with few, widely spaced cameras (caliscope_4cam: 1 point without them) have almost nothing else;
@@ -139,7 +141,7 @@ def colmap_points(
     clouds = []
     pair_inliers: dict[str, int] = {}
     pycolmap.logging.minloglevel = 2  # warnings and errors only: COLMAP's INFO lines would drown the progress bar
-    n_workers = max(1, min(len(frames), workers or os.cpu_count() or 1))
+    n_workers = max(1, min(len(frames), workers or min(os.cpu_count() or 1, MAX_WORKERS)))
     with ThreadPoolExecutor(max_workers=n_workers, thread_name_prefix="colmap") as pool:
         jobs = [pool.submit(_triangulate_frame, pycolmap, by_name, images, float(t), max_features, num_threads,
                             two_view_tracks) for images, t in zip(frames, times)]
