@@ -237,6 +237,23 @@ def test_router_trains_only_router_parameters(tiny_demo):
     assert all(torch.equal(before[i][k], e.params[k]) for i, e in enumerate(experts) for k in e.params)
 
 
+def test_router_logits_are_the_decoder_applied_per_pixel():
+    """logit = A + MLP([S, T, ray origin, ray direction]) at every pixel of every expert: the
+    channel-first evaluation equals the decoder applied row by row, values and gradients (float64)."""
+    router = PixelRouter([5, 7]).double()
+    g = torch.Generator().manual_seed(0)
+    maps = torch.randn(2, 4, 6, 3, dtype=torch.float64, generator=g).requires_grad_()
+    rays_o = torch.randn(4, 6, 3, dtype=torch.float64, generator=g)
+    rays_d = torch.nn.functional.normalize(torch.randn(4, 6, 3, dtype=torch.float64, generator=g), dim=-1)
+    got = router.logits(maps, rays_o, rays_d)
+    rows = torch.cat([maps[..., 1:3], torch.cat([rays_o, rays_d], dim=-1).expand(2, -1, -1, -1)], dim=-1)
+    want = maps[..., 0] + router.decoder(rows).squeeze(-1)
+    assert got.shape == (2, 4, 6) and torch.allclose(got, want, rtol=0, atol=1e-12)
+    wrt = [maps, *router.decoder.parameters()]
+    for a, b in zip(torch.autograd.grad(got.sum(), wrt), torch.autograd.grad(want.sum(), wrt)):
+        assert a.abs().sum() > 0 and torch.allclose(a, b, rtol=0, atol=1e-12)
+
+
 @pytest.mark.parametrize("k", [2, 3, 4])
 def test_single_pass_equals_naive_passes(tiny_demo, k):
     experts = FrozenExperts([load_expert(a, CPU) for a in list(_experts(tiny_demo).values())[:k]])
