@@ -362,15 +362,16 @@ def _forward_state(x0, y0, m, y_end, n_sets, one, dtype):
 
 
 @njit(cache=True)
-def _tile_weight(contrib_weight, x0, y0, m, y_end, n_sets, want_contrib, dtype):
-    """The tile's pixels of contrib_weight [K, H, W] in `_slot` order, 0 outside the image (empty
-    when no contribution is wanted)."""
-    weight = np.zeros((n_sets if want_contrib else 0, _NPIX), dtype)
-    for k in range(weight.shape[0]):
+def _tile_pixels(image, n_sets, x0, y0, m, y_end, dtype):
+    """The tile's pixels of the first n_sets images of image [K, H, W, C] as [n_sets, C, _NPIX]
+    in `_slot` order (each channel a contiguous span, as the lane sums read it), 0 outside the image."""
+    out = np.zeros((n_sets, image.shape[3], _NPIX), dtype)
+    for k in range(n_sets):
         for ly in range(y_end - y0):
             for i in range(m):
-                weight[k, _slot(ly, i)] = contrib_weight[k, y0 + ly, x0 + i]
-    return weight
+                for ch in range(image.shape[3]):
+                    out[k, ch, _slot(ly, i)] = image[k, y0 + ly, x0 + i, ch]
+    return out
 
 
 @njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
@@ -379,7 +380,8 @@ def _forward_kernel(
     ellipses, consts, contrib_weight, want_contrib, out_acc, out_trans, out_last, out_contrib,
 ):
     """out_acc[K,H,W,D], out_trans[K,H,W], out_last[K,H,W] (int32) are fully written for every
-    non-empty tile (preset them for the empty ones: 0, 1, 0); out_contrib[n_isect] preset to 0."""
+    non-empty tile (preset them for the empty ones: 0, 1, 0); out_contrib[n_isect] preset to 0, from
+    the pixel weights contrib_weight [K, H, W, 1] (read only when want_contrib)."""
     d = feats.shape[1]
     one = consts[1]
     zero = one - one
@@ -389,7 +391,7 @@ def _forward_kernel(
             it, order, offsets, gids, means2d, conics, opac, feats, set_ids, ellipses, tiles_x, width, height)
         state = _forward_state(x0, y0, m, y_end, n_sets, one, feats.dtype)
         acc = np.zeros((n_sets, d, _NPIX), feats.dtype)
-        weight = _tile_weight(contrib_weight, x0, y0, m, y_end, n_sets, want_contrib, feats.dtype)
+        weight = _tile_pixels(contrib_weight, n_sets if want_contrib else 0, x0, y0, m, y_end, feats.dtype)
         alive = n_sets * m * (y_end - y0)  # (set, pixel) pairs not yet saturated
         for j in range(n):
             h0, h1, q0, q1 = _entry_spans(g, half, j, x0, y0, m, y_end)
@@ -411,7 +413,7 @@ def _forward_kernel(
                     for q in range(q1 - q0):
                         acc_span[q] += w_span[q] * fj
                 if want_contrib:
-                    contrib += lane_dot(w_span, weight[k, p0:], q1 - q0)
+                    contrib += lane_dot(w_span, weight[k, 0, p0:], q1 - q0)
             if want_contrib:
                 out_contrib[start + j] = contrib
             if alive == 0:
@@ -438,18 +440,12 @@ def _feature_grad_kernel(
     w_pj dL/dacc_p, without the backward's recovery of T and its geometry terms."""
     d = feats.shape[1]
     one = consts[1]
-    zero = one - one
     ec = _exp_tuple(consts)
     for it in prange(order.shape[0]):
         start, n, g, half, _, s, x0, y0, m, y_end = _open_tile(
             it, order, offsets, gids, means2d, conics, opac, feats, set_ids, ellipses, tiles_x, width, height)
         state = _forward_state(x0, y0, m, y_end, n_sets, one, feats.dtype)
-        g_acc = np.zeros((n_sets, d, _NPIX), feats.dtype)
-        for k in range(n_sets):
-            for ly in range(y_end - y0):
-                for i in range(m):
-                    for ch in range(d):
-                        g_acc[k, ch, _slot(ly, i)] = grad_acc[k, y0 + ly, x0 + i, ch]
+        g_acc = _tile_pixels(grad_acc, n_sets, x0, y0, m, y_end, feats.dtype)
         alive = n_sets * m * (y_end - y0)
         for j in range(n):
             h0, h1, q0, q1 = _entry_spans(g, half, j, x0, y0, m, y_end)
@@ -630,7 +626,7 @@ class _CompositeCPU(torch.autograd.Function):
         n_isect = arrays[6].shape[0]
         want_contrib = contrib_weight is not None
         contrib_isect = np.zeros(n_isect if want_contrib else 0, consts.dtype)
-        weight = as_numpy(contrib_weight, dtype) if want_contrib else np.zeros((1, 1, 1), consts.dtype)
+        weight = as_numpy(contrib_weight, dtype)[..., None] if want_contrib else np.zeros((1, 1, 1, 1), consts.dtype)
         with threads_for(arrays[2].shape[0], _PARALLEL_MIN_GAUSSIANS):
             ellipses = _ellipses(arrays[1], arrays[2])
         with threads_for(n_isect, _PARALLEL_MIN_ISECT, chunksize=1):
