@@ -35,7 +35,7 @@ from moegs.payload_checks import unreadable_reason
 from moegs.storage import exhausted_reason, tree_size
 
 KINDS = ("dataset", "expert", "moe", "chunked", "render", "bench")
-SCHEMA_VERSIONS = {"dataset": "1.0", "expert": "1.0", "moe": "1.0", "chunked": "1.0", "render": "1.0", "bench": "1.0"}
+SCHEMA_VERSIONS = {"dataset": "1.0", "expert": "1.0", "moe": "1.1", "chunked": "1.0", "render": "1.0", "bench": "1.0"}
 MANIFEST = "manifest.json"
 ID_LENGTH = 12
 ID_DIR = re.compile(r"[0-9a-f]{12}")

@@ -146,8 +146,10 @@ def prune(
 
     Score r = sum over training views of w(p) * gate(p) * alpha * T, where w weighs moving content up
     as the router's loss did (its motion_weight; --set motion_weight=W to choose); the pruned MoE
-    carries its own smaller experts and gate tables and plugs in wherever the original did. Reports
-    Gaussians, storage, FPS and PSNR before and after.
+    carries its own smaller experts and gate tables and plugs in wherever the original did. Its gate
+    maps read 0 where an expert has no Gaussians left, so the router does not move onto the holes
+    (--set gate_background=1 for the paper's background). Reports Gaussians, storage, FPS and PSNR
+    before and after.
     Example: moegs prune --moe synth/moe/latest --keep-fraction 0.5
     """
     from stages import prune as stage

@@ -36,7 +36,8 @@ def run(cfg: PruneConfig, moe_ref: str, workspace: Path, *, force: bool = False,
         trained = _router_training(source)
         router_weight = float(trained.config.get("motion_weight", 0.0))
         strength = router_weight if cfg.motion_weight is None else cfg.motion_weight
-        apply_pruning(model, keep_masks(gate_aware_scores(model, dataset, views, ctx, progress, strength), cfg))
+        scores = gate_aware_scores(model, dataset, views, ctx, progress, strength)
+        apply_pruning(model, keep_masks(scores, cfg), cfg.gate_background)
         if cfg.finetune_steps > 0:
             known = TrainRouterConfig.__dataclass_fields__
             router_cfg = TrainRouterConfig(**{k: v for k, v in trained.config.items() if k in known})

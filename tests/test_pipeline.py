@@ -92,6 +92,43 @@ def test_pruning_halves_the_gaussians_and_stays_close(tiny_demo):
     assert m["psnr_change"] > -0.3
     model = load_moe(pruned, CPU)
     assert model.num_gaussians == sum(m["gaussians_after"])
+    assert torch.equal(model.router.gate_background, torch.zeros(len(model.experts), 3))  # holes cast no vote
+
+
+@pytest.mark.parametrize("single_pass", [True, False])
+def test_gate_maps_read_the_gate_background_where_an_expert_has_nothing(tiny_demo, single_pass):
+    """With zero gates and a zero decoder the logit is the background times the transmittance left,
+    A_k = c_k * T_k: 1 * T for the paper's router, 0 everywhere for a pruned one."""
+    experts = FrozenExperts([load_expert(a, CPU) for a in list(_experts(tiny_demo).values())[:2]])
+    router = PixelRouter([e.num_gaussians for e in experts.experts])
+    with torch.no_grad():
+        for g in router.gates:
+            g.zero_()
+        for layer in router.decoder:
+            if isinstance(layer, torch.nn.Linear):
+                layer.weight.zero_()
+    camera = Dataset.load(tiny_demo.steps["dataset"].artifact.path).test_cameras[0]
+    paper = render_moe(experts, router, camera, 0.375, CPU, single_pass=single_pass).logits
+    transmittance = paper[0]
+    assert transmittance.min() < 0.5 < transmittance.max()  # covered pixels and thinly covered ones
+    router.gate_background.copy_(torch.tensor([[0.25] * 3, [0.0] * 3]))
+    other = render_moe(experts, router, camera, 0.375, CPU, single_pass=single_pass).logits
+    assert torch.allclose(other[0], 0.25 * paper[0], atol=1e-6) and torch.equal(other[1], torch.zeros_like(other[1]))
+
+
+def test_router_file_keeps_the_gate_background(tmp_path):
+    """Saved and loaded with the gate tables; a router file from before 0.3.0 has none and reads 1 (the paper's)."""
+    from safetensors.torch import load_file, save_file
+
+    from moegs.moe.io import ROUTER, load_router, save_router
+
+    router = PixelRouter([3, 4])
+    router.gate_background.fill_(0.0)
+    save_router(router, tmp_path)
+    assert torch.equal(load_router(tmp_path / ROUTER, 2).gate_background, torch.zeros(2, 3))
+    old = {k: v for k, v in load_file(str(tmp_path / ROUTER)).items() if k != "gate_background"}
+    save_file(old, str(tmp_path / "old.safetensors"))
+    assert torch.equal(load_router(tmp_path / "old.safetensors", 2).gate_background, torch.ones(2, 3))
 
 
 def test_motion_weighted_scores_rank_moving_content_up(tiny_demo, tmp_path):

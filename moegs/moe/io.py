@@ -46,6 +46,7 @@ def router_tensors(router: PixelRouter) -> dict[str, torch.Tensor]:
         out[f"gates.{k}"] = router.gates[k].detach().cpu().contiguous()
         out[f"time_coefs.{k}"] = router.time_coefs[k].detach().cpu().contiguous()
     out.update({f"decoder.{k}": v.detach().cpu().contiguous() for k, v in router.decoder.state_dict().items()})
+    out["gate_background"] = router.gate_background.detach().cpu().contiguous()
     return out
 
 
@@ -68,6 +69,8 @@ def load_router(path: Path, num_experts: int) -> PixelRouter:
         router.gates[k].data.copy_(tensors[f"gates.{k}"])
         router.time_coefs[k].data.copy_(tensors[f"time_coefs.{k}"])
     router.decoder.load_state_dict({k[len("decoder."):]: v for k, v in tensors.items() if k.startswith("decoder.")})
+    if "gate_background" in tensors:  # routers written before 0.3.0 have the paper's background of 1
+        router.gate_background.copy_(tensors["gate_background"])
     return router
 
 

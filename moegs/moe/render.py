@@ -88,7 +88,7 @@ def render_moe(
     gs = [experts.at(k, t, camera) for k in range(len(experts))]
     features = [torch.cat([g.features, router.gate_features(k, t)], dim=-1) for k, g in enumerate(gs)]
     rgb_bg = experts.backgrounds(ctx)
-    backgrounds = torch.cat([rgb_bg, torch.ones_like(rgb_bg)], dim=-1)  # [K, 6]
+    backgrounds = torch.cat([rgb_bg, router.gate_background.to(rgb_bg.dtype)], dim=-1)  # [K, 6]
     viewmat, K = camera.viewmat_tensor(ctx.device), camera.K_tensor(ctx.device)
     if single_pass:
         sets = [GaussianSet(g.means, g.quats, g.scales, g.opacities, f) for g, f in zip(gs, features)]

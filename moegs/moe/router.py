@@ -2,7 +2,8 @@
 
 Every Gaussian i of expert k carries gates b_i = (b_i0, b_i1) (init 0.9) and a time coefficient
 f_i (init 0). At normalised time t the feature g_i(t) = [b_i0, b_i1, t * f_i] is splatted with the
-expert's own frozen geometry and opacity, background 1 ("weight splatting"), giving maps A, S, T.
+expert's own frozen geometry and opacity over a background (1, as the official code: "weight
+splatting"), giving maps A, S, T.
 A 69-weight per-pixel MLP shared by all experts (8 -> 6 -> ReLU -> 3 -> ReLU -> 1, no bias) reads
 [S, T, ray origin, unit ray direction]; logit = A + MLP; gate = softmax_k(logit / tau).
 """
@@ -15,13 +16,19 @@ import torch
 from torch import Tensor, nn
 
 GATE_INIT = 0.9
+PAPER_GATE_BACKGROUND = 1.0
+"""The gate maps' background in the official code: where an expert has no Gaussians it votes 1."""
 
 
 class PixelRouter(nn.Module):
     """Per-Gaussian gate tables for each expert plus the shared pixel decoder (move it with ``.to``)."""
 
-    def __init__(self, gaussian_counts: Sequence[int], gate_init: float = GATE_INIT) -> None:
+    def __init__(self, gaussian_counts: Sequence[int], gate_init: float = GATE_INIT,
+                 gate_background: float = PAPER_GATE_BACKGROUND) -> None:
         super().__init__()
+        self.register_buffer("gate_background", torch.full((len(gaussian_counts), 3), gate_background))
+        """[K, 3]: what expert k's maps A, S, T read where it has no Gaussians (a pruned MoE uses 0,
+        :mod:`moegs.moe.prune` says why)."""
         self.gates = nn.ParameterList([nn.Parameter(torch.full((n, 2), gate_init)) for n in gaussian_counts])
         self.time_coefs = nn.ParameterList([nn.Parameter(torch.zeros(n, 1)) for n in gaussian_counts])
         self.decoder = nn.Sequential(
