@@ -12,6 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from moegs.cameras import Camera
 from moegs.context import CPU
 from moegs.data.build import build_dataset
 from moegs.data.preprocess_config import PreprocessConfig
@@ -20,6 +21,7 @@ from moegs.densify import duplicate_gaussians, remove_gaussians
 from moegs.errors import InputError
 from moegs.experts import family_names, get_family
 from moegs.experts.base import Expert
+from moegs.moe.render import FrozenExperts
 from moegs.raster import GaussianSet, rasterize
 from moegs.train import make_optimizers, train_expert
 
@@ -43,6 +45,12 @@ def _expert(family: str, n: int = 48, seed: int = 0) -> Expert:
             if p.is_floating_point() and key not in ("means", "quats", "log_scales", "opacity_logits", "dynamic"):
                 p.add_(0.05 * torch.randn(p.shape, generator=gen))
     return expert
+
+
+def _camera(name: str, center: tuple[float, float, float]) -> Camera:
+    """A 32 x 24 view from ``center`` (only its position matters to the colours)."""
+    c = np.asarray(center)
+    return Camera(name, 32, 24, np.array([[30.0, 0, 16], [0, 30.0, 12], [0, 0, 1]]), np.eye(3), -c)
 
 
 def _outputs(g: GaussianSet) -> list[torch.Tensor]:
@@ -188,3 +196,20 @@ def test_point_times_first_starts_from_the_earliest_instant(family: str) -> None
     assert cls.from_points(cls.config_class(), xyz, rgb, times, N_FRAMES).num_gaussians == 30
     with pytest.raises(InputError, match="point_times"):
         dataclasses.replace(cls.config_class(), point_times="last")
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_frozen_cache_colours_another_view_as_the_expert_does(family: str) -> None:
+    """A frozen expert's cache is filled at one camera and read at another: the Gaussians and their
+    colours are the expert's own at that time and view, colour deformation included (before 0.3.0
+    a cache hit coloured hexplane and embedding from their static SH)."""
+    expert = _expert(family)
+    frozen = FrozenExperts([expert])
+    first, second = _camera("a", (0.0, 0.0, -4.0)), _camera("b", (1.5, -0.5, -3.5))
+    with torch.no_grad():
+        frozen.at(0, 0.4, first)
+        cached = frozen.at(0, 0.4, second)
+        own = expert.gaussians_at(0.4, torch.tensor(second.center, dtype=torch.float32))
+    for got, want in zip(_outputs(cached), _outputs(own)):
+        assert torch.allclose(got, want, rtol=0, atol=1e-6)
+    assert len(frozen._cache) == 1

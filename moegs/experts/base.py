@@ -166,20 +166,33 @@ class Expert(nn.Module):
 
     def gaussians_at(self, t: float, cam_center: Tensor, sh_degree: int | None = None) -> GaussianSet:
         """The deformed, activated Gaussians at normalised time ``t`` seen from ``cam_center``."""
+        geometry, sh = self.deformed_at(t)
+        return self.coloured(geometry, sh, cam_center, sh_degree)
+
+    def deformed_at(self, t: float) -> tuple[GaussianSet, dict[str, Tensor]]:
+        """The activated Gaussians at time ``t`` before colouring (features [N, 0]) and the SH
+        coefficients (``sh0``, ``shN``) they are coloured with, which a family may deform over time:
+        what a cache of a frozen expert keeps, so that it can colour the same instant for any view."""
         raw = self.deform(float(t))
-        quats = raw["quats"]
         opacities = torch.sigmoid(raw["opacity_logits"])
         if "opacity_factor" in raw:
             opacities = opacities * raw["opacity_factor"]
-        degree = self.config.sh_degree if sh_degree is None else sh_degree
-        colors = core.colors(self._colour_params(raw), degree, cam_center, means=raw["means"])
-        return GaussianSet(
+        geometry = GaussianSet(
             means=raw["means"],
-            quats=core.normalize_quats(quats),
+            quats=core.normalize_quats(raw["quats"]),
             scales=torch.exp(raw["log_scales"]),
             opacities=opacities,
-            features=colors,
+            features=raw["means"].new_zeros((raw["means"].shape[0], 0)),
         )
+        colour = self._colour_params(raw)
+        return geometry, {"sh0": colour["sh0"], "shN": colour["shN"]}
+
+    def coloured(self, geometry: GaussianSet, sh: dict[str, Tensor], cam_center: Tensor,
+                 sh_degree: int | None = None) -> GaussianSet:
+        """``geometry`` with the view-dependent RGB of ``sh`` seen from ``cam_center``."""
+        degree = self.config.sh_degree if sh_degree is None else sh_degree
+        colors = core.colors(sh, degree, cam_center, means=geometry.means)
+        return GaussianSet(geometry.means, geometry.quats, geometry.scales, geometry.opacities, colors)
 
     def regularisation(self, t: float) -> Tensor:
         """Family hook: the method's regulariser at this step (scalar)."""

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from moegs import gaussians as core
 from moegs.cache import ByteLRUCache, budget_bytes
 from moegs.cameras import Camera
 from moegs.context import RenderContext
@@ -36,15 +35,18 @@ DEFORMED_CACHE_MB = 1024
 
 
 class FrozenExperts:
-    """Experts with gradients cut off; their deformed geometry is cached per time (it never changes)
-    in an LRU cache of ``cache_mb`` megabytes, while the view-dependent colour is recomputed per
-    camera (cheap, and caching it would multiply memory by the number of cameras)."""
+    """Experts with gradients cut off; their deformed geometry and SH coefficients are cached per
+    time (they never change) in an LRU cache of ``cache_mb`` megabytes, while the view-dependent
+    colour is recomputed per camera (cheap, and caching it would multiply memory by the number of
+    cameras). The coefficients are the deformed ones: families that change colour over time
+    (hexplane, embedding) were coloured from their static SH on every cached render before 0.3.0."""
 
     def __init__(self, experts: Sequence[Expert], cache: bool = True, cache_mb: float = DEFORMED_CACHE_MB) -> None:
         self.experts = list(experts)
         for expert in self.experts:
             expert.eval()
-        self._cache: ByteLRUCache[GaussianSet] = ByteLRUCache(budget_bytes(cache_mb, "deformed_cache_mb"))
+        self._cache: ByteLRUCache[tuple[GaussianSet, dict[str, Tensor]]] = ByteLRUCache(
+            budget_bytes(cache_mb, "deformed_cache_mb"))
         self.use_cache = cache
         """Turn off to time rendering honestly (deformation included)."""
 
@@ -56,14 +58,13 @@ class FrozenExperts:
         expert = self.experts[k]
         center = camera_center(camera, expert.device)
         key = (k, float(t))
-        g = self._cache.get(key) if self.use_cache else None
-        if g is None:
-            g = expert.gaussians_at(t, center).detach()
+        entry = self._cache.get(key) if self.use_cache else None
+        if entry is None:
+            geometry, sh = expert.deformed_at(t)
+            entry = geometry.detach(), {name: v.detach() for name, v in sh.items()}
             if self.use_cache:
-                self._cache.put(key, g)
-            return g  # its colours are already this camera's
-        colors = core.colors(expert.params, expert.config.sh_degree, center, means=g.means)
-        return GaussianSet(g.means, g.quats, g.scales, g.opacities, colors.detach())
+                self._cache.put(key, entry)
+        return expert.coloured(*entry, center)
 
     def backgrounds(self, ctx: RenderContext) -> Tensor:
         """Each expert's background colour [K, 3] on the context's device."""
