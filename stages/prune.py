@@ -41,6 +41,9 @@ def run(cfg: PruneConfig, moe_ref: str, workspace: Path, *, force: bool = False,
         if cfg.finetune_steps > 0:
             known = TrainRouterConfig.__dataclass_fields__
             router_cfg = TrainRouterConfig(**{k: v for k, v in trained.config.items() if k in known})
+            scale = cfg.finetune_lr_scale
+            router_cfg = dataclasses.replace(router_cfg, lr_gates=router_cfg.lr_gates * scale,
+                                             lr_time=router_cfg.lr_time * scale, lr_mlp=router_cfg.lr_mlp * scale)
             train_router(model, dataset, router_cfg, ctx, progress=progress, iterations=cfg.finetune_steps,
                          workdir=directory, resume=resume, label="fine-tune router")
         save_router(model.router, directory)

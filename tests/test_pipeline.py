@@ -168,6 +168,24 @@ def test_motion_weighted_scores_rank_moving_content_up(tiny_demo, tmp_path):
     assert again.metrics["router_motion_weight"] == again.metrics["score_motion_weight"] == 4.0
 
 
+def test_prune_fine_tune_steps_at_a_share_of_the_router_learning_rates(tiny_demo, tmp_path, monkeypatch):
+    """The fine-tune continues a trained router, so it trains with its settings at
+    ``finetune_lr_scale`` times its learning rates (the motion weight unscaled)."""
+    from moegs.moe.prune import PruneConfig
+    from stages import prune, train_router
+
+    trained = TrainRouterConfig(iterations=2, motion_weight=2.0, lr_gates=0.4, lr_time=0.03, lr_mlp=0.02, eval_frames=1)
+    experts = [str(a.path) for a in _experts(tiny_demo).values()]
+    moe = train_router.run(trained, experts, tmp_path, progress=False).artifact
+    seen = []
+    real = prune.train_router
+    monkeypatch.setattr(prune, "train_router", lambda model, dataset, cfg, *a, **k: seen.append(cfg) or real(model, dataset, cfg, *a, **k))
+    prune.run(PruneConfig(finetune_steps=1, finetune_lr_scale=0.25, eval_frames=1), str(moe.path), tmp_path, progress=False)
+    (cfg,) = seen
+    assert (cfg.lr_gates, cfg.lr_time, cfg.lr_mlp) == pytest.approx((0.1, 0.0075, 0.005))
+    assert cfg.motion_weight == 2.0 and cfg.tau == trained.tau
+
+
 def test_distilled_student_not_worse_than_baseline(tiny_demo):
     distilled = tiny_demo.steps["distilled"].artifact.metrics["psnr"]
     baseline = tiny_demo.steps["baseline"].artifact.metrics["psnr"]
