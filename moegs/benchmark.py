@@ -32,7 +32,10 @@ class BenchConfig:
     """Folder with AlexNet + LPIPS head weights; LPIPS is reported as unavailable without it."""
     fps_repeats: int = bounded(2, ge=1)
     eval_frames: int = bounded(EVAL_FRAMES, ge=0)
-    """Frames of the test cameras scored and timed, spread evenly (0 = every frame)."""
+    """Frames of the test cameras scored, spread evenly (0 = every frame)."""
+    fps_frames: int = bounded(0, ge=0)
+    """Time rendering on this many of those frames, spread evenly (0 = all of them): a few
+    seconds of rendering per model already give a steady figure."""
     device: str = "auto"
     backend: str = "auto"
 
@@ -63,8 +66,8 @@ def device_name(ctx: RenderContext) -> str:
 
 def bench_model(artifact: Artifact, model: Renderable, dataset: Dataset, cfg: BenchConfig, ctx: RenderContext,
                 lpips_ok: bool, progress: bool) -> dict:
-    """Quality on ``cfg.eval_frames`` spread test frames plus render speed at those frames (warm-up excluded,
-    blend included, no caches)."""
+    """Quality on ``cfg.eval_frames`` spread test frames plus render speed on ``cfg.fps_frames`` of them
+    (warm-up excluded, blend included, no caches)."""
     label = model_label(artifact)
     frames = evaluation_frames(dataset.n_frames, cfg.eval_frames)
     scores = evaluate_renderer(
@@ -74,8 +77,9 @@ def bench_model(artifact: Artifact, model: Renderable, dataset: Dataset, cfg: Be
     )
     camera = dataset.test_cameras[0]
     rays = camera.rays(ctx.device)
+    timed = [frames[i] for i in evaluation_frames(len(frames), cfg.fps_frames)]
     fps = measure_fps(lambda cam, t: model.render_frame(cam, t, ctx, rays=rays, cache=False).image, camera,
-                      [float(dataset.times[f]) for f in frames], repeats=cfg.fps_repeats)
+                      [float(dataset.times[f]) for f in timed], repeats=cfg.fps_repeats)
     return {
         "model": label,
         "kind": artifact.kind,
