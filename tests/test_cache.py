@@ -90,7 +90,8 @@ def test_frozen_experts_keep_deformed_gaussians_within_their_budget() -> None:
     expert = cls.from_points(cls.config_class(), rng.normal(size=(n, 3)).astype(np.float32),
                              rng.random((n, 3)).astype(np.float32), rng.random(n).astype(np.float32), 8)
     camera = Camera("cam", 16, 12, np.array([[10.0, 0, 8], [0, 10.0, 6], [0, 0, 1]]), np.eye(3), np.array([0, 0, 4.0]))
-    one = nbytes(expert.gaussians_at(0.0, torch.zeros(3)))
+    one = nbytes(expert.deformed_at(0.0))  # geometry only: the polynomial family does not deform its SH
+    assert one == n * (3 + 4 + 3 + 1) * 4
     frozen = FrozenExperts([expert], cache_mb=2.5 * one / 2**20)  # room for two times
     first = frozen.at(0, 0.0, camera)
     for t in (0.25, 0.5):

@@ -171,8 +171,8 @@ class Expert(nn.Module):
 
     def deformed_at(self, t: float) -> tuple[GaussianSet, dict[str, Tensor]]:
         """The activated Gaussians at time ``t`` before colouring (features [N, 0]) and the SH
-        coefficients (``sh0``, ``shN``) they are coloured with, which a family may deform over time:
-        what a cache of a frozen expert keeps, so that it can colour the same instant for any view."""
+        coefficients (``sh0``, ``shN``) the family deforms at that time (none for most): what a cache
+        of a frozen expert keeps, so that it can colour the same instant for any view."""
         raw = self.deform(float(t))
         opacities = torch.sigmoid(raw["opacity_logits"])
         if "opacity_factor" in raw:
@@ -184,14 +184,14 @@ class Expert(nn.Module):
             opacities=opacities,
             features=raw["means"].new_zeros((raw["means"].shape[0], 0)),
         )
-        colour = self._colour_params(raw)
-        return geometry, {"sh0": colour["sh0"], "shN": colour["shN"]}
+        return geometry, {k: raw[k] for k in ("sh0", "shN") if k in raw}
 
-    def coloured(self, geometry: GaussianSet, sh: dict[str, Tensor], cam_center: Tensor,
+    def coloured(self, geometry: GaussianSet, deformed_sh: dict[str, Tensor], cam_center: Tensor,
                  sh_degree: int | None = None) -> GaussianSet:
-        """``geometry`` with the view-dependent RGB of ``sh`` seen from ``cam_center``."""
+        """``geometry`` with the view-dependent RGB seen from ``cam_center``, from the stored SH
+        where ``deformed_sh`` (from :meth:`deformed_at`) has no deformed coefficients."""
         degree = self.config.sh_degree if sh_degree is None else sh_degree
-        colors = core.colors(sh, degree, cam_center, means=geometry.means)
+        colors = core.colors(self._colour_params(deformed_sh), degree, cam_center, means=geometry.means)
         return GaussianSet(geometry.means, geometry.quats, geometry.scales, geometry.opacities, colors)
 
     def regularisation(self, t: float) -> Tensor:
@@ -301,7 +301,8 @@ class Expert(nn.Module):
         }
 
     def _colour_params(self, raw: dict[str, Tensor]) -> dict[str, Tensor]:
-        """The SH coefficients at this time: a family's ``deform`` may return deformed ``sh0``/``shN``."""
+        """The SH coefficients at this time: a family's ``deform`` may return deformed ``sh0``/``shN``
+        (``raw`` is ``deform``'s output, or just those coefficients)."""
         return {**self.params, **{k: raw[k] for k in ("sh0", "shN") if k in raw}}
 
 

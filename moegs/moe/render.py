@@ -35,11 +35,11 @@ DEFORMED_CACHE_MB = 1024
 
 
 class FrozenExperts:
-    """Experts with gradients cut off; their deformed geometry and SH coefficients are cached per
-    time (they never change) in an LRU cache of ``cache_mb`` megabytes, while the view-dependent
-    colour is recomputed per camera (cheap, and caching it would multiply memory by the number of
-    cameras). The coefficients are the deformed ones: families that change colour over time
-    (hexplane, embedding) were coloured from their static SH on every cached render before 0.3.0."""
+    """Experts with gradients cut off; their deformed geometry, and the SH coefficients a family
+    deforms, are cached per time (they never change) in an LRU cache of ``cache_mb`` megabytes,
+    while the view-dependent colour is recomputed per camera (cheap, and caching it would multiply
+    memory by the number of cameras). Before 0.3.0 a cache hit coloured the families that change
+    colour over time (hexplane, embedding) from their static SH."""
 
     def __init__(self, experts: Sequence[Expert], cache: bool = True, cache_mb: float = DEFORMED_CACHE_MB) -> None:
         self.experts = list(experts)
