@@ -170,20 +170,25 @@ def test_motion_weighted_scores_rank_moving_content_up(tiny_demo, tmp_path):
 
 def test_prune_fine_tune_steps_at_a_share_of_the_router_learning_rates(tiny_demo, tmp_path, monkeypatch):
     """The fine-tune continues a trained router, so it trains with its settings at
-    ``finetune_lr_scale`` times its learning rates (the motion weight unscaled)."""
+    ``finetune_lr_scale`` times its learning rates (the motion weight unscaled); the router keeps the
+    gate background it was trained with, the pruned one has the prune's."""
     from moegs.moe.prune import PruneConfig
     from stages import prune, train_router
 
-    trained = TrainRouterConfig(iterations=2, motion_weight=2.0, lr_gates=0.4, lr_time=0.03, lr_mlp=0.02, eval_frames=1)
+    trained = TrainRouterConfig(iterations=2, motion_weight=2.0, lr_gates=0.4, lr_time=0.03, lr_mlp=0.02, eval_frames=1,
+                                gate_background=0.5)
     experts = [str(a.path) for a in _experts(tiny_demo).values()]
     moe = train_router.run(trained, experts, tmp_path, progress=False).artifact
+    assert torch.equal(load_moe(moe, CPU).router.gate_background, torch.full((len(experts), 3), 0.5))
     seen = []
     real = prune.train_router
     monkeypatch.setattr(prune, "train_router", lambda model, dataset, cfg, *a, **k: seen.append(cfg) or real(model, dataset, cfg, *a, **k))
-    prune.run(PruneConfig(finetune_steps=1, finetune_lr_scale=0.25, eval_frames=1), str(moe.path), tmp_path, progress=False)
+    pruned = prune.run(PruneConfig(finetune_steps=1, finetune_lr_scale=0.25, eval_frames=1), str(moe.path), tmp_path,
+                       progress=False).artifact
     (cfg,) = seen
     assert (cfg.lr_gates, cfg.lr_time, cfg.lr_mlp) == pytest.approx((0.1, 0.0075, 0.005))
     assert cfg.motion_weight == 2.0 and cfg.tau == trained.tau
+    assert torch.equal(load_moe(pruned, CPU).router.gate_background, torch.zeros(len(experts), 3))
 
 
 def test_distilled_student_not_worse_than_baseline(tiny_demo):
