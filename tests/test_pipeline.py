@@ -120,6 +120,7 @@ def test_router_file_keeps_the_gate_background(tmp_path):
     """Saved and loaded with the gate tables; a router file from before 0.3.0 has none and reads 1 (the paper's)."""
     from safetensors.torch import load_file, save_file
 
+    from moegs.errors import IncompatibleArtifactError
     from moegs.moe.io import ROUTER, load_router, save_router
 
     router = PixelRouter([3, 4])
@@ -129,6 +130,9 @@ def test_router_file_keeps_the_gate_background(tmp_path):
     old = {k: v for k, v in load_file(str(tmp_path / ROUTER)).items() if k != "gate_background"}
     save_file(old, str(tmp_path / "old.safetensors"))
     assert torch.equal(load_router(tmp_path / "old.safetensors", 2).gate_background, torch.ones(2, 3))
+    save_file({**old, "gate_background": torch.zeros(3, 3)}, str(tmp_path / "odd.safetensors"))
+    with pytest.raises(IncompatibleArtifactError, match=r"odd.safetensors: gate_background has shape \[3, 3\], expected \[2, 3\]"):
+        load_router(tmp_path / "odd.safetensors", 2)
 
 
 def test_motion_weighted_scores_rank_moving_content_up(tiny_demo, tmp_path):

@@ -70,7 +70,11 @@ def load_router(path: Path, num_experts: int) -> PixelRouter:
         router.time_coefs[k].data.copy_(tensors[f"time_coefs.{k}"])
     router.decoder.load_state_dict({k[len("decoder."):]: v for k, v in tensors.items() if k.startswith("decoder.")})
     if "gate_background" in tensors:  # routers written before 0.3.0 have the paper's background of 1
-        router.gate_background.copy_(tensors["gate_background"])
+        background = tensors["gate_background"]
+        if background.shape != router.gate_background.shape:
+            raise IncompatibleArtifactError(f"{path}: gate_background has shape {list(background.shape)}, "
+                                            f"expected {list(router.gate_background.shape)} (one row per expert)")
+        router.gate_background.copy_(background)
     return router
 
 
