@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time as _time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -35,6 +34,7 @@ from moegs.data.preprocess_config import PreprocessConfig
 from moegs.data.preview import write_preview
 from moegs.data.undistort import Undistorter, make_undistorter
 from moegs.errors import InputError
+from moegs.pools import pool_size
 from moegs.progress import progress_bar
 
 
@@ -69,7 +69,7 @@ def build_dataset(src: Path, out_dir: Path, config: PreprocessConfig, *, num_thr
     out_dir.mkdir(parents=True, exist_ok=True)
     n_frames = stop - frame_start
 
-    workers = max(1, min(len(names), decode_workers or os.cpu_count() or 1))  # each holds about one frame
+    workers = pool_size(len(names), decode_workers)  # each holds about one frame
     with progress_bar("preprocess: frames", len(names) * n_frames, enabled=progress) as bar, \
             ThreadPoolExecutor(max_workers=workers, thread_name_prefix="preprocess") as pool:
         jobs = [pool.submit(_write_camera, capture, cam, frame_start, stop, config, out_dir, bar.advance)

@@ -10,7 +10,6 @@ with the normalised time of its frame.
 from __future__ import annotations
 
 import logging
-import os
 import tempfile
 import time as _time
 from collections.abc import Callable, Sequence
@@ -24,6 +23,7 @@ from plyfile import PlyData, PlyElement
 
 from moegs.cameras import Camera
 from moegs.errors import InputError, MissingDependencyError
+from moegs.pools import pool_size
 
 log = logging.getLogger("moegs")
 MAX_WORKERS = 4  # frame sets triangulated at once by default
@@ -141,7 +141,7 @@ def colmap_points(
     clouds = []
     pair_inliers: dict[str, int] = {}
     pycolmap.logging.minloglevel = 2  # warnings and errors only: COLMAP's INFO lines would drown the progress bar
-    n_workers = max(1, min(len(frames), workers or min(os.cpu_count() or 1, MAX_WORKERS)))
+    n_workers = pool_size(len(frames), workers, MAX_WORKERS)
     with ThreadPoolExecutor(max_workers=n_workers, thread_name_prefix="colmap") as pool:
         jobs = [pool.submit(_triangulate_frame, pycolmap, by_name, images, float(t), max_features, num_threads,
                             two_view_tracks) for images, t in zip(frames, times)]

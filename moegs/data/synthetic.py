@@ -23,7 +23,6 @@ little between such views, which is what space carving (:mod:`moegs.data.carving
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -38,6 +37,7 @@ from moegs.data.synth_scene import Box, HeightField, Rect, Scene, Sphere, Tint, 
 from moegs.data.synth_texture import make_texture
 from moegs.data.video import write_video
 from moegs.errors import InputError
+from moegs.pools import pool_size
 from moegs.progress import progress_bar
 
 REGION_NAMES: list[str] = ["background", "rigid", "fast", "deforming", "colour"]
@@ -240,7 +240,7 @@ def generate(out_dir: Path, preset: str = "demo", seed: int = 0, progress: bool 
 
         # Cameras render independently (numpy lets go of the GIL): one per core, at most 4 at once,
         # as each holds its supersampled rays and its frames.
-        with ThreadPoolExecutor(max_workers=max(1, min(len(cams), os.cpu_count() or 1, 4))) as pool:
+        with ThreadPoolExecutor(max_workers=pool_size(len(cams), cap=4)) as pool:
             bounds = list(pool.map(write_camera, cams))
     np.save(partial / "poses_bounds.npy", np.stack([llff_row(cam, *nf) for cam, nf in zip(cams, bounds)]))
     (partial / "regions.json").write_text(json.dumps({"names": REGION_NAMES}, indent=2) + "\n")

@@ -23,7 +23,7 @@ from moegs.evaluation import EVAL_FRAMES
 from moegs.losses import photometric
 from moegs.moe.model import MoEModel
 from moegs.moe.render import DEFORMED_CACHE_MB
-from moegs.moe.router import PixelRouter
+from moegs.moe.router import PAPER_GATE_BACKGROUND, PixelRouter
 from moegs.progress import progress_bar
 
 log = logging.getLogger("moegs")
@@ -49,7 +49,7 @@ class TrainRouterConfig:
     """Weight moving content up in the L1 term, as the experts' ``motion_weight``
     (:func:`moegs.losses.motion_weight`): the gates then follow the expert best on the moving objects
     there instead of the one best on the background around them. 0: plain L1."""
-    gate_background: float = 1.0
+    gate_background: float = PAPER_GATE_BACKGROUND
     """What an expert's gate maps read where it has no Gaussians: 1 as in the paper's code; 0 makes an
     expert with nothing at a pixel cast no vote there (what a pruned MoE uses). Measured at 0: demo
     MoE 31.10 dB against 31.09 at 1, and it prunes the same (-0.09 dB against -0.07); tiny surround
