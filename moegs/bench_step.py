@@ -1,6 +1,7 @@
 """Training-step benchmark: where one step of each expert family goes at the demo preset.
 
     python -m moegs.bench_step [--json] [--families hexplane,...] [--steps 12] [--gaussians 8000] [--cpu-time]
+                               [--malloc retain|default]
 
 Each family is built at the demo preset's settings (`stages/presets/demo.yaml`) on the demo rig
 (10 cameras, 256x192, 24 frames) from `--gaussians` points spread over the camera frustums (the
@@ -10,7 +11,9 @@ rasterise forward, loss (L1 + SSIM), backward, optimiser (the fused Adams per te
 fields' one) and densify (gradient statistics every step, plus one clone/split/prune event per
 `densify.every` steps, amortised). Targets are smooth random images: the step's cost does not depend on what
 they show. Prints the numba target CPU (what `NUMBA_CPU_NAME` / `NUMBA_CPU_FEATURES` emulate) and
-the host CPU model next to the figures.
+the host CPU model next to the figures. The stages run with glibc's allocator keeping freed blocks
+(`moegs.allocator`); `--malloc default` times the library defaults instead (one process each, since
+the setting cannot be undone), so the two can be compared side by side.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import numpy as np
 import torch
 import yaml
 
+from moegs.allocator import retain_freed_memory
 from moegs.cameras import Camera
 from moegs.data.init_points import frustum_points
 from moegs.data.dataset import scene_extent
@@ -173,9 +177,14 @@ def bench_family(
     return result
 
 
-def run(families: list[str], n_points: int, steps: int, cpu_time: bool = False) -> dict:
-    """All families' step splits; `cpu_time` runs on one thread and measures its CPU time."""
+def run(families: list[str], n_points: int, steps: int, cpu_time: bool = False, malloc: str = "retain") -> dict:
+    """All families' step splits; `cpu_time` runs on one thread and measures its CPU time; `malloc`
+    "retain" applies the stages' allocator settings first (see the module docstring)."""
     import numba
+
+    if malloc not in ("retain", "default"):
+        raise InputError(f"malloc must be 'retain' or 'default', got {malloc!r}")
+    retained = retain_freed_memory() if malloc == "retain" else False
 
     settings = demo_settings()
     threads = torch.get_num_threads(), numba.get_num_threads()
@@ -190,6 +199,7 @@ def run(families: list[str], n_points: int, steps: int, cpu_time: bool = False) 
     return {
         "cpu": cpu_description(),
         "clock": "thread CPU time, 1 thread" if cpu_time else "wall time",
+        "malloc": "freed blocks retained" if retained else "C library defaults",
         "width": PRESETS["demo"].width,
         "height": PRESETS["demo"].height,
         "families": rows,
@@ -211,7 +221,7 @@ def _print_table(result: dict) -> None:
     console = Console(width=160)
     console.print(table)
     console.print(f"numba target {cpu['numba_target']} ({cpu['numba_simd']}), host {cpu['cpu_model']}, "
-                  f"{cpu['threads']} torch threads")
+                  f"{cpu['threads']} torch threads, malloc: {result['malloc']}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -221,6 +231,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=12, help="timed steps per family (after 3 warm-up steps)")
     parser.add_argument("--gaussians", type=int, default=8000, help="Gaussians per expert (demo cap: 8000)")
     parser.add_argument("--cpu-time", action="store_true", help="one thread, timed by its CPU time (for a loaded machine)")
+    parser.add_argument("--malloc", choices=("retain", "default"), default="retain",
+                        help="retain: the stages' allocator settings (moegs.allocator); default: the C library's")
     args = parser.parse_args(argv)
     families = [f.strip() for f in args.families.split(",") if f.strip()]
     unknown = [f for f in families if f not in family_names()]
@@ -228,7 +240,7 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"--families: unknown {', '.join(unknown) or '(none given)'}; known: {', '.join(family_names())}")
     if args.steps < 1 or args.gaussians < 1:
         raise SystemExit("--steps and --gaussians must be at least 1")
-    result = run(families, args.gaussians, args.steps, args.cpu_time)
+    result = run(families, args.gaussians, args.steps, args.cpu_time, args.malloc)
     if args.json:
         print(json.dumps(result))
     else:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from typing import Any
 
+from moegs.allocator import retain_freed_memory
 from moegs.artifacts import Artifact, ArtifactWriter, building
 from moegs.config import to_dict
 from moegs.context import RenderContext, resolve_context
@@ -58,6 +59,7 @@ def run_stage(
         return StageResult(writer.existing(), up_to_date=True)
     if ctx is not None:
         writer.extra["context"] = ctx.describe()
+    retain_freed_memory()  # training steps reuse their buffers instead of faulting them in again
     with building(writer, resume=resume) as directory:
         build(directory, writer)
     artifact = writer.commit()
