@@ -15,15 +15,16 @@ import torch
 if sys.argv[1] == "retain":
     from moegs.allocator import retain_freed_memory
     assert retain_freed_memory()
-def step():
-    a = torch.rand(8000, 64)          # 2 MB, like one MLP activation at the demo size
+def step(i):
+    # one step's activations; the Gaussian count grows with densification, so sizes creep up
+    a = torch.rand(8000 + 16 * i, 64)
     b = torch.relu(a) * 2.0
     return float(b.sum())
-for _ in range(5):
-    step()
+for i in range(5):
+    step(i)
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(50):
-    step()
+for i in range(5, 55):
+    step(i)
 print(json.dumps(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before))
 """
 
@@ -37,9 +38,9 @@ def _faults(mode: str) -> int:
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="mallopt is glibc's; elsewhere nothing is changed")
 def test_retained_blocks_are_not_faulted_in_again():
     default, retained = _faults("default"), _faults("retain")
-    # 50 steps x 2 MB buffers: glibc gives the heap top back after a step and faults it in again on
-    # the next (500-1000 faults of 4 kB here, depending on where the buffers land); none once retained
-    assert default >= 200, default
+    # 50 steps of ~2 MB buffers a little larger each step: by default each one is a fresh mmap above
+    # glibc's (dynamic) threshold, ~500 faults of 4 kB per buffer; retained, only the heap's growth faults
+    assert default >= 20000, default
     assert retained < default / 10, (default, retained)
 
 
