@@ -4,8 +4,11 @@
                                [--malloc retain|default]
 
 Each family is built at the demo preset's settings (`stages/presets/demo.yaml`) on the demo rig
-(10 cameras, 256x192, 24 frames) from `--gaussians` points spread over the camera frustums (the
-demo caps experts at 8000), and trained for a few steps past its warm-ups and inside the
+(10 cameras, 256x192, 24 frames) from `--gaussians` points on the demo scene's surfaces, each at the
+frame it was seen at (`synthetic.surface_samples`: what COLMAP over every frame gives; the demo caps
+experts at 8000-12000). That load matches trained demo experts (~58 tile-pixel visits per pixel,
+against 55-70 for the four trained families; points spread through the frustums made 6x as many and
+timed steps twice as long as training runs them), and trained for a few steps past its warm-ups and inside the
 densification window. A step is split as the training loop runs it: deform (`gaussians_at`),
 rasterise forward, loss (L1 + SSIM), backward, optimiser (the fused Adams per tensor and the
 fields' one) and densify (gradient statistics every step, plus one clone/split/prune event per
@@ -19,7 +22,6 @@ the setting cannot be undone), so the two can be compared side by side.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import platform
 import statistics
@@ -32,9 +34,8 @@ import yaml
 
 from moegs.allocator import retain_freed_memory
 from moegs.cameras import Camera
-from moegs.data.init_points import frustum_points
 from moegs.data.dataset import scene_extent
-from moegs.data.synthetic import PRESETS, make_rig
+from moegs.data.synthetic import PRESETS, make_rig, surface_samples
 from moegs.errors import InputError
 from moegs.experts import family_names, get_family
 from moegs.experts.base import config_from_dict
@@ -44,8 +45,6 @@ from moegs.rendering import camera_center
 from moegs.train import make_optimizers, step_optimizers
 
 PARTS = ("deform", "raster_fwd", "loss", "backward", "optimiser", "densify")
-# Scene depth range of the demo rig (it looks at z = 4; the back wall is at z = 6).
-_NEAR, _FAR = 2.0, 6.5
 # Steps are timed from here: after every family's warm-up, inside the demo's densification window.
 _FIRST_STEP = 300
 
@@ -124,10 +123,9 @@ def bench_family(
     cfg = config_from_dict(cls, dict(settings.get(family, {})))
     preset = PRESETS["demo"]
     cameras = _cameras()
-    placed = [dataclasses.replace(c, near=_NEAR, far=_FAR) for c in cameras]  # points at the scene's depths
-    points = frustum_points(placed, n_points, seed=seed)
-    times = np.random.default_rng(seed).uniform(0.0, 1.0, n_points)
-    expert = cls.from_points(cfg, points.xyz, points.rgb, times, preset.n_frames)
+    xyz, times = surface_samples("demo", n_points, seed=seed)
+    rgb = np.random.default_rng(seed).uniform(0.0, 255.0, (len(xyz), 3))
+    expert = cls.from_points(cfg, xyz, rgb, times, preset.n_frames)
     extent = scene_extent(cameras)
     optimizers, fields_opt = make_optimizers(expert, extent)
     densify = cfg.densify

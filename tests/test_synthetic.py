@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from moegs.data.synth_scene import Box, HeightField, Scene
-from moegs.data.synthetic import PRESETS, REGION_NAMES, generate, surface_distance
+from moegs.data.synthetic import PRESETS, REGION_NAMES, generate, surface_distance, surface_samples
 from moegs.data.video import read_video
 from moegs.errors import InputError
 
@@ -156,6 +156,19 @@ def test_surface_distance_is_zero_on_surfaces_and_grows_off_them(raw: tuple[Path
     assert surface_distance(out, box_points, 0).mean() > 0.02
     # Empty space in front of the rig is far from everything.
     assert surface_distance(out, np.array([[0.0, -1.0, 1.0]]), frame)[0] > 0.5
+
+
+def test_surface_samples_lie_on_the_rendered_surfaces_at_their_frames(raw: tuple[Path, dict]) -> None:
+    """bench_step's stand-in for an SfM initialisation: points on the scene the same preset and
+    seed render, each at its own frame."""
+    points, times = surface_samples("tiny", 600, seed=3)
+    assert len(points) == 600 and times.min() >= 0.0 and times.max() < 1.0
+    frames = np.rint(times * TINY.n_frames).astype(int)
+    assert len(np.unique(frames)) == TINY.n_frames
+    for f in np.unique(frames):
+        assert np.abs(surface_distance(raw[0], points[frames == f], frame=int(f))).max() < 1e-6
+    with pytest.raises(InputError, match="positive"):
+        surface_samples("tiny", 0)
 
 
 def test_surface_distance_rejects_bad_input(raw: tuple[Path, dict], tmp_path: Path) -> None:

@@ -342,5 +342,35 @@ def view_coverage(raw_dir: Path, camera: str, others: list[str], frame: int = 0)
     return count.reshape(cam.height, cam.width)
 
 
+def surface_samples(preset: str, n: int, seed: int = 0, scene_seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` points [n, 3] on the surfaces the forward rig sees, and their times [n] in [0, 1).
+
+    Each point is the first hit of the ray through a random pixel of a random camera at a random
+    frame of the scene ``generate(preset, seed=scene_seed)`` renders: what a structure-from-motion
+    initialisation over every frame finds, with the truth's density per view. For benchmarks that
+    need a scene's Gaussians without its frames."""
+    if preset not in PRESETS:
+        raise InputError(f"unknown synthetic preset {preset!r} (choose from {', '.join(PRESETS)})")
+    if n <= 0:
+        raise InputError(f"need a positive number of surface samples, got {n}")
+    spec = PRESETS[preset]
+    layout_seq, _ = np.random.SeedSequence(scene_seed).spawn(2)
+    scene = build_scene(np.random.default_rng(layout_seq))
+    cams = make_rig(spec)
+    rng = np.random.default_rng(seed)
+    cam_of, frame_of = rng.integers(len(cams), size=n), rng.integers(spec.n_frames, size=n)
+    pixels = rng.uniform(0.0, 1.0, size=(n, 2)) * [spec.width, spec.height]
+    points = np.empty((n, 3))
+    for c, cam in enumerate(cams):
+        for f in range(spec.n_frames):
+            rows = np.nonzero((cam_of == c) & (frame_of == f))[0]
+            if rows.size == 0:
+                continue
+            dirs = np.column_stack([(pixels[rows] - cam.K[:2, 2]) / cam.focal, np.ones(rows.size)]) @ cam.R
+            points[rows] = cam.centre + _first_hit(scene, cam.centre, dirs, f / spec.n_frames)[:, None] * dirs
+    hit = np.isfinite(points).all(axis=1)
+    return points[hit], (frame_of / spec.n_frames)[hit]
+
+
 def _first_hit(scene: Scene, origin: np.ndarray, dirs: np.ndarray, t: float) -> np.ndarray:
     return np.min([p.intersect(origin, dirs, t).s for p in scene.primitives], axis=0)

@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from moegs.errors import InputError
 from moegs.experts.base import Expert, ExpertConfig, grid_time
 from moegs.experts.deform_mlp import DeformHeads, StepCounter, apply_offsets, check_attrs
+from moegs.experts.knn_smoothness import knn_smoothness
 
 
 @dataclass
@@ -261,14 +262,7 @@ class EmbeddingExpert(Expert):
         if self._knn is None or self._knn[0].shape[0] != self.num_gaussians or self._knn[0].device != self.device:
             self.after_densify()
         idx, sqrt_w = cast(tuple[Tensor, Tensor], self._knn)
-        if idx.numel() == 0:
-            return torch.zeros(())
-        z = self.params["embedding"]
-        # index_select, not z[idx]: the backward of advanced indexing (index_put_ with accumulate)
-        # sums in a thread-dependent order on CPU, so two identical runs would drift apart
-        neighbours = torch.index_select(z, 0, idx.reshape(-1)).reshape(*idx.shape, z.shape[1])
-        dist = torch.linalg.vector_norm(z[:, None, :] - neighbours, dim=-1)  # zero-safe gradient at z_i == z_j
-        return c.lambda_embedding_smooth * (sqrt_w * dist).mean()
+        return c.lambda_embedding_smooth * knn_smoothness(self.params["embedding"], idx, sqrt_w)
 
 
 def _ramp(step: int, length: int) -> float:
