@@ -106,7 +106,9 @@ class DeformHeads(nn.Module):
         hidden = first(x, context)
         for layer in rest:
             hidden = layer(hidden)
-        return {attr: head(hidden) for attr, head in self.heads.items()}
+        # every head starts with the same ReLU of the trunk's output: computed once, not per head
+        shared = F.relu(hidden)
+        return {attr: head[1:](shared) for attr, head in self.heads.items()}
 
 
 def apply_offsets(
