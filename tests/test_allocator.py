@@ -4,6 +4,7 @@ stops page-faulting them in again (counted by the kernel, so the test does not d
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -31,7 +32,7 @@ print(json.dumps(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before))
 
 def _faults(mode: str) -> int:
     out = subprocess.run([sys.executable, "-c", _CHILD, mode], capture_output=True, text=True, check=True,
-                         env={"OMP_NUM_THREADS": "1", "PATH": ""})
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
     return int(json.loads(out.stdout.strip().splitlines()[-1]))
 
 

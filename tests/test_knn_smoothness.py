@@ -29,6 +29,7 @@ def test_value_and_gradient_match_the_torch_reference(dtype):
     fast, ref = fast.detach(), ref.detach()
     assert float(ref) > 0.0 and torch.isfinite(g_fast).all()
     assert abs(float(fast) - float(ref)) <= tol * float(ref)
+    assert float(knn_smoothness(z.detach(), idx, sqrt_w)) == float(fast)  # no gradient asked: the same value
     assert float((g_fast - g_ref).abs().max()) <= tol * float(g_ref.abs().max())
 
 

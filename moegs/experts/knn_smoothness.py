@@ -79,7 +79,8 @@ class KnnSmoothnessCPU(torch.autograd.Function):
         z_np, idx_np, w_np = as_numpy(z, dtype), as_numpy(idx, torch.int64), as_numpy(sqrt_w, dtype)
         with threads_for(idx_np.size, _PARALLEL_MIN_PAIRS):
             weighted, coeff = _pair_terms(z_np, idx_np, w_np)
-        ctx.grad = torch.from_numpy(_scatter(z_np, idx_np, coeff, z_np.dtype.type(1.0 / idx_np.size))).to(z.dtype)
+        if ctx.needs_input_grad[0]:
+            ctx.grad = torch.from_numpy(_scatter(z_np, idx_np, coeff, z_np.dtype.type(1.0 / idx_np.size))).to(z.dtype)
         return torch.tensor(weighted.sum() / idx_np.size, dtype=z.dtype)
 
     @staticmethod
