@@ -15,7 +15,6 @@ Other C libraries (macOS, musl) have no ``mallopt``: nothing is changed there, a
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import logging
 
 log = logging.getLogger("moegs")
@@ -43,9 +42,8 @@ def retain_freed_memory() -> bool:
 
 
 def _set_thresholds() -> bool:
-    name = ctypes.util.find_library("c")
-    try:
-        mallopt = ctypes.CDLL(name).mallopt if name else None
+    try:  # the C library is already loaded into the process: look the symbol up there
+        mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):
         mallopt = None
     if mallopt is None:
