@@ -59,8 +59,10 @@ def view(
 
     Example: moegs view --model synth/moe/latest
     """
+    from moegs.allocator import retain_freed_memory
     from moegs.view.server import serve
 
+    retain_freed_memory()  # every frame reuses the last one's buffers, as a stage's steps do
     viewer = _start_viewer(ctx, model, host, port, height, fps, tau, device, backend)
     serve(viewer, announce=lambda line: console.print(line, highlight=False))  # Ctrl-C here is the way out
 
