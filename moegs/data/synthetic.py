@@ -221,7 +221,7 @@ def generate(out_dir: Path, preset: str = "demo", seed: int = 0, progress: bool 
     start = time.perf_counter()
 
     layout_seq, texture_seq = np.random.SeedSequence(seed).spawn(2)
-    scene = (build_scene if rig == "forward" else build_surround_scene)(np.random.default_rng(layout_seq))
+    scene = _layout(layout_seq, rig)
     texture_rngs = [np.random.default_rng(s) for s in texture_seq.spawn(len(scene.primitives))]
     textures = {p.name: make_texture(p, rng) for p, rng in zip(scene.primitives, texture_rngs)}
     cams = make_rig(spec) if rig == "forward" else make_surround_rig(spec)
@@ -324,9 +324,7 @@ def view_coverage(raw_dir: Path, camera: str, others: list[str], frame: int = 0)
     t = frame / int(info["n_frames"])
     cam = RigCamera.from_json(rig[camera])
     v, u = np.mgrid[0 : cam.height, 0 : cam.width]
-    d_cam = np.stack([(u + 0.5 - cam.K[0, 2]) / cam.focal, (v + 0.5 - cam.K[1, 2]) / cam.focal, np.ones(u.shape)], axis=-1)
-    dirs = d_cam.reshape(-1, 3) @ cam.R
-    points = cam.centre + _first_hit(scene, cam.centre, dirs, t)[:, None] * dirs
+    points = _pixel_hits(scene, cam, np.stack([u.ravel(), v.ravel()], axis=1) + 0.5, t)
     count = np.zeros(len(points), dtype=np.int32)
     for name in others:
         other = RigCamera.from_json(rig[name])
@@ -354,8 +352,7 @@ def surface_samples(preset: str, n: int, seed: int = 0, scene_seed: int = 0) -> 
     if n <= 0:
         raise InputError(f"need a positive number of surface samples, got {n}")
     spec = PRESETS[preset]
-    layout_seq, _ = np.random.SeedSequence(scene_seed).spawn(2)
-    scene = build_scene(np.random.default_rng(layout_seq))
+    scene = _layout(np.random.SeedSequence(scene_seed).spawn(2)[0], "forward")
     cams = make_rig(spec)
     rng = np.random.default_rng(seed)
     cam_of, frame_of = rng.integers(len(cams), size=n), rng.integers(spec.n_frames, size=n)
@@ -366,10 +363,21 @@ def surface_samples(preset: str, n: int, seed: int = 0, scene_seed: int = 0) -> 
             rows = np.nonzero((cam_of == c) & (frame_of == f))[0]
             if rows.size == 0:
                 continue
-            dirs = np.column_stack([(pixels[rows] - cam.K[:2, 2]) / cam.focal, np.ones(rows.size)]) @ cam.R
-            points[rows] = cam.centre + _first_hit(scene, cam.centre, dirs, f / spec.n_frames)[:, None] * dirs
+            points[rows] = _pixel_hits(scene, cam, pixels[rows], f / spec.n_frames)
     hit = np.isfinite(points).all(axis=1)
     return points[hit], (frame_of / spec.n_frames)[hit]
+
+
+def _layout(layout_seq: np.random.SeedSequence, rig: str) -> Scene:
+    """The scene of a rig laid out from the layout half of a seed (``generate`` spawns it)."""
+    return (build_scene if rig == "forward" else build_surround_scene)(np.random.default_rng(layout_seq))
+
+
+def _pixel_hits(scene: Scene, cam: RigCamera, pixels: np.ndarray, t: float) -> np.ndarray:
+    """World points [n, 3] the image positions ``pixels`` [n, 2] (x, y in pixels) of ``cam`` show at
+    time t: the first hit along each ray (inf where it hits nothing)."""
+    dirs = np.column_stack([(pixels - cam.K[:2, 2]) / cam.focal, np.ones(len(pixels))]) @ cam.R
+    return cam.centre + _first_hit(scene, cam.centre, dirs, t)[:, None] * dirs
 
 
 def _first_hit(scene: Scene, origin: np.ndarray, dirs: np.ndarray, t: float) -> np.ndarray:
