@@ -233,6 +233,29 @@ def test_embedding_opacity_regulariser_pulls_opacities_down() -> None:
     assert torch.all(logits.grad > 0)  # type: ignore[operator]  # descent lowers every opacity
 
 
+def test_embedding_temporal_rate_scales_the_table_step_only() -> None:
+    """``lr_temporal_ratio`` m: the same model at init, and one Adam step moves the table m times as far."""
+    moves, outputs = [], []
+    for ratio in (1.0, 10.0):
+        e = _embedding(lr_temporal_ratio=ratio)
+        e.on_step(10_000)
+        fields = e.fields
+        table = lambda: fields.temporal.detach() * fields.temporal_mult  # noqa: E731  # type: ignore[operator]
+        before = table()
+        with torch.no_grad():
+            outputs.append(e.deform(0.3)["means"])
+        opt = torch.optim.Adam(fields.parameters(), lr=1e-3, eps=1e-15)
+        _loss(e.gaussians_at(0.3, CAM)).backward()
+        opt.step()
+        moves.append((table() - before).abs())
+    assert torch.allclose(outputs[0], outputs[1], atol=1e-7)  # the stored table is rescaled, not the model
+    touched = moves[0] > 0
+    assert touched.any() and torch.equal(touched, moves[1] > 0)
+    assert torch.allclose(moves[1][touched], 10.0 * moves[0][touched], rtol=1e-3)
+    with pytest.raises(InputError, match="lr_temporal_ratio"):
+        _embedding(lr_temporal_ratio=0.0)
+
+
 def test_embedding_time_offsets_shift_the_lookup_per_camera() -> None:
     e = _embedding()
     reference = _embedding(lr_time_offset=0.0)  # same seed and sizes: the same decoders and table

@@ -42,6 +42,10 @@ class EmbeddingConfig(ExpertConfig):
     """Size of the per-Gaussian embedding z_g (paper 32)."""
     temporal_dim: int = 32
     """Size of the temporal embedding z_t (paper 256)."""
+    lr_temporal_ratio: float = 1.0
+    """Learning rate of the temporal table / ``lr_fields`` (paper 1: one rate for both). On short
+    schedules the table hardly leaves its small init at that rate and the model stays static in
+    time (the demo preset raises it 100x)."""
     temporal_rows: int = 0
     """Rows of the temporal table (the fine resolution); 0: n_frames // 2, at least 2 (N3V: 150 / 300 frames)."""
     coarse_rows: int = 0
@@ -135,7 +139,9 @@ class EmbeddingFields(nn.Module):
         # N(0, 0.01 / sqrt(D)) as the paper: a zero table with zero z_g and zero biases would leave
         # every ReLU at 0 and no gradient anywhere.
         std = 0.01 / math.sqrt(config.temporal_dim)
-        self.temporal = nn.Parameter(torch.randn(rows, config.temporal_dim, generator=generator) * std)
+        # stored as table / m and used as m * stored (ScaledLinear's trick): its Adam rate is then m x lr_fields
+        self.temporal_mult = config.lr_temporal_ratio
+        self.temporal = nn.Parameter(torch.randn(rows, config.temporal_dim, generator=generator) * std / self.temporal_mult)
         in_dim = config.temporal_dim + config.gaussian_dim
         self.coarse = DeformHeads(in_dim, config.mlp_width, config.mlp_depth, config.deform_attrs, generator)
         self.fine = DeformHeads(in_dim, config.mlp_width, config.mlp_depth, config.deform_attrs, generator)
@@ -189,6 +195,8 @@ class EmbeddingExpert(Expert):
             raise InputError(
                 "embedding: need gaussian_dim, temporal_dim, knn >= 1 and c2f_iters, anneal_iters, deform_from >= 0"
             )
+        if not c.lr_temporal_ratio > 0:
+            raise InputError(f"embedding: need lr_temporal_ratio > 0, got {c.lr_temporal_ratio}")
         if c.max_cameras < 1 or c.lr_time_offset < 0 or (c.lr_time_offset > 0 and c.lr_fields <= 0):
             raise InputError(
                 f"embedding: need max_cameras >= 1, lr_time_offset >= 0 and lr_fields > 0 when the offsets are on; "
@@ -226,7 +234,7 @@ class EmbeddingExpert(Expert):
 
     def temporal_embeddings(self, t: float | Tensor) -> tuple[Tensor, Tensor]:
         """(z_t^c, z_t^f) [D] each: the table resampled to the coarse / fine row counts, read at t."""
-        table, coarse_rows = self._fields.temporal, self._fields.coarse_rows
+        table, coarse_rows = self._fields.temporal * self._fields.temporal_mult, self._fields.coarse_rows
         return lerp_row(resample_rows(table, coarse_rows), t), lerp_row(resample_rows(table, self.fine_rows()), t)
 
     def deform(self, t: float) -> dict[str, Tensor]:
