@@ -45,7 +45,7 @@ def run(
         dataset = model_dataset(expert_artifacts[0], cfg.frame_cache_mb)
         experts = FrozenExperts([load_expert(a, ctx) for a in expert_artifacts], cache_mb=cfg.deformed_cache_mb)
         router = PixelRouter([e.num_gaussians for e in experts.experts],
-                             gate_background=cfg.gate_background).to(ctx.device)
+                             gate_background=cfg.gate_background, seed=cfg.seed).to(ctx.device)
         model = MoEModel(experts, router, cfg.tau, expert_artifacts)
         history, seconds = train_router(model, dataset, cfg, ctx, progress=progress, workdir=directory, resume=resume)
         save_router(router, directory)

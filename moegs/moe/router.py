@@ -10,6 +10,7 @@ A 69-weight per-pixel MLP shared by all experts (8 -> 6 -> ReLU -> 3 -> ReLU -> 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -24,7 +25,9 @@ class PixelRouter(nn.Module):
     """Per-Gaussian gate tables for each expert plus the shared pixel decoder (move it with ``.to``)."""
 
     def __init__(self, gaussian_counts: Sequence[int], gate_init: float = GATE_INIT,
-                 gate_background: float = PAPER_GATE_BACKGROUND) -> None:
+                 gate_background: float = PAPER_GATE_BACKGROUND, seed: int = 0) -> None:
+        """``seed`` draws the decoder's initial weights (torch's ``nn.Linear`` init from a generator of
+        its own, not torch's global one: a train-router run gave another MoE every time)."""
         super().__init__()
         self.register_buffer("gate_background", torch.full((len(gaussian_counts), 3), gate_background))
         """[K, 3]: what expert k's maps A, S, T read where it has no Gaussians (a pruned MoE uses 0,
@@ -34,6 +37,10 @@ class PixelRouter(nn.Module):
         self.decoder = nn.Sequential(
             nn.Linear(8, 6, bias=False), nn.ReLU(), nn.Linear(6, 3, bias=False), nn.ReLU(), nn.Linear(3, 1, bias=False)
         )
+        generator = torch.Generator().manual_seed(seed)
+        for layer in self.decoder:
+            if isinstance(layer, nn.Linear):
+                nn.init.kaiming_uniform_(layer.weight, a=math.sqrt(5), generator=generator)  # nn.Linear's own init
 
     @property
     def num_experts(self) -> int:

@@ -67,6 +67,7 @@ class TrainRouterConfig:
     checkpoint_every: int = bounded(500, ge=1)
     """Steps between checkpoints for --resume (does not change the result, so not part of the id)."""
     seed: int = bounded(0, ge=0)
+    """Draws the training views and the pixel decoder's initial weights: one config, one router."""
 
     def __post_init__(self) -> None:
         check_config(self)
