@@ -4,7 +4,7 @@ Progress goes to stderr so stdout stays clean for machine-readable output. On a 
 rich bar. When stderr is a file or a pipe (log files, cluster jobs, CI) a bar would show only its
 final state, so instead a plain line (step, total, the loop's postfix such as loss and Gaussians,
 it/s, elapsed, ETA) is written every ``MOEGS_PROGRESS_SECONDS`` seconds (default 30) and once at
-the end.
+the end. The rate (and so the ETA) leaves out the first step, which may compile kernels.
 """
 
 from __future__ import annotations
@@ -55,15 +55,18 @@ class LogBar(Bar):
         super().__init__(None, None)
         self.description, self.total, self.interval = description, max(int(total), 0), interval
         self.done, self.postfix = 0, ""
-        self._started = self._last = time.perf_counter()
+        self._started = self._last = self._timed_from = time.perf_counter()
         self._first = 0
         self._logged_at = -1
 
     def advance(self, n: int = 1) -> None:
-        if self.done == 0 and n > 1:
-            self._first = n  # a resumed loop first jumps to its start step: not work done at this rate
-        self.done += n
         now = time.perf_counter()
+        if self.done == 0:
+            # The rate is timed from the end of the first advance: a resumed loop first jumps to its
+            # start step, and a fresh one's first step pays one-off costs (numba compiling the CPU
+            # kernels: 40+ s on a first run), which made the first line's ETA read hours.
+            self._first, self._timed_from = n, now
+        self.done += n
         if now - self._last >= self.interval:
             self._last = now
             self.write()
@@ -72,14 +75,16 @@ class LogBar(Bar):
         self.postfix = text
 
     def line(self) -> str:
-        elapsed = time.perf_counter() - self._started
-        rate = (self.done - self._first) / elapsed if elapsed > 0 else 0.0
+        now = time.perf_counter()
+        elapsed, timed = now - self._started, now - self._timed_from
+        rate = (self.done - self._first) / timed if timed > 0 else 0.0
         parts = [f"{self.description}: {self.done}/{self.total}"]
         if self.total:
             parts[0] += f" ({100.0 * self.done / self.total:.0f}%)"
         if self.postfix:
             parts.append(self.postfix)
-        parts.append(f"{rate:.2f} it/s")
+        if rate > 0:
+            parts.append(f"{rate:.2f} it/s")
         parts.append(f"elapsed {_duration(elapsed)}")
         if rate > 0 and self.done < self.total:
             parts.append(f"ETA {_duration((self.total - self.done) / rate)}")

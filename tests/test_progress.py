@@ -33,9 +33,11 @@ def test_log_lines_when_stderr_is_a_file(tmp_path) -> None:
     lines = log.read_text().splitlines()
     assert len(lines) == 6, lines  # one per step (interval 0), the final state not repeated
     assert "\x1b[" not in log.read_text()  # plain text, no terminal codes
-    first = re.fullmatch(r"train demo: 1/6 \(17%\) \| loss=0\.5000 N=1000 \| ([\d.]+) it/s \| elapsed \d+s \| ETA \d+s",
-                         lines[0])
-    assert first and float(first.group(1)) > 0, lines[0]
+    # the first step is not timed (it may compile kernels): no rate yet, then one from the second on
+    assert re.fullmatch(r"train demo: 1/6 \(17%\) \| loss=0\.5000 N=1000 \| elapsed \d+s", lines[0]), lines[0]
+    second = re.fullmatch(r"train demo: 2/6 \(33%\) \| loss=0\.2500 N=1001 \| ([\d.]+) it/s \| elapsed \d+s \| ETA \d+s",
+                          lines[1])
+    assert second and float(second.group(1)) > 0, lines[1]
     assert lines[-1].startswith("train demo: 6/6 (100%) | loss=0.0833 N=1005 |") and "ETA" not in lines[-1]
 
 
@@ -64,6 +66,22 @@ def test_interval_limits_lines_and_resume_does_not_inflate_rate(file_console, mo
     assert lines[-1].startswith("train x: 100/100 (100%)")
     rates = [float(re.search(r"([\d.]+) it/s", line).group(1)) for line in lines]
     assert all(r <= 1.0 for r in rates), rates  # ~1 step per tick, not inflated by the 50 resumed steps
+
+
+def test_a_slow_first_step_does_not_set_the_rate(file_console, monkeypatch) -> None:
+    """A first step of 100 s (kernels compiling) then 1 s per step: the rate reads 1 it/s and the ETA
+    the steps left, not 100 s per step."""
+    path, handle = file_console
+    times = iter([0.0, 100.0, 100.0] + [100.0 + k for k in range(1, 30) for _ in (0, 1)])
+    monkeypatch.setattr(progress.time, "perf_counter", lambda: next(times))
+    bar = progress.LogBar("train z", 20, interval=0.0)
+    bar.advance()  # clock 100: the first step's end, a line without a rate
+    for _ in range(9):
+        bar.advance()
+    handle.flush()
+    lines = path.read_text().splitlines()
+    assert "it/s" not in lines[0] and "ETA" not in lines[0], lines[0]
+    assert lines[-1] == "train z: 10/20 (50%) | 1.00 it/s | elapsed 1m49s | ETA 10s", lines[-1]
 
 
 def test_terminal_gets_a_bar_not_lines(monkeypatch, tmp_path) -> None:
