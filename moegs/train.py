@@ -112,8 +112,7 @@ def train_expert(
     densify = cfg.densify
     optimizers, fields_opt = make_optimizers(expert, extent)
     state = densify.init_state(expert.num_gaussians, ctx.device)
-    generator = torch.Generator().manual_seed(cfg.seed)
-    torch.manual_seed(cfg.seed)
+    generator = torch.Generator().manual_seed(cfg.seed)  # every draw of training: torch's global one is not touched
     start = 0
     ckpt_path = Path(workdir) / CHECKPOINT
     if resume and ckpt_path.is_file():
