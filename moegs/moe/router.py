@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
+from torch.nn.utils import skip_init
 
 GATE_INIT = 0.9
 PAPER_GATE_BACKGROUND = 1.0
@@ -34,13 +35,13 @@ class PixelRouter(nn.Module):
         :mod:`moegs.moe.prune` says why)."""
         self.gates = nn.ParameterList([nn.Parameter(torch.full((n, 2), gate_init)) for n in gaussian_counts])
         self.time_coefs = nn.ParameterList([nn.Parameter(torch.zeros(n, 1)) for n in gaussian_counts])
-        self.decoder = nn.Sequential(
-            nn.Linear(8, 6, bias=False), nn.ReLU(), nn.Linear(6, 3, bias=False), nn.ReLU(), nn.Linear(3, 1, bias=False)
-        )
+        # built without torch's init (which draws from the global generator) and given nn.Linear's own
+        # init from a generator of the router's seed
         generator = torch.Generator().manual_seed(seed)
-        for layer in self.decoder:
-            if isinstance(layer, nn.Linear):
-                nn.init.kaiming_uniform_(layer.weight, a=math.sqrt(5), generator=generator)  # nn.Linear's own init
+        layers = [skip_init(nn.Linear, n_in, n_out, bias=False) for n_in, n_out in ((8, 6), (6, 3), (3, 1))]
+        for layer in layers:
+            nn.init.kaiming_uniform_(layer.weight, a=math.sqrt(5), generator=generator)
+        self.decoder = nn.Sequential(layers[0], nn.ReLU(), layers[1], nn.ReLU(), layers[2])
 
     @property
     def num_experts(self) -> int:
