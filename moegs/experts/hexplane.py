@@ -20,6 +20,7 @@ from moegs.errors import InputError
 from moegs.experts.base import Expert, ExpertConfig
 from moegs.experts.deform_mlp import DeformHeads, StepCounter, apply_offsets, check_attrs
 from moegs.experts.hexplane_cpu import HexPlaneCPU
+from moegs.experts.hexplane_regularisers import plane_regularisers
 
 PLANE_AXES: tuple[tuple[int, int], ...] = ((0, 1), (0, 2), (1, 2), (0, 3), (1, 3), (2, 3))
 """Coordinate pairs of the 6 planes (axis 3 is time): xy xz yz xt yt zt."""
@@ -127,16 +128,6 @@ def sample_plane(plane: Tensor, uv: Tensor) -> Tensor:
     return out.view(plane.shape[1], -1)
 
 
-def smoothness(plane: Tensor) -> Tensor:
-    """Mean squared second difference along the plane's rows (dim -2; time for space-time planes).
-
-    4DGaussians' ``compute_plane_smoothness``; the paper calls the spatial use "total variation".
-    """
-    d1 = plane[..., 1:, :] - plane[..., :-1, :]
-    d2 = d1[..., 1:, :] - d1[..., :-1, :]
-    return d2.square().mean()
-
-
 class HexPlaneFields(nn.Module):
     """Everything of the family that is not per Gaussian: the HexPlane, its decoder, the step counter."""
 
@@ -200,8 +191,5 @@ class HexPlaneExpert(Expert):
         if not self.deforming:
             return torch.zeros(())
         c, hexplane = self.config, self._fields.hexplane
-        spatial, space_time = hexplane.planes(SPATIAL), hexplane.planes(SPACE_TIME)
-        tv = torch.stack([smoothness(p) for p in spatial]).sum()
-        time_smooth = torch.stack([smoothness(p) for p in space_time]).sum()
-        time_l1 = torch.stack([(1.0 - p).abs().mean() for p in space_time]).sum()
-        return c.lambda_plane_tv * tv + c.lambda_time_smooth * time_smooth + c.lambda_time_l1 * time_l1
+        weights = (c.lambda_plane_tv, c.lambda_time_smooth, c.lambda_time_l1)
+        return plane_regularisers(hexplane.planes(SPATIAL), hexplane.planes(SPACE_TIME), weights)

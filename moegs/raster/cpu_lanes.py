@@ -15,7 +15,7 @@ not read. Arrays are 1-D and contiguous, of float32 or float64.
 from __future__ import annotations
 
 from llvmlite import ir
-from numba import types
+from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
@@ -67,3 +67,13 @@ def lane_dot(typingctx, x, y, n):
     if not (_is_span(x) and x == y and isinstance(n, types.Integer)):
         return None
     return x.dtype(x, y, n), _lane_codegen(x, 2)
+
+
+@njit(cache=True, inline="always")
+def span_dot(x, y, n):
+    """sum of x[:n] * y[:n] for any n: the whole 8-value runs by `lane_dot`, the rest added in order."""
+    whole = n - n % LANES
+    total = lane_dot(x, y, whole) if whole else x[0] - x[0]
+    for i in range(whole, n):
+        total += x[i] * y[i]
+    return total
