@@ -10,11 +10,13 @@ an analytic backward (same values to float rounding, ~3x faster than pytorch_mss
 
 from __future__ import annotations
 
+import math
+
 import torch
 from pytorch_msssim import ssim as _msssim_ssim
 from torch import Tensor
 
-from moegs.errors import InputError
+from moegs.errors import InputError, MoegsError
 from moegs.ssim_cpu import SSIMCPU
 
 SSIM_WIN_SIZE = 11
@@ -110,3 +112,15 @@ def _batched(img: Tensor) -> Tensor:
 def _to_bchw(img: Tensor) -> Tensor:
     x = _batched(img)
     return x.permute(0, 3, 1, 2).to(torch.promote_types(x.dtype, torch.float32))
+
+
+def require_finite(loss: Tensor, label: str, step: int) -> float:
+    """The loss on the host, or a MoegsError once it is NaN or infinite: from then on Adam makes every
+    weight NaN, and such a model must not be checkpointed or saved as a result."""
+    value = float(loss.detach())
+    if not math.isfinite(value):
+        raise MoegsError(
+            f"{label}: training diverged (loss {value} at step {step}); nothing was saved. Lower the learning "
+            "rates or regulariser weights of this stage's config, or check the dataset's images"
+        )
+    return value

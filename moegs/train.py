@@ -23,7 +23,7 @@ from moegs.data.dataset import Dataset
 from moegs.data.views import StreamedViews
 from moegs.errors import CheckpointError
 from moegs.experts.base import Expert
-from moegs.losses import photometric
+from moegs.losses import photometric, require_finite
 from moegs.progress import progress_bar
 from moegs.rendering import render_expert
 
@@ -160,12 +160,13 @@ def train_expert(
                 if stats["n_after"] != stats["n_before"]:
                     expert.after_densify()
             if (local_step + 1) % checkpoint_every == 0 and local_step + 1 < steps:
+                require_finite(last_loss, expert.family, step)
                 _save_checkpoint(ckpt_path, local_step + 1, expert, optimizers, fields_opt, state, generator)
             bar.advance()
             if local_step % 50 == 0:
-                bar.set_postfix(f"loss={float(last_loss):.4f} N={expert.num_gaussians}")
+                bar.set_postfix(f"loss={require_finite(last_loss, expert.family, step):.4f} N={expert.num_gaussians}")
     expert.set_view(None)  # renders after training are of any view (test cameras, paths)
-    final_loss = float("nan") if last_loss is None else float(last_loss)
+    final_loss = float("nan") if last_loss is None else require_finite(last_loss, expert.family, steps - 1 + step_offset)
     return TrainResult(time.perf_counter() - began, steps - start, final_loss, expert.num_gaussians)
 
 

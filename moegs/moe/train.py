@@ -20,7 +20,7 @@ from moegs.data.dataset import FRAME_CACHE_MB, Dataset
 from moegs.data.views import StreamedViews
 from moegs.errors import CheckpointError
 from moegs.evaluation import EVAL_FRAMES
-from moegs.losses import photometric
+from moegs.losses import photometric, require_finite
 from moegs.moe.model import MoEModel
 from moegs.moe.render import DEFORMED_CACHE_MB
 from moegs.moe.router import PAPER_GATE_BACKGROUND, PixelRouter
@@ -145,10 +145,12 @@ def train_router(
             gate_sums += out.gates.detach().mean(dim=(1, 2))
             if (step + 1) % cfg.log_every == 0 or step + 1 == steps:
                 mean_gates = (gate_sums / ((step % cfg.log_every) + 1)).tolist()
-                history.append({"step": step + 1, "loss": float(loss.detach()), "mean_gate": mean_gates})
-                bar.set_postfix("loss={:.4f} gates={}".format(float(loss.detach()), "/".join(f"{g:.2f}" for g in mean_gates)))
+                value = require_finite(loss, "router", step)
+                history.append({"step": step + 1, "loss": value, "mean_gate": mean_gates})
+                bar.set_postfix("loss={:.4f} gates={}".format(value, "/".join(f"{g:.2f}" for g in mean_gates)))
                 gate_sums.zero_()
             if ckpt_path is not None and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < steps:
+                require_finite(loss, "router", step)
                 save_checkpoint(ckpt_path, {
                     "step": step + 1, "router": model.router.state_dict(), "optimizer": optimizer.state_dict(),
                     "generator": generator.get_state(), "gate_sums": gate_sums, "history": history,
