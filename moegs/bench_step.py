@@ -16,7 +16,9 @@ fields' one) and densify (gradient statistics every step, plus one clone/split/p
 they show. Prints the numba target CPU (what `NUMBA_CPU_NAME` / `NUMBA_CPU_FEATURES` emulate) and
 the host CPU model next to the figures. The stages run with glibc's allocator keeping freed blocks
 (`moegs.allocator`); `--malloc default` times the library defaults instead (one process each, since
-the setting cannot be undone), so the two can be compared side by side.
+the setting cannot be undone), so the two can be compared side by side. Run as a module it waits
+for OpenMP work as the `moegs` command does (a short spin, `moegs.openmp_waiting`);
+`GOMP_SPINCOUNT=0 python -m moegs.bench_step` times the library's passive waiting.
 """
 
 from __future__ import annotations
@@ -28,21 +30,27 @@ import statistics
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
-import yaml
+from moegs.openmp_waiting import describe as openmp_waiting
+from moegs.openmp_waiting import spin_briefly
 
-from moegs.allocator import retain_freed_memory
-from moegs.cameras import Camera
-from moegs.data.dataset import scene_extent
-from moegs.data.synthetic import PRESETS, make_rig, surface_samples
-from moegs.errors import InputError
-from moegs.experts import family_names, get_family
-from moegs.experts.base import config_from_dict
-from moegs.losses import photometric
-from moegs.raster import rasterize
-from moegs.rendering import camera_center
-from moegs.train import make_optimizers, step_optimizers
+if __name__ == "__main__":  # time what the moegs command runs: its OpenMP waiting, set before torch loads
+    spin_briefly()
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import yaml  # noqa: E402
+
+from moegs.allocator import retain_freed_memory  # noqa: E402
+from moegs.cameras import Camera  # noqa: E402
+from moegs.data.dataset import scene_extent  # noqa: E402
+from moegs.data.synthetic import PRESETS, make_rig, surface_samples  # noqa: E402
+from moegs.errors import InputError  # noqa: E402
+from moegs.experts import family_names, get_family  # noqa: E402
+from moegs.experts.base import config_from_dict  # noqa: E402
+from moegs.losses import photometric  # noqa: E402
+from moegs.raster import rasterize  # noqa: E402
+from moegs.rendering import camera_center  # noqa: E402
+from moegs.train import make_optimizers, step_optimizers  # noqa: E402
 
 PARTS = ("deform", "raster_fwd", "loss", "backward", "optimiser", "densify")
 # Steps are timed from here: after every family's warm-up, inside the demo's densification window.
@@ -59,7 +67,8 @@ def demo_settings() -> dict:
 
 
 def cpu_description() -> dict[str, str]:
-    """The CPU numba compiles for (name, and whether AVX-512 is among its features) and the host's model name."""
+    """The CPU numba compiles for (name, and whether AVX-512 is among its features), the host's model
+    name, torch's thread count and the OpenMP waiting (`moegs.openmp_waiting`)."""
     import llvmlite.binding as llvm
     import numba
 
@@ -78,7 +87,8 @@ def cpu_description() -> dict[str, str]:
         simd = f"{target} defaults"
     else:
         simd = "avx512f" if "+avx512f" in features else ("avx2" if "+avx2" in features else "no avx2")
-    return {"numba_target": target, "numba_simd": simd, "cpu_model": model, "threads": str(torch.get_num_threads())}
+    return {"numba_target": target, "numba_simd": simd, "cpu_model": model, "threads": str(torch.get_num_threads()),
+            "openmp_waiting": openmp_waiting()}
 
 
 def _cameras() -> list[Camera]:
@@ -219,7 +229,7 @@ def _print_table(result: dict) -> None:
     console = Console(width=160)
     console.print(table)
     console.print(f"numba target {cpu['numba_target']} ({cpu['numba_simd']}), host {cpu['cpu_model']}, "
-                  f"{cpu['threads']} torch threads, malloc: {result['malloc']}")
+                  f"{cpu['threads']} torch threads, malloc: {result['malloc']}, OpenMP waiting: {cpu['openmp_waiting']}")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -38,6 +38,7 @@ try:  # the cluster extra; without it only the in-process executor works (make_e
 except ImportError:  # pragma: no cover - exercised only without the extra
     Checkpointable = object
 from moegs.errors import InputError, MissingDependencyError, MoegsError
+from moegs.openmp_waiting import wait_passively_in_children
 
 log = logging.getLogger("moegs")
 
@@ -300,6 +301,8 @@ def _submitit() -> Any:
 def make_executor(cfg: ExecutorConfig, folder: Path) -> Any:
     """A submitit executor with the config's resources; logs go to ``folder`` (``%j`` = job id)."""
     submitit = _submitit()
+    if cfg.cluster == "local":  # its jobs share this machine's cores: no spinning OpenMP workers
+        wait_passively_in_children()
     try:
         executor = submitit.AutoExecutor(folder=folder / "%j", cluster=cfg.cluster, slurm_max_num_timeout=cfg.max_requeues,
                                          local_max_num_timeout=cfg.max_requeues)

@@ -1,10 +1,17 @@
 """The moegs command line.
 
+Its OpenMP workers spin briefly between parallel regions, where the library waits passively
+(`moegs.openmp_waiting`): set here, before any command module loads torch.
+
 Under a file-size limit (``ulimit -f``) CPython writes ``.pyc`` files cut short at the limit and
 later imports of those modules fail; the CLI then writes no bytecode at all.
 """
 
 import sys
+
+from moegs.openmp_waiting import spin_briefly
+
+spin_briefly()  # before the commands' modules load torch (moegs.openmp_waiting says why)
 
 try:
     import resource

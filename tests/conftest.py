@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads (see moegs/__init__.py)
+# before torch loads: the tests wait passively, in the CLIs they start too (the workers of pytest -n
+# share the cores, and the command's short spin would take them from each other: moegs.openmp_waiting)
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from pathlib import Path  # noqa: E402
 

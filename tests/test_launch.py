@@ -344,3 +344,16 @@ def test_help_and_empty_listing(tmp_path):
     assert empty.exit_code == 0 and "no jobs" in empty.output
     unknown = invoke("-w", str(tmp_path), "jobs", "--run", "nope")
     assert unknown.exit_code == 2 and "nope" in unknown.output
+
+
+def test_local_jobs_inherit_passive_openmp_waiting(tmp_path, monkeypatch):
+    """The command spins briefly; the local executor's jobs share this machine's cores and must not."""
+    from moegs import openmp_waiting
+
+    monkeypatch.setattr(openmp_waiting, "USER_SET", frozenset())  # as if the user had set neither variable
+    monkeypatch.setenv("GOMP_SPINCOUNT", str(openmp_waiting.CLI_SPIN_COUNT))  # what the command set for itself
+    with mocked_slurm():
+        make_executor(ExecutorConfig(cluster="slurm"), tmp_path / "slurm")  # a cluster's nodes are the job's own
+    assert os.environ["GOMP_SPINCOUNT"] == str(openmp_waiting.CLI_SPIN_COUNT)
+    make_executor(ExecutorConfig(cluster="local", gpus_per_node=0), tmp_path / "local")
+    assert os.environ["GOMP_SPINCOUNT"] == "0"

@@ -5,6 +5,8 @@
 Scenes are random Gaussians in front of a 60-degree camera at 3-5 units depth with scales of
 0.005-0.05 units (like a real reconstruction), random wxyz rotations, opacities sigmoid(N(0, 2)).
 Each timing is the median of a few repeats after one warm-up (numba compile and caches excluded).
+Run as a module it waits for OpenMP work as the `moegs` command does (`moegs.openmp_waiting`;
+`GOMP_SPINCOUNT=0` for the library's passive waiting).
 """
 
 from __future__ import annotations
@@ -16,11 +18,17 @@ import statistics
 import time
 from collections.abc import Callable
 
-import torch
-from torch import Tensor
+from moegs.openmp_waiting import describe as openmp_waiting
+from moegs.openmp_waiting import spin_briefly
 
-from moegs.raster.api import available_backends, rasterize, rasterize_multi
-from moegs.raster.structs import GaussianSet
+if __name__ == "__main__":  # time what the moegs command runs: its OpenMP waiting, set before torch loads
+    spin_briefly()
+
+import torch  # noqa: E402
+from torch import Tensor  # noqa: E402
+
+from moegs.raster.api import available_backends, rasterize, rasterize_multi  # noqa: E402
+from moegs.raster.structs import GaussianSet  # noqa: E402
 
 
 def make_scene(
@@ -164,7 +172,8 @@ def run_bench(quick: bool = False, cuda_fps: bool = False) -> dict:
                 _median_ms(_fwd_bwd(g_cuda, viewmat.cuda(), K.cuda(), width, height, "gsplat"), 10, 3, sync=True), 3
             )
         cases.append(case)
-    result = {"cases": cases, "single_pass": _single_pass(20_000, width, height, 3 if quick else 5)}
+    result = {"cases": cases, "single_pass": _single_pass(20_000, width, height, 3 if quick else 5),
+              "openmp_waiting": openmp_waiting()}
     if cuda_fps and has_gsplat:
         result["cuda_fps"] = _cuda_fps()
     return result
@@ -189,6 +198,7 @@ def _print_table(result: dict) -> None:
         f"single pass, K=3 experts, 20k Gaussians in all (cpu, fwd+bwd): separate {sp['separate_ms']:.1f} ms, "
         f"single {sp['single_ms']:.1f} ms, speed-up {sp['ratio']:.2f}x, max |diff| {sp['max_abs_diff']:.2e}"
     )
+    console.print(f"OpenMP waiting: {result['openmp_waiting']}")
     if "cuda_fps" in result:
         f = result["cuda_fps"]
         console.print(f"gsplat forward {f['width']}x{f['height']}, {f['gaussians']} Gaussians: {f['fps']} FPS")
