@@ -23,7 +23,8 @@ app = typer.Typer(
         "Reconstruct dynamic scenes from multi-view video with a Mixture of Experts of dynamic 3D "
         "Gaussian Splatting models. Every stage reads and writes versioned artifacts under the "
         "workspace (<workspace>/<scene>/<kind>/<id>/manifest.json); a stage whose output already "
-        "exists does nothing unless --force."
+        "exists does nothing unless --force. Its OpenMP threads spin briefly between operations, faster on "
+        "cores it has to itself: on a busy or shared machine run it with GOMP_SPINCOUNT=0."
     ),
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,

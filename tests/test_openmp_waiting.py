@@ -60,3 +60,12 @@ def _probe(env_extra: dict[str, str]) -> str:
 )
 def test_the_cli_package_sets_its_waiting_before_torch_loads(extra, expected):
     assert _probe(extra) == expected
+
+
+def test_the_help_says_how_to_wait_passively():
+    from typer.testing import CliRunner
+
+    from moegs_cli.app import app
+
+    text = " ".join(CliRunner().invoke(app, ["--help"], env={"COLUMNS": "200"}).output.split())
+    assert "on a busy or shared machine run it with GOMP_SPINCOUNT=0" in text
