@@ -237,7 +237,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--json", action="store_true", help="print the result as JSON only")
     parser.add_argument("--families", default=",".join(family_names()), help="comma-separated families")
     parser.add_argument("--steps", type=int, default=12, help="timed steps per family (after 3 warm-up steps)")
-    parser.add_argument("--gaussians", type=int, default=8000, help="Gaussians per expert (demo cap: 8000)")
+    parser.add_argument("--gaussians", type=int, default=8000, help="Gaussians per expert (the demo caps experts at 8000-12000)")
     parser.add_argument("--cpu-time", action="store_true", help="one thread, timed by its CPU time (for a loaded machine)")
     parser.add_argument("--malloc", choices=("retain", "default"), default="retain",
                         help="retain: the stages' allocator settings (moegs.allocator); default: the C library's")
