@@ -32,35 +32,35 @@ USER_SET = frozenset(name for name in (SPIN_VARIABLE, POLICY_VARIABLE) if name i
 """The variables the environment held when moegs was first imported, before it set any."""
 
 
-def wait_passively_by_default(environ: MutableMapping[str, str] | None = None) -> None:
+def wait_passively_by_default(environ: MutableMapping[str, str] = os.environ) -> None:
     """The library's default: passive waiting unless the environment says otherwise."""
-    (os.environ if environ is None else environ).setdefault(POLICY_VARIABLE, "PASSIVE")
+    environ.setdefault(POLICY_VARIABLE, "PASSIVE")
 
 
-def spin_briefly(environ: MutableMapping[str, str] | None = None, user_set: frozenset[str] | None = None) -> bool:
+def spin_briefly(environ: MutableMapping[str, str] = os.environ, user_set: frozenset[str] | None = None) -> bool:
     """The command's setting: a short spin, unless the user chose a policy or a spin count.
 
     Returns whether it was set. After torch's import it reaches only numba's pool (if not yet started)."""
     if _user_chose(user_set):
         return False
-    (os.environ if environ is None else environ)[SPIN_VARIABLE] = str(CLI_SPIN_COUNT)
+    environ[SPIN_VARIABLE] = str(CLI_SPIN_COUNT)
     return True
 
 
-def wait_passively_in_children(environ: MutableMapping[str, str] | None = None, user_set: frozenset[str] | None = None) -> None:
+def wait_passively_in_children(environ: MutableMapping[str, str] = os.environ, user_set: frozenset[str] | None = None) -> None:
     """Before starting several moegs processes on this machine: they inherit passive waiting (see the
     module docstring), unless the user chose a policy or a spin count."""
     if not _user_chose(user_set):
-        (os.environ if environ is None else environ)[SPIN_VARIABLE] = "0"
+        environ[SPIN_VARIABLE] = "0"
 
 
 def _user_chose(user_set: frozenset[str] | None) -> bool:
+    """Whether the user set either variable (None: as recorded at import; read at call time, so tests can replace it)."""
     return bool(USER_SET if user_set is None else user_set)
 
 
-def describe(environ: MutableMapping[str, str] | None = None) -> str:
+def describe(environ: MutableMapping[str, str] = os.environ) -> str:
     """This process's waiting setting as the benchmarks print it."""
-    environ = os.environ if environ is None else environ
     if SPIN_VARIABLE in environ:
         return f"{SPIN_VARIABLE}={environ[SPIN_VARIABLE]}"
     return f"{POLICY_VARIABLE}={environ.get(POLICY_VARIABLE, 'unset')}"
