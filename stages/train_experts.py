@@ -45,7 +45,8 @@ def run(
     dataset_artifact = load_artifact(dataset_ref, workspace, expected_kind="dataset")
     whole = Dataset.load(dataset_artifact.path, cfg.frame_cache_mb)
     dataset = select_frames(whole, parse_frames(cfg.frames, whole.n_frames, what="frames"))
-    shape, defaults = rig_expert_defaults(dataset.train_cameras)
+    train_cameras = dataset.train_cameras
+    shape, defaults = rig_expert_defaults(train_cameras, lambda: dataset.mean_colour(train_cameras))
     configs = {family: family_config(cfg, family, defaults) for family in cfg.families}
     rigs = {family: {"shape": shape, "defaults": applied_defaults(defaults, getattr(cfg, family))}
             for family in cfg.families}

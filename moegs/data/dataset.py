@@ -143,6 +143,13 @@ class Dataset:
             self._backgrounds[key] = np.median(stack, axis=0).round().astype(np.uint8)
         return self._backgrounds[key]
 
+    def mean_colour(self, cameras: list[Camera]) -> list[float]:
+        """RGB in [0, 1]: the mean colour of ``cameras`` over :data:`BACKGROUND_FRAMES` frames spread
+        over the clip, the least-squares guess for a pixel nothing else explains."""
+        frames = spread_indices(self.n_frames, BACKGROUND_FRAMES)
+        means = [self.frame(cam.name, i).reshape(-1, 3).mean(axis=0) for cam in cameras for i in frames]
+        return (np.mean(means, axis=0) / 255.0).tolist()
+
     def frame_tensor(self, cam_name: str, i: int, device: torch.device | str = "cpu") -> torch.Tensor:
         """Frame i as float32 [H, W, 3] in [0, 1] on ``device`` (moved as uint8, converted there)."""
         image = torch.from_numpy(self.frame(cam_name, i)).to(device, non_blocking=True)
