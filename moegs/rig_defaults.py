@@ -1,20 +1,23 @@
 """Expert settings chosen by the rig's shape, applied under whatever the user's config says.
 
 A surround rig (4-8 cameras 50-140 degrees apart around the scene) sees each surface from two or
-three views at most, and those far apart. ``random_background: true`` (as 3DGS's training script
-offers): a closed room has no empty pixel, but a Gaussian set fitted against a fixed background
-leaves gaps wherever few views constrain it, and they render as the background colour (black) in
-a held-out view; a random colour each step makes every gap a loss. Measured on the tiny surround
-preset (500 steps, polynomial): held-out view 17.54 -> 17.99 dB. ``sh_degree: 0`` was tried too and
-changed nothing at 500 and 1000 steps (17.87 vs 17.84 dB), so it is not a default.
+three views at most, and a held-out or novel view sees parts of the scene that no training camera
+explains. Gaussians leave gaps there (alpha 0.84-0.93 where one training camera or none sees,
+against 0.99 where two or more do, on the tiny surround preset), and a gap shows the background
+colour. ``background``: the training views' mean colour, the least-squares guess for such a
+pixel, instead of black.
 
-``background``: the training views' mean colour. Random backgrounds leave training unaffected by
-it, but a held-out view still has pixels no training camera explains (alpha 0.84-0.93 where one
-camera or none sees, against 0.99 where two or more do), and the scene's mean colour is a far
-better guess there than black: on the tiny surround preset, the same experts' held-out view
-rose by 0.6-1.0 dB (polynomial seed 4: 16.92 -> 17.94 dB, seed 1: 18.22 -> 18.83).
+Measured on the tiny surround preset (500 steps; held-out view above a flat image of each frame's
+mean colour, best expert / MoE, over expert seeds 0-5): ``random_background`` (a random colour each
+training step, so every gap costs loss; the earlier default) rendered over black 0.71-2.02 /
+0.66-1.78 dB, the same rendered over the mean colour 1.72-2.63 / 1.74-2.13 dB, trained and
+rendered over the mean colour 1.95-2.40 / 1.83-2.26 dB, now the default (plain black, seed 0 only:
+polynomial 1.33 dB). ``sh_degree: 0`` changed nothing (17.87 vs 17.84 dB at 500 and 1000 steps),
+so it is not a default.
 
-Forward-facing rigs keep the families' defaults.
+Forward-facing rigs keep the families' defaults, sparse ones too: on the real 4-camera capture
+(three training cameras, forward-facing; polynomial, 320 px, 12 frames) the mean colour gave 7.51
+-> 9.41 dB at 1500 steps but 8.58 -> 7.88 at 3000 (a flat image: 10.44), no consistent effect.
 """
 
 from __future__ import annotations
@@ -25,22 +28,16 @@ from typing import Any
 from moegs.camera_path import RigShape, rig_shape
 from moegs.cameras import Camera
 
-RIG_EXPERT_DEFAULTS: dict[RigShape, dict[str, Any]] = {
-    "forward": {},
-    "surround": {"random_background": True},
-}
-
 
 def rig_expert_defaults(
     cameras: list[Camera], mean_colour: Callable[[], list[float]]
 ) -> tuple[RigShape, dict[str, Any]]:
-    """The rig's shape and the expert settings it implies (a new dict: callers may change it).
+    """The training cameras' rig shape and the expert settings it implies (a new dict).
     ``mean_colour`` (the training views' mean RGB) is called only for a rig that needs it."""
     shape = rig_shape(cameras)
-    defaults = dict(RIG_EXPERT_DEFAULTS[shape])
     if shape == "surround":
-        defaults["background"] = [round(float(c), 3) for c in mean_colour()]
-    return shape, defaults
+        return shape, {"background": [round(float(c), 3) for c in mean_colour()]}
+    return shape, {}
 
 
 def applied_defaults(defaults: dict[str, Any], section: dict[str, Any]) -> dict[str, Any]:

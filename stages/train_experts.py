@@ -48,12 +48,13 @@ def run(
     train_cameras = dataset.train_cameras
     shape, defaults = rig_expert_defaults(train_cameras, lambda: dataset.mean_colour(train_cameras))
     configs = {family: family_config(cfg, family, defaults) for family in cfg.families}
-    rigs = {family: {"shape": shape, "defaults": applied_defaults(defaults, getattr(cfg, family))}
+    rigs = {family: {"shape": shape, "train_cameras": len(train_cameras),
+                     "defaults": applied_defaults(defaults, getattr(cfg, family))}
             for family in cfg.families}
     for family, rig in rigs.items():
         if rig["defaults"]:
-            log.info("%s: %s rig, so %s (set them in the config to override)", family, shape,
-                     ", ".join(f"{k}={v}" for k, v in rig["defaults"].items()))
+            log.info("%s: %s rig of %d training cameras, so %s (set it in the config to override)",
+                     family, shape, len(train_cameras), ", ".join(f"{k}={v}" for k, v in rig["defaults"].items()))
     ctx = stage_context(cfg)
     outcomes = []
     for family, family_cfg in configs.items():
