@@ -46,7 +46,7 @@ from moegs.data.dataset import scene_extent  # noqa: E402
 from moegs.data.synthetic import PRESETS, make_rig, surface_samples  # noqa: E402
 from moegs.errors import InputError  # noqa: E402
 from moegs.experts import family_names, get_family  # noqa: E402
-from moegs.experts.base import config_from_dict  # noqa: E402
+from moegs.experts.base import config_from_dict, resolved_background  # noqa: E402
 from moegs.losses import photometric  # noqa: E402
 from moegs.raster import rasterize  # noqa: E402
 from moegs.rendering import camera_center  # noqa: E402
@@ -130,9 +130,11 @@ def bench_family(
 ) -> dict:
     """Median ms per part of one training step of `family` (see the module docstring)."""
     cls = get_family(family)
-    cfg = config_from_dict(cls, dict(settings.get(family, {})))
     preset = PRESETS["demo"]
     cameras = _cameras()
+    targets = _targets(cameras, seed)
+    cfg = resolved_background(config_from_dict(cls, dict(settings.get(family, {}))),
+                              lambda: torch.stack(targets).mean(dim=(0, 1, 2)).tolist())  # `background: mean`
     xyz, times = surface_samples("demo", n_points, seed=seed)
     rgb = np.random.default_rng(seed).uniform(0.0, 255.0, (len(xyz), 3))
     expert = cls.from_points(cfg, xyz, rgb, times, preset.n_frames)
@@ -140,7 +142,6 @@ def bench_family(
     optimizers, fields_opt = make_optimizers(expert, extent)
     densify = cfg.densify
     state = densify.init_state(expert.num_gaussians)
-    targets = _targets(cameras, seed)
     background = torch.tensor(cfg.background, dtype=torch.float32)
     generator = torch.Generator().manual_seed(seed)
     records: list[dict[str, float]] = []

@@ -5,7 +5,7 @@ three views at most, and a held-out or novel view sees parts of the scene that n
 explains. Gaussians leave gaps there (alpha 0.84-0.93 where one training camera or none sees,
 against 0.99 where two or more do, on the tiny surround preset with random training backgrounds;
 0.59 against 0.90 trained over the mean colour), and a gap shows the background colour.
-``background``: the training views' mean colour, the least-squares guess for such a pixel,
+``background: mean``: the training views' mean colour, the least-squares guess for such a pixel,
 instead of black.
 
 Measured on the tiny surround preset (500 steps; held-out view above a flat image of each frame's
@@ -23,22 +23,22 @@ Forward-facing rigs keep the families' defaults, sparse ones too: on the real 4-
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 from moegs.camera_path import RigShape, rig_shape
 from moegs.cameras import Camera
+from moegs.experts.base import MEAN_BACKGROUND
+
+RIG_EXPERT_DEFAULTS: dict[RigShape, dict[str, Any]] = {
+    "forward": {},
+    "surround": {"background": MEAN_BACKGROUND},
+}
 
 
-def rig_expert_defaults(
-    cameras: list[Camera], mean_colour: Callable[[], list[float]]
-) -> tuple[RigShape, dict[str, Any]]:
-    """The training cameras' rig shape and the expert settings it implies (a new dict).
-    ``mean_colour`` (the training views' mean RGB) is called only for a rig that needs it."""
+def rig_expert_defaults(cameras: list[Camera]) -> tuple[RigShape, dict[str, Any]]:
+    """The training cameras' rig shape and the expert settings it implies (a copy: callers may change it)."""
     shape = rig_shape(cameras)
-    if shape == "surround":
-        return shape, {"background": [round(float(c), 3) for c in mean_colour()]}
-    return shape, {}
+    return shape, dict(RIG_EXPERT_DEFAULTS[shape])
 
 
 def applied_defaults(defaults: dict[str, Any], section: dict[str, Any]) -> dict[str, Any]:

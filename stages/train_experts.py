@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +17,7 @@ from moegs.data.point_motion import moving_points
 from moegs.errors import MoegsError
 from moegs.expert_output import finish_expert
 from moegs.experts import get_family
-from moegs.experts.base import ExpertConfig
+from moegs.experts.base import ExpertConfig, resolved_background
 from moegs.experts.settings import TrainExpertsConfig, family_config
 from moegs.rig_defaults import applied_defaults, rig_expert_defaults
 from moegs.train import train_expert
@@ -46,8 +47,10 @@ def run(
     whole = Dataset.load(dataset_artifact.path, cfg.frame_cache_mb)
     dataset = select_frames(whole, parse_frames(cfg.frames, whole.n_frames, what="frames"))
     train_cameras = dataset.train_cameras
-    shape, defaults = rig_expert_defaults(train_cameras, lambda: dataset.mean_colour(train_cameras))
-    configs = {family: family_config(cfg, family, defaults) for family in cfg.families}
+    shape, defaults = rig_expert_defaults(train_cameras)
+    mean_colour = functools.cache(lambda: dataset.mean_colour(train_cameras))
+    configs = {family: resolved_background(family_config(cfg, family, defaults), mean_colour)
+               for family in cfg.families}
     rigs = {family: {"shape": shape, "train_cameras": len(train_cameras),
                      "defaults": applied_defaults(defaults, getattr(cfg, family))}
             for family in cfg.families}

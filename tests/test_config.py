@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+import numpy as np
 import pytest
 
 import dataclasses
@@ -112,6 +113,8 @@ def test_misspelled_section_is_refused_by_name(tmp_path):
         (TrainExpertsConfig, "train_experts", "hexplane.iterations=0", "hexplane.iterations: must be >= 1"),
         (TrainExpertsConfig, "train_experts", "static.densify.every=0", "static.densify.every: must be >= 1"),
         (TrainExpertsConfig, "train_experts", "keyframe.background=[0,0]", "background: must be 3 numbers"),
+        (TrainExpertsConfig, "train_experts", "keyframe.background=meen", "background: 'meen' is not one of 'mean'"),
+        (TrainExpertsConfig, "train_experts", "keyframe.background=[0,1.5,0]", "background: must be <= 1"),
         (TrainExpertsConfig, "train_experts", "polynomial.densify.stopp=1", "unknown config key polynomial.densify.stopp"),
         (TrainExpertsConfig, "train_experts", "families=hexplane,nope", "unknown expert family 'nope'"),
         (PruneConfig, "prune", "keep_fraction=1.5", "keep_fraction: must be <= 1"),
@@ -133,3 +136,18 @@ def test_limits_hold_however_a_config_is_made():
         PruneConfig(keep_fraction=0.5, threshold=1.0)
     densify = resolve_config(TrainExpertsConfig, None, "train_experts", ["hexplane.densify.stop=700"]).hexplane
     assert densify == {"densify": {"stop": 700}}
+
+
+def test_background_mean_is_kept_until_a_dataset_resolves_it():
+    from moegs.experts import get_family
+    from moegs.experts.base import resolved_background
+    from moegs.experts.settings import family_config
+
+    cfg = resolve_config(TrainExpertsConfig, None, "train_experts", ["polynomial.background=mean"])
+    polynomial = family_config(cfg, "polynomial")
+    assert polynomial.background == "mean"
+    with pytest.raises(ValueError, match="background 'mean' must be resolved"):  # never rendered over a word
+        get_family("polynomial").from_points(polynomial, np.zeros((4, 3)), np.zeros((4, 3)), np.zeros(4), 8)
+    resolved = resolved_background(polynomial, lambda: [0.25, 0.5, 0.75])
+    assert resolved.background == [0.25, 0.5, 0.75]
+    assert dataclasses.replace(resolved, background="mean") == polynomial  # nothing else changed

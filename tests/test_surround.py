@@ -144,21 +144,26 @@ def test_rig_shape_and_default_path(surround_raw, tiny_raw) -> None:
 
 
 def test_surround_rigs_default_to_the_mean_colour_background_the_config_overrides(surround_raw, tiny_raw) -> None:
+    from moegs.experts.base import resolved_background
     from moegs.experts.settings import TrainExpertsConfig, family_config
     from moegs.rig_defaults import applied_defaults, rig_expert_defaults
 
-    def never_read() -> list[float]:
-        raise AssertionError("a forward-facing rig must not read the frames for their mean colour")
-
-    assert rig_expert_defaults(_cameras(tiny_raw), never_read) == ("forward", {})
-    shape, defaults = rig_expert_defaults(_cameras(surround_raw)[1:], lambda: [0.35214, 0.5, 0.75])
-    assert shape == "surround" and defaults == {"background": [0.352, 0.5, 0.75]}
+    assert rig_expert_defaults(_cameras(tiny_raw)) == ("forward", {})
+    shape, defaults = rig_expert_defaults(_cameras(surround_raw)[1:])
+    assert shape == "surround" and defaults == {"background": "mean"}
     cfg = TrainExpertsConfig(families=["polynomial"], polynomial={"background": [1.0, 1.0, 1.0], "sh_degree": 2})
     chosen = family_config(cfg, "polynomial", defaults)
     assert chosen.background == [1.0, 1.0, 1.0] and chosen.sh_degree == 2  # the user's values win
     assert applied_defaults(defaults, cfg.polynomial) == {}
-    assert family_config(cfg, "static", defaults).background == [0.352, 0.5, 0.75]
-    assert applied_defaults(defaults, cfg.static) == {"background": [0.352, 0.5, 0.75]}
+
+    def never_read() -> list[float]:
+        raise AssertionError("a colour the config gives must not be replaced by the frames' mean")
+
+    assert resolved_background(chosen, never_read) is chosen
+    static = family_config(cfg, "static", defaults)
+    assert static.background == "mean" and applied_defaults(defaults, cfg.static) == {"background": "mean"}
+    resolved = resolved_background(static, lambda: [0.35214, 0.5, 0.75])
+    assert resolved.background == [0.352, 0.5, 0.75] and resolved.sh_degree == static.sh_degree
 
 
 def test_surround_end_to_end(surround_raw, tmp_path) -> None:
@@ -204,7 +209,7 @@ def test_surround_end_to_end(surround_raw, tmp_path) -> None:
     mean_colour = [round(float(c), 3) for c in every_frame.reshape(-1, 3).mean(axis=0) / 255.0]
     for expert in experts:  # the rig chose these, the config did not set them
         assert expert.metrics["rig"] == {"shape": "surround", "train_cameras": len(dataset.train_cameras),
-                                         "defaults": {"background": mean_colour}}
+                                         "defaults": {"background": "mean"}}
         assert expert.config["random_background"] is False and expert.config["background"] == mean_colour
     moe = train_router.run(TrainRouterConfig(iterations=150, log_every=50), [str(e.path) for e in experts],
                            workspace, progress=False).artifact

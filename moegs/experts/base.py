@@ -14,9 +14,11 @@ Given a normalised time t in [0, 1) it returns its Gaussians as a :class:`moegs.
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -32,6 +34,10 @@ from moegs.sh import MAX_SH_DEGREE
 from moegs.context import RenderContext
 from moegs.renderable import Frame
 from moegs.rendering import render_expert
+
+
+MEAN_BACKGROUND = "mean"
+"""``background`` value standing for the training views' mean colour."""
 
 
 def _expert_densify() -> DensifyConfig:
@@ -61,7 +67,11 @@ class ExpertConfig:
     lambda_dssim: float = bounded(0.2, ge=0.0, le=1.0)
     densify: DensifyConfig = field(default_factory=_expert_densify)
     """3DGS density control: ``densify: {start: 300, stop: 2000, max_gaussians: 60000, ...}``."""
-    background: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0], metadata={"limits": {"ge": 0.0, "le": 1.0}})
+    background: Literal["mean"] | list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0],
+                                                     metadata={"limits": {"ge": 0.0, "le": 1.0}})
+    """RGB the Gaussians are composited over, in training and in renders. ``mean``: the training views'
+    mean colour, the least-squares guess for a pixel no Gaussian covers; train-experts resolves it
+    when training starts (see :func:`resolved_background`) and the expert's config records the colour."""
     random_background: bool = False
     """Train against a random background colour each step, so an empty pixel is never right: Gaussians
     must cover every pixel opaquely (closed scenes seen by few cameras, where gaps are otherwise left
@@ -83,8 +93,8 @@ class ExpertConfig:
         check_config(self)
         if self.point_times not in ("all", "first"):
             raise ConfigValueError("point_times", f"must be 'all' or 'first', got {self.point_times!r}")
-        if len(self.background) != 3:
-            raise ConfigValueError("background", f"must be 3 numbers (RGB), got {len(self.background)}")
+        if self.background != MEAN_BACKGROUND and len(self.background) != 3:
+            raise ConfigValueError("background", f"must be 3 numbers (RGB) or 'mean', got {len(self.background)}")
 
 
 class Expert(nn.Module):
@@ -96,6 +106,9 @@ class Expert(nn.Module):
 
     def __init__(self, config: ExpertConfig, params: dict[str, Tensor], n_frames: int, aabb: Tensor) -> None:
         super().__init__()
+        if config.background == MEAN_BACKGROUND:
+            raise ValueError(f"{self.family}: background 'mean' must be resolved to a colour before an expert "
+                             "is built (moegs.experts.base.resolved_background)")
         self.config = config
         self.n_frames = int(n_frames)
         self.register_buffer("aabb", aabb.detach().clone().float())  # [2, 3] min/max of the initial points
@@ -308,6 +321,14 @@ class Expert(nn.Module):
 
 def config_from_dict(cls: type[Expert], values: dict[str, Any]) -> ExpertConfig:
     return build_config(cls.config_class, values)
+
+
+def resolved_background(config: ExpertConfig, mean_colour: Callable[[], list[float]]) -> ExpertConfig:
+    """``config`` with ``background: mean`` replaced by ``mean_colour()`` (called only then), rounded
+    to 3 decimals so that manifests read well and ids do not hang on float noise."""
+    if config.background != MEAN_BACKGROUND:
+        return config
+    return dataclasses.replace(config, background=[round(float(c), 3) for c in mean_colour()])
 
 
 def _as_param(value: Tensor) -> nn.Parameter:
