@@ -49,8 +49,8 @@ def run(
     train_cameras = dataset.train_cameras
     shape, defaults = rig_expert_defaults(train_cameras)
     mean_colour = functools.cache(lambda: dataset.mean_colour(train_cameras))
-    configs = {family: resolved_background(family_config(cfg, family, defaults), mean_colour)
-               for family in cfg.families}
+    requested = {family: family_config(cfg, family, defaults) for family in cfg.families}
+    configs = {family: resolved_background(config, mean_colour) for family, config in requested.items()}
     rigs = {family: {"shape": shape, "train_cameras": len(train_cameras),
                      "defaults": applied_defaults(defaults, getattr(cfg, family))}
             for family in cfg.families}
@@ -58,6 +58,8 @@ def run(
         if rig["defaults"]:
             log.info("%s: %s rig of %d training cameras, so %s (set it in the config to override)",
                      family, shape, len(train_cameras), ", ".join(f"{k}={v}" for k, v in rig["defaults"].items()))
+        if configs[family].background != requested[family].background:
+            log.info("%s: background mean = %s (the training views' mean colour)", family, configs[family].background)
     ctx = stage_context(cfg)
     outcomes = []
     for family, family_cfg in configs.items():

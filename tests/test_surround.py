@@ -4,6 +4,7 @@ against the true surfaces, the automatic init choice, rig-shape defaults, and th
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -166,7 +167,7 @@ def test_surround_rigs_default_to_the_mean_colour_background_the_config_override
     assert resolved.background == [0.352, 0.5, 0.75] and resolved.sh_degree == static.sh_degree
 
 
-def test_surround_end_to_end(surround_raw, tmp_path) -> None:
+def test_surround_end_to_end(surround_raw, tmp_path, caplog) -> None:
     """synth --rig surround -> preprocess (init chosen automatically) -> two experts with the surround
     defaults -> router, scored on the held-out view against a flat image of each frame's mean colour.
 
@@ -201,7 +202,12 @@ def test_surround_end_to_end(surround_raw, tmp_path) -> None:
     schedule = {"iterations": 500, "densify": {"max_gaussians": 6000, "start": 100, "stop": 400, "every": 100}}
     cfg = train_experts.TrainExpertsConfig(families=["polynomial", "static"], checkpoint_every=100000,
                                            polynomial={**schedule, "init_t_log_scale": 0.5}, static=schedule)
-    outcomes = train_experts.run(cfg, dataset_path, workspace, progress=False)
+    moegs_log = logging.getLogger("moegs")  # the CLI run above replaced the root handlers, caplog's too
+    moegs_log.addHandler(caplog.handler)
+    try:
+        outcomes = train_experts.run(cfg, dataset_path, workspace, progress=False)
+    finally:
+        moegs_log.removeHandler(caplog.handler)
     assert [o.error for o in outcomes] == [None, None]
     experts = [o.result.artifact for o in outcomes]
     dataset = Dataset.load(dataset_path)
@@ -211,6 +217,7 @@ def test_surround_end_to_end(surround_raw, tmp_path) -> None:
         assert expert.metrics["rig"] == {"shape": "surround", "train_cameras": len(dataset.train_cameras),
                                          "defaults": {"background": "mean"}}
         assert expert.config["random_background"] is False and expert.config["background"] == mean_colour
+    assert f"static: background mean = {mean_colour} (the training views' mean colour)" in caplog.text
     moe = train_router.run(TrainRouterConfig(iterations=150, log_every=50), [str(e.path) for e in experts],
                            workspace, progress=False).artifact
     flat = _flat_mean_colour_psnr(dataset)
