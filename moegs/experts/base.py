@@ -75,7 +75,8 @@ class ExpertConfig:
     random_background: bool = False
     """Train against a random background colour each step, so an empty pixel is never right: Gaussians
     must cover every pixel opaquely (closed scenes seen by few cameras, where gaps are otherwise left
-    at ``background``). Renders after training use ``background``."""
+    at ``background``). Renders after training use ``background``. On the tiny surround preset
+    ``background: mean`` without it held out better (see :mod:`moegs.rig_defaults`)."""
     motion_weight: float = bounded(0.0, ge=0.0)
     """Weight moving content up in the L1 term: a pixel that differs from its camera's temporal-median
     background counts ``1 + motion_weight`` times (:func:`moegs.losses.motion_weight`; 0: plain L1)."""
