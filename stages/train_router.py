@@ -3,22 +3,27 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 from moegs.artifacts import Artifact, ArtifactWriter, load_artifact
+from moegs.cameras import Camera
 from moegs.data.frame_range import frames_of
 from moegs.errors import InputError
 from moegs.experts.io import load_expert
 from moegs.models import model_dataset
-from moegs.moe.evaluate import evaluate_moe
+from moegs.moe.evaluate import evaluate_moe, evaluate_moe_psnr
 from moegs.moe.io import check_mixable, save_router
 from moegs.moe.model import MoEModel
 from moegs.moe.render import FrozenExperts
 from moegs.moe.router import PixelRouter
 from moegs.moe.train import TrainRouterConfig, train_router
+from moegs.rig_defaults import rig_render_tau
 from stages.common import StageResult, artifact_config, run_stage, stage_context
 
 __all__ = ["TrainRouterConfig", "run"]
+
+log = logging.getLogger("moegs")
 
 
 def run(
@@ -50,16 +55,30 @@ def run(
         history, seconds = train_router(model, dataset, cfg, ctx, progress=progress, workdir=directory, resume=resume)
         save_router(router, directory)
         (directory / "router_log.json").write_text(json.dumps(history, indent=2))
+        shape, model.tau = _render_tau(cfg, dataset.train_cameras)
         w.metrics.update(evaluate_moe(model, dataset, directory, ctx, cfg.official_eval_tau, eval_frames=cfg.eval_frames,
                                       progress=progress))
-        w.metrics["train_seconds"] = seconds
+        if model.tau != cfg.tau:  # what the training temperature would have scored, for comparison
+            w.metrics["psnr_train_tau"] = evaluate_moe_psnr(model, dataset, ctx, cfg.tau, cfg.eval_frames, progress)
+        w.metrics.update({"train_seconds": seconds, "rig": shape, "render_tau": model.tau})
         w.compat.update(
-            {"dataset_id": dataset_id, "n_experts": len(expert_artifacts), "tau": cfg.tau,
+            {"dataset_id": dataset_id, "n_experts": len(expert_artifacts), "tau": model.tau,
              "n_frames": expert_artifacts[0].compat["n_frames"], "frames": frames.as_list(),
              "families": [a.compat["family"] for a in expert_artifacts]}
         )
 
     return run_stage(writer, build, ctx=ctx, force=force, resume=resume)
+
+
+def _render_tau(cfg: TrainRouterConfig, train_cameras: list[Camera]) -> tuple[str, float]:
+    """The rig shape and the temperature the mixture renders at (the config's, else the rig's default)."""
+    shape, tau = rig_render_tau(train_cameras, cfg.tau)
+    if cfg.render_tau is not None:
+        return shape, cfg.render_tau
+    if tau != cfg.tau:
+        log.info("%s rig of %d training cameras, so the mixture renders at tau %g (trained at %g; set "
+                 "render_tau in the config to override)", shape, len(train_cameras), tau, cfg.tau)
+    return shape, tau
 
 
 def _dataset_of(expert: Artifact, dataset_ref: str | None, workspace: Path, dataset_id: str) -> Artifact:

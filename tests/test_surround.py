@@ -13,12 +13,14 @@ from typer.testing import CliRunner
 
 from moegs.camera_path import default_path, make_path, orbit_path, rig_shape
 from moegs.cameras import Camera
+from moegs.context import resolve_context
 from moegs.data.carving import carve_points
 from moegs.data.dataset import Dataset
 from moegs.data.init_points import spread_indices
 from moegs.data.synthetic import REGION_NAMES, SURROUND_CENTRE, load_scene_info, view_coverage
 from moegs.data.video import read_video
 from moegs.errors import InputError
+from moegs.models import load_model
 from moegs_cli.app import app
 
 runner = CliRunner()
@@ -167,21 +169,36 @@ def test_surround_rigs_default_to_the_mean_colour_background_the_config_override
     assert resolved.background == [0.352, 0.5, 0.75] and resolved.sh_degree == static.sh_degree
 
 
+def test_surround_mixtures_render_at_the_official_temperature_unless_configured(surround_raw, tiny_raw, caplog) -> None:
+    from moegs.moe.train import TrainRouterConfig
+    from moegs.rig_defaults import rig_render_tau
+    from stages.train_router import _render_tau
+
+    surround = _cameras(surround_raw)[1:]
+    assert rig_render_tau(_cameras(tiny_raw), 0.02) == ("forward", 0.02)
+    assert rig_render_tau(surround, 0.02) == ("surround", 1.0)
+    with caplog.at_level(logging.INFO, logger="moegs"):
+        assert _render_tau(TrainRouterConfig(render_tau=0.05), surround) == ("surround", 0.05)  # the config wins
+        assert _render_tau(TrainRouterConfig(render_tau=0.05), _cameras(tiny_raw)) == ("forward", 0.05)
+    assert "renders at tau" not in caplog.text  # nothing chosen for the user, nothing to report
+
+
 def test_surround_end_to_end(surround_raw, tmp_path, caplog) -> None:
     """synth --rig surround -> preprocess (init chosen automatically) -> two experts with the surround
     defaults -> router, scored on the held-out view against a flat image of each frame's mean colour.
 
     Tiny size (96x72, 8 frames, 500 steps per expert, 150 router steps). Measured: COLMAP
     triangulates ~120 background points and carving adds ~4,700 (colmap+carve); held-out view
-    polynomial 18.50 dB, static 18.23, MoE 18.46, flat image 16.21. Over expert seeds 0-5 the best
-    expert is 1.95-2.40 dB above the flat image and the MoE 1.83-2.26 dB (+0.07 to -0.27 dB from
-    its best expert). With the earlier surround default (random training backgrounds, rendered over
-    black) those were 0.71-2.02 and 0.66-1.78 dB, and CI's machine, whose COLMAP kept 17 points
-    fewer, drew a +0.62 dB MoE. Training views reach 22-25 dB (26-28.6 at 1000 steps, where the
+    polynomial 18.50 dB, static 18.23, MoE 18.67 (rendered at tau 1, the surround default; 18.46 at
+    its training tau 0.01), flat image 16.21. Over expert seeds 0-5 the best expert is 1.95-2.40 dB
+    above the flat image and the MoE 2.23-2.52 dB (-0.07 to +0.37 dB from its best expert; at the
+    training tau 1.83-2.26 and -0.27 to +0.07). With the earlier surround default (random training
+    backgrounds, rendered over black) best expert and MoE were 0.71-2.02 and 0.66-1.78 dB, and CI's
+    machine, whose COLMAP kept 17 points fewer, drew a +0.62 dB MoE. Training views reach 22-25 dB (26-28.6 at 1000 steps, where the
     held-out view stays put): sparse-view overfitting, not underfitting. NOT met here: the issue's
     +6 dB over the flat image (the preset allows 22.5 dB, see the coverage test) and the MoE >= its
     best expert on every seed. Asserted: a clear margin over the flat image for the best expert
-    and for the MoE.
+    and for the MoE, and the MoE not far below its best expert.
     """
     from moegs.moe.train import TrainRouterConfig
     from stages import train_experts, train_router
@@ -206,10 +223,12 @@ def test_surround_end_to_end(surround_raw, tmp_path, caplog) -> None:
     moegs_log.addHandler(caplog.handler)
     try:
         outcomes = train_experts.run(cfg, dataset_path, workspace, progress=False)
+        assert [o.error for o in outcomes] == [None, None]
+        experts = [o.result.artifact for o in outcomes]
+        moe = train_router.run(TrainRouterConfig(iterations=150, log_every=50), [str(e.path) for e in experts],
+                               workspace, progress=False).artifact
     finally:
         moegs_log.removeHandler(caplog.handler)
-    assert [o.error for o in outcomes] == [None, None]
-    experts = [o.result.artifact for o in outcomes]
     dataset = Dataset.load(dataset_path)
     every_frame = np.stack([dataset.frame(c.name, i) for c in dataset.train_cameras for i in range(dataset.n_frames)])
     mean_colour = [round(float(c), 3) for c in every_frame.reshape(-1, 3).mean(axis=0) / 255.0]
@@ -218,14 +237,18 @@ def test_surround_end_to_end(surround_raw, tmp_path, caplog) -> None:
                                          "defaults": {"background": "mean"}}
         assert expert.config["random_background"] is False and expert.config["background"] == mean_colour
     assert f"static: background mean = {mean_colour} (the training views' mean colour)" in caplog.text
-    moe = train_router.run(TrainRouterConfig(iterations=150, log_every=50), [str(e.path) for e in experts],
-                           workspace, progress=False).artifact
+    # the rig chose the rendering temperature: trained at 0.01, rendered (and scored) at 1.0
+    assert moe.compat["tau"] == moe.metrics["render_tau"] == 1.0 and moe.config["tau"] == 0.01
+    assert moe.metrics["rig"] == "surround" and "renders at tau 1 (trained at 0.01" in caplog.text
+    assert load_model(moe, resolve_context("cpu", "cpu")).tau == 1.0  # what render, bench and prune draw
     flat = _flat_mean_colour_psnr(dataset)
     held_out = {e.config["family"]: e.metrics["psnr"] for e in experts}
     best = max(held_out.values())
     print(f"surround tiny ({manifest['metrics']['points']} points, {init['method']}): held-out view "
-          f"{held_out} dB, MoE {moe.metrics['psnr']:.2f} dB, flat image {flat:.2f} dB")
+          f"{held_out} dB, MoE {moe.metrics['psnr']:.2f} dB (at the training tau {moe.metrics['psnr_train_tau']:.2f}), "
+          f"flat image {flat:.2f} dB")
     assert best > flat + 1.0 and moe.metrics["psnr"] > flat + 1.0
+    assert moe.metrics["psnr"] > best - 0.5  # the issue's capture had the MoE 1.3 dB below its best expert
 
 
 def _flat_mean_colour_psnr(dataset: Dataset, cameras: list[Camera] | None = None) -> float:

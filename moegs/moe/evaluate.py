@@ -62,13 +62,20 @@ def evaluate_moe(
         "region_mean_gates": {region: np.mean(values, axis=0).tolist() for region, values in region_gates.items()},
     }
     if official_tau is not None and official_tau != model.tau:
-        metrics["psnr_official_tau"] = evaluate_renderer(
-            lambda camera, t: model.blend(camera, t, ctx, tau=official_tau).image,
-            dataset, frames=frames, progress=progress, label=f"evaluate moe tau={official_tau:g}",
-        )["psnr"]
+        metrics["psnr_official_tau"] = evaluate_moe_psnr(model, dataset, ctx, official_tau, eval_frames, progress)
     if directory is not None:
         (directory / "eval.json").write_text(json.dumps(scores, indent=2))
     return metrics
+
+
+@torch.no_grad()
+def evaluate_moe_psnr(model: MoEModel, dataset: Dataset, ctx: RenderContext, tau: float, eval_frames: int,
+                      progress: bool) -> float:
+    """The blend's mean PSNR on the test cameras at temperature ``tau`` instead of its own."""
+    return evaluate_renderer(
+        lambda camera, t: model.blend(camera, t, ctx, tau=tau).image, dataset,
+        frames=evaluation_frames(dataset.n_frames, eval_frames), progress=progress, label=f"evaluate moe tau={tau:g}",
+    )["psnr"]
 
 
 def region_winner(experts: list[Artifact], families: list[str]) -> dict[str, str]:

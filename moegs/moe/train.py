@@ -36,7 +36,11 @@ class TrainRouterConfig:
 
     iterations: int = bounded(5000, ge=1)
     tau: float = bounded(0.01, gt=0.0)
-    """Softmax temperature, used the same way in training and evaluation."""
+    """Softmax temperature of the gates in training (and, on forward-facing rigs, in rendering)."""
+    render_tau: float | None = bounded(None, gt=0.0)
+    """Temperature the finished mixture renders at: its evaluation, render, bench, prune, distill and
+    the viewer. None: ``tau``, or the rig's default (:mod:`moegs.rig_defaults`: 1.0, softer gates, on
+    surround rigs, whose few training views cannot show which expert generalises)."""
     official_eval_tau: float = bounded(1.0, gt=0.0)
     """Also report PSNR at this test-time temperature (the official code evaluates at tau = 1)."""
     lr_gates: float = bounded(0.5, ge=0.0)
