@@ -76,8 +76,8 @@ def _render_tau(cfg: TrainRouterConfig, train_cameras: list[Camera]) -> tuple[st
     if cfg.render_tau is not None:
         return shape, cfg.render_tau
     if tau != cfg.tau:
-        log.info("%s rig of %d training cameras, so the mixture renders at tau %g (trained at %g; set "
-                 "render_tau in the config to override)", shape, len(train_cameras), tau, cfg.tau)
+        log.info("%s rig of %d training cameras, so the mixture renders at tau %g (trained at %g; softer gates "
+                 "carry over to new views better; set render_tau to override)", shape, len(train_cameras), tau, cfg.tau)
     return shape, tau
 
 

@@ -175,7 +175,8 @@ def test_surround_mixtures_render_at_the_official_temperature_unless_configured(
     from stages.train_router import _render_tau
 
     surround = _cameras(surround_raw)[1:]
-    assert rig_render_tau(_cameras(tiny_raw), 0.02) == ("forward", 0.02)
+    assert rig_render_tau(_cameras(tiny_raw), 0.01) == ("forward", 0.05)
+    assert rig_render_tau(_cameras(tiny_raw), 0.2) == ("forward", 0.2)  # never sharper than training
     assert rig_render_tau(surround, 0.02) == ("surround", 1.0)
     with caplog.at_level(logging.INFO, logger="moegs"):
         assert _render_tau(TrainRouterConfig(render_tau=0.05), surround) == ("surround", 0.05)  # the config wins

@@ -36,11 +36,11 @@ class TrainRouterConfig:
 
     iterations: int = bounded(5000, ge=1)
     tau: float = bounded(0.01, gt=0.0)
-    """Softmax temperature of the gates in training (and, on forward-facing rigs, in rendering)."""
+    """Softmax temperature of the gates in training."""
     render_tau: float | None = bounded(None, gt=0.0)
     """Temperature the finished mixture renders at: its evaluation, render, bench, prune, distill and
-    the viewer. None: ``tau``, or the rig's default (:mod:`moegs.rig_defaults`: 1.0, softer gates, on
-    surround rigs, whose few training views cannot show which expert generalises)."""
+    the viewer. None: the rig's (:mod:`moegs.rig_defaults`: 0.05 forward-facing, 1.0 surround; softer
+    gates carry over to new viewpoints better), or ``tau`` where that is softer."""
     official_eval_tau: float = bounded(1.0, gt=0.0)
     """Also report PSNR at this test-time temperature (the official code evaluates at tau = 1)."""
     lr_gates: float = bounded(0.5, ge=0.0)
