@@ -100,7 +100,7 @@ def train_router(
     experts: Annotated[list[str], typer.Option("--experts", "-e", help="Expert artifacts (repeat, or comma-separate): two or more, any families, one dataset.")],
     dataset: Annotated[str | None, typer.Option("--dataset", "-d", help="Dataset artifact (default: the experts' own).", show_default=False)] = None,
     iterations: Annotated[int | None, typer.Option(help="Router training steps (default 5000).", show_default=False)] = None,
-    tau: Annotated[float | None, typer.Option(help="Softmax temperature in training (default 0.01); the mixture renders softer, at the rig's render_tau (0.05 forward-facing, 1.0 surround; --set render_tau=X).", show_default=False)] = None,
+    tau: Annotated[float | None, typer.Option(help="Softmax temperature in training and rendering (default 0.01); surround rigs render at 1.0; --set render_tau=X renders at X.", show_default=False)] = None,
     naive: Annotated[bool, typer.Option("--naive", help="Render with 2K separate passes instead of the single multi-expert pass.")] = False,
     device: DeviceOpt = None,
     backend: BackendOpt = None,
@@ -114,10 +114,9 @@ def train_router(
     Per Gaussian: gates (init 0.9) and a time coefficient, splatted with the expert's own geometry;
     a shared 69-weight pixel MLP turns them into per-pixel softmax gates that blend the experts.
     Reports the blend's PSNR, each expert's, the per-region winners, the router's preferred expert
-    per region and the PSNR at the official test-time temperature (tau = 1). The mixture renders at
-    a softer temperature than it trains at (0.05 on forward-facing rigs, 1.0 on surround rigs:
-    softer gates carry over to new viewpoints better), and the summary gives the PSNR at the
-    training temperature beside it.
+    per region and the PSNR at the official test-time temperature (tau = 1). On surround rigs (and
+    with --set render_tau=X) the mixture renders softer than it trains (tau 1: softer gates carry
+    over to far-away viewpoints better), and the summary gives the PSNR at the training tau beside it.
     Example: moegs train-router -e synth/expert/ab12 -e synth/expert/cd34
     """
     from stages import train_router as stage

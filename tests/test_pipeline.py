@@ -81,7 +81,7 @@ def test_moe_beats_its_best_expert(tiny_demo):
     print(f"MoE {moe.metrics['psnr']:.2f} dB vs best expert {best:.2f} dB; tau=1 eval {moe.metrics['psnr_official_tau']:.2f}")
     assert moe.metrics["psnr"] > best + 0.2
     assert set(moe.metrics["router_preference"]) >= {"background", "rigid"}
-    # a forward-facing rig renders softer than it trains (0.05 against 0.01), and says what 0.01 scored
+    # the preset renders softer than it trains (render_tau 0.05 against 0.01), and says what 0.01 scored
     assert moe.metrics["rig"] == "forward" and moe.metrics["render_tau"] == moe.compat["tau"] == 0.05
     assert moe.config["tau"] == 0.01 and abs(moe.metrics["psnr"] - moe.metrics["psnr_train_tau"]) < 0.5
 

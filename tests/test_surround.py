@@ -175,9 +175,9 @@ def test_surround_mixtures_render_at_the_official_temperature_unless_configured(
     from stages.train_router import _render_tau
 
     surround = _cameras(surround_raw)[1:]
-    assert rig_render_tau(_cameras(tiny_raw), 0.01) == ("forward", 0.05)
-    assert rig_render_tau(_cameras(tiny_raw), 0.2) == ("forward", 0.2)  # never sharper than training
+    assert rig_render_tau(_cameras(tiny_raw), 0.01) == ("forward", 0.01)  # the same tau as in training
     assert rig_render_tau(surround, 0.02) == ("surround", 1.0)
+    assert rig_render_tau(surround, 2.0) == ("surround", 2.0)  # never sharper than training
     with caplog.at_level(logging.INFO, logger="moegs"):
         assert _render_tau(TrainRouterConfig(render_tau=0.05), surround) == ("surround", 0.05)  # the config wins
         assert _render_tau(TrainRouterConfig(render_tau=0.05), _cameras(tiny_raw)) == ("forward", 0.05)

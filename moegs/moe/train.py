@@ -39,8 +39,8 @@ class TrainRouterConfig:
     """Softmax temperature of the gates in training."""
     render_tau: float | None = bounded(None, gt=0.0)
     """Temperature the finished mixture renders at: its evaluation, render, bench, prune, distill and
-    the viewer. None: the rig's (:mod:`moegs.rig_defaults`: 0.05 forward-facing, 1.0 surround; softer
-    gates carry over to new viewpoints better), or ``tau`` where that is softer."""
+    the viewer. None: ``tau`` (the same in training and evaluation), but 1.0 on surround rigs
+    (:mod:`moegs.rig_defaults`: softer gates carry over to far-away viewpoints better)."""
     official_eval_tau: float = bounded(1.0, gt=0.0)
     """Also report PSNR at this test-time temperature (the official code evaluates at tau = 1)."""
     lr_gates: float = bounded(0.5, ge=0.0)
