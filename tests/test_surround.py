@@ -241,6 +241,7 @@ def test_surround_end_to_end(surround_raw, tmp_path, caplog) -> None:
     # the rig chose the rendering temperature: trained at 0.01, rendered (and scored) at 1.0
     assert moe.compat["tau"] == moe.metrics["render_tau"] == 1.0 and moe.config["tau"] == 0.01
     assert moe.metrics["rig"] == "surround" and "renders at tau 1 (trained at 0.01" in caplog.text
+    assert moe.metrics["psnr_official_tau"] == moe.metrics["psnr"] != moe.metrics["psnr_train_tau"]
     assert load_model(moe, resolve_context("cpu", "cpu")).tau == 1.0  # what render, bench and prune draw
     flat = _flat_mean_colour_psnr(dataset)
     held_out = {e.config["family"]: e.metrics["psnr"] for e in experts}

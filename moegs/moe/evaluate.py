@@ -61,8 +61,9 @@ def evaluate_moe(
         },
         "region_mean_gates": {region: np.mean(values, axis=0).tolist() for region, values in region_gates.items()},
     }
-    if official_tau is not None and official_tau != model.tau:
-        metrics["psnr_official_tau"] = evaluate_moe_psnr(model, dataset, ctx, official_tau, eval_frames, progress)
+    if official_tau is not None:  # a mixture rendering at the official temperature already is not scored twice
+        metrics["psnr_official_tau"] = (scores["psnr"] if official_tau == model.tau
+                                        else evaluate_moe_psnr(model, dataset, ctx, official_tau, eval_frames, progress))
     if directory is not None:
         (directory / "eval.json").write_text(json.dumps(scores, indent=2))
     return metrics
