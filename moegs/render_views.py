@@ -42,7 +42,7 @@ class RenderConfig:
     export_ply: bool = False
     """Also write each rendered frame's Gaussians as standard 3DGS PLY (experts: one file; MoE: one per expert)."""
     tau: float | None = bounded(None, gt=0.0)
-    """Test-time temperature of a MoE (default: the one it was trained with)."""
+    """Test-time temperature of a MoE (default: the one it renders at, train-router's ``render_tau``)."""
     device: str = "auto"
     backend: str = "auto"
 

@@ -29,7 +29,7 @@ def render(
     frame_start: Annotated[int | None, typer.Option(help="First frame.", show_default=False)] = None,
     frame_stop: Annotated[int | None, typer.Option(help="Stop before this frame.", show_default=False)] = None,
     export_ply: Annotated[bool | None, typer.Option("--export-ply", help="Also write the first frame's Gaussians as standard 3DGS PLY.", show_default=False)] = None,
-    tau: Annotated[float | None, typer.Option(help="Test-time temperature of a MoE (default: as trained).", show_default=False)] = None,
+    tau: Annotated[float | None, typer.Option(help="Test-time temperature of a MoE (default: the one it renders at, its train-router render_tau).", show_default=False)] = None,
     device: DeviceOpt = None,
     backend: BackendOpt = None,
     config: ConfigOpt = None,

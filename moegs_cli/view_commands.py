@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from moegs.view.server import Viewer
 
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Expert or moe artifact (path, scene/kind/latest or id prefix).")]
-TauOpt = Annotated[float | None, typer.Option(help="Test-time temperature of a MoE (default: as trained).", show_default=False)]
+TauOpt = Annotated[float | None, typer.Option(help="Test-time temperature of a MoE (default: the one it renders at, its train-router render_tau).", show_default=False)]
 
 
 def register(app: typer.Typer) -> None:
