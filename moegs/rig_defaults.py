@@ -28,12 +28,12 @@ the farther new views are from the training ones, the softer the best temperatur
 forward-facing rig the official 1.0 costs 1.5 dB (the design's reason to keep the training tau),
 but a slightly softer one helps: the demo preset sets ``render_tau: 0.05``.
 
-Surround rigs, 1.0. Held-out view, MoE minus its best expert,
-tau 0.01 / 1.0: tiny preset, expert seeds 0-5, -0.03 / +0.17, -0.12 / +0.28, -0.26 / -0.07, +0.04 /
-+0.37, -0.27 / +0.21, +0.07 / +0.23 dB (0.3: 0.05-0.1 dB less than 1.0; 3.0 and a plain average of
-the experts within 0.03 dB of it); demo-size surround preset, one run, +0.19 / +0.91.
+Surround rigs, held-out view, MoE minus its best expert at tau 0.01 / 1.0: tiny preset, expert
+seeds 0-5, -0.03 / +0.17, -0.12 / +0.28, -0.26 / -0.07, +0.04 / +0.37, -0.27 / +0.21, +0.07 / +0.23
+dB (0.3: 0.05-0.1 dB less than 1.0; 3.0 and a plain average of the experts within 0.03 dB of it);
+demo-size surround preset, one run, +0.19 / +0.91.
 
-Forward-facing rigs. The demo's test view, tau 0.01 / 0.05 / 0.1 / 0.2 / 1.0 (one dataset):
+Forward-facing rigs, the demo's test view at tau 0.01 / 0.05 / 0.1 / 0.2 / 1.0 (one dataset):
 31.92 / 32.08 / 32.21 / 32.16 / 30.43 dB, the fast ball 18.98 / 19.00 / 18.87 / 18.27; another
 dataset 31.79 / 31.94 / 32.04 at 0.01 / 0.05 / 0.1. 0.05 lifts every region on both (0.1 costs the
 fast ball 0.1 dB); the tiny demo, router and expert seeds 1-3, MoE minus its best expert +0.47 /

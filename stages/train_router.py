@@ -60,7 +60,8 @@ def run(
                                       progress=progress))
         if model.tau != cfg.tau:  # what the training temperature would have scored, for comparison
             w.metrics["psnr_train_tau"] = evaluate_moe_psnr(model, dataset, ctx, cfg.tau, cfg.eval_frames, progress)
-        w.metrics.update({"train_seconds": seconds, "rig": shape, "render_tau": model.tau})
+        w.metrics.update({"train_seconds": seconds, "render_tau": model.tau,
+                          "rig": {"shape": shape, "train_cameras": len(dataset.train_cameras)}})  # as an expert's
         w.compat.update(
             {"dataset_id": dataset_id, "n_experts": len(expert_artifacts), "tau": model.tau,
              "n_frames": expert_artifacts[0].compat["n_frames"], "frames": frames.as_list(),

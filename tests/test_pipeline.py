@@ -82,7 +82,7 @@ def test_moe_beats_its_best_expert(tiny_demo):
     assert moe.metrics["psnr"] > best + 0.2
     assert set(moe.metrics["router_preference"]) >= {"background", "rigid"}
     # the preset renders softer than it trains (render_tau 0.05 against 0.01), and says what 0.01 scored
-    assert moe.metrics["rig"] == "forward" and moe.metrics["render_tau"] == moe.compat["tau"] == 0.05
+    assert moe.metrics["rig"]["shape"] == "forward" and moe.metrics["render_tau"] == moe.compat["tau"] == 0.05
     assert moe.config["tau"] == 0.01 and abs(moe.metrics["psnr"] - moe.metrics["psnr_train_tau"]) < 0.5
 
 
