@@ -37,7 +37,7 @@ Forward-facing rigs, the demo's test view at tau 0.01 / 0.05 / 0.1 / 0.2 / 1.0 (
 31.92 / 32.08 / 32.21 / 32.16 / 30.43 dB, the fast ball 18.98 / 19.00 / 18.87 / 18.27; another
 dataset 31.79 / 31.94 / 32.04 at 0.01 / 0.05 / 0.1. 0.05 lifts every region on both (0.1 costs the
 fast ball 0.1 dB); the tiny demo, router and expert seeds 1-3, MoE minus its best expert +0.47 /
-+0.46 / +0.60 at 0.01, +0.52 / +0.52 / +0.65 at 0.05.
++0.46 / +0.60 at 0.01, +0.53 / +0.52 / +0.65 at 0.05.
 """
 
 from __future__ import annotations
