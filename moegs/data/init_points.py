@@ -38,6 +38,7 @@ from moegs.camera_path import rig_shape
 from moegs.cameras import Camera
 from moegs.data.carving import carve_points, frustum_samples, views_seeing
 from moegs.data.colmap_init import PointCloud, colmap_points
+from moegs.data.foreground_seeds import SeedSettings, foreground_seeds
 from moegs.data.preprocess_config import PreprocessConfig
 from moegs.errors import InputError, MoegsError
 
@@ -120,6 +121,13 @@ def _run(method: str, config: PreprocessConfig, cameras: list[Camera], n_frames:
                                       progress=on_colmap_frame)
         kept = new_content(points) if config.colmap_new_content else points
         record.tried["colmap"] = {**stats, "frames": index, "triangulated": len(points), "points": len(kept)}
+        if config.foreground_seeds and len(points):
+            seeds, seed_stats = foreground_seeds(cameras, read_frame, index, n_frames,
+                                                 camera_backgrounds(cameras, n_frames, read_frame), points,
+                                                 SeedSettings(per_patch=config.foreground_seeds))
+            record.tried["colmap"]["foreground_seeds"] = seed_stats
+            log.debug("foreground seeds per frame: %s", seed_stats["per_frame"])
+            kept = PointCloud.concat([kept, seeds])
         return kept
     if method == "carve":
         foreground, background, stats = _carve(config, cameras, n_frames, read_frame)
@@ -128,6 +136,14 @@ def _run(method: str, config: PreprocessConfig, cameras: list[Camera], n_frames:
     points = frustum_points(cameras, config.init_points)
     record.tried["random"] = {"points": len(points)}
     return points
+
+
+def camera_backgrounds(cameras: list[Camera], n_frames: int, read_frame: FrameReader) -> dict[str, np.ndarray]:
+    """Each static camera's background, float [H, W, 3] in [0, 1]: the per-pixel median of
+    :data:`BACKGROUND_FRAMES` frames spread over the clip (what moves is elsewhere most of the time)."""
+    index = spread_indices(n_frames, BACKGROUND_FRAMES)
+    return {cam.name: np.median(np.stack([read_frame(cam.name, i) for i in index]), axis=0).round().astype(np.float32) / 255.0
+            for cam in cameras}
 
 
 def new_content(points: PointCloud, radius_factor: float = 0.5, error_factor: float = 4.0) -> PointCloud:

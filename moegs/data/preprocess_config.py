@@ -42,6 +42,9 @@ class PreprocessConfig:
     content, :func:`moegs.data.init_points.new_content`); False keeps every frame's points, the
     static background once per frame. Worth it with many frames (the demo: 12); with a few and a
     short schedule the repeated points are capacity the time-blind families use (tiny: -0.6 dB)."""
+    foreground_seeds: int = bounded(0, ge=0)
+    """Seeds wanted on each moving patch of a COLMAP frame (:mod:`moegs.data.foreground_seeds`): its
+    triangulated depths spread over the frame's moving pixels; 0: only the triangulated points."""
     colmap_max_features: int = bounded(8000, ge=1)
     carve_frames: int = bounded(8, ge=1)
     """Frames, spread over the clip, whose foreground is carved into time-stamped points."""
