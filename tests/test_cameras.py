@@ -160,3 +160,17 @@ def test_distortion_inverse() -> None:
     dist = np.array([-0.33, 0.046, -0.004, 0.004, 0.066])
     xy = np.random.default_rng(0).uniform(-0.6, 0.6, size=(200, 2))
     np.testing.assert_allclose(undistort_normalized(distort_normalized(xy, dist), dist), xy, atol=1e-9)
+
+
+@pytest.mark.parametrize("dist", [None, np.array([-0.1, 0.01, 0.001, -0.002, 0.0])])
+def test_unproject_inverts_project(dist) -> None:
+    """Seeds and carving samples back-project pixels: the inverse of ``project``, distortion included."""
+    from moegs.data.carving import unproject
+
+    cam = look_at_camera("c", np.array([0.5, -0.3, -4.0]), [0.0, 0.0, 0.0])
+    cam.dist = dist
+    uv = np.random.default_rng(1).uniform([20, 20], [620, 460], size=(100, 2))
+    depth = np.random.default_rng(2).uniform(1.0, 9.0, size=100)
+    back_uv, back_depth = cam.project(unproject(cam, uv, depth))
+    np.testing.assert_allclose(back_uv, uv, atol=1e-6)
+    np.testing.assert_allclose(back_depth, depth, rtol=1e-9)

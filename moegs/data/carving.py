@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from moegs.cameras import Camera
+from moegs.cameras import Camera, undistort_normalized
 from moegs.data.colmap_init import PointCloud
 
 log = logging.getLogger("moegs")
@@ -57,9 +57,13 @@ def frustum_samples(cameras: list[Camera], n_per_camera: int, rng: np.random.Gen
 
 
 def unproject(cam: Camera, uv: np.ndarray, depth: np.ndarray) -> np.ndarray:
-    """World points [N, 3] at camera depth ``depth`` [N] behind pixels ``uv`` [N, 2] of a pinhole camera."""
+    """World points [N, 3] at camera depth ``depth`` [N] behind pixels ``uv`` [N, 2]: the inverse of
+    :meth:`Camera.project`, lens distortion included."""
     Kinv = np.linalg.inv(cam.K)
-    x_cam = np.concatenate([uv @ Kinv[:2, :2].T + Kinv[:2, 2], np.ones((len(uv), 1))], axis=1) * depth[:, None]
+    xy = uv @ Kinv[:2, :2].T + Kinv[:2, 2]
+    if cam.has_distortion:
+        xy = undistort_normalized(xy, cam.dist)
+    x_cam = np.concatenate([xy, np.ones((len(uv), 1))], axis=1) * depth[:, None]
     return (x_cam - cam.t) @ cam.R  # R^T (x_cam - t)
 
 
@@ -100,7 +104,7 @@ def carve_points(
     box = shared_volume(cameras, 2, rng)
     if box is None:
         stats.update(points=0, foreground_points=0, background_points=0, voxel_size=None)
-        return _empty(), _empty(), stats
+        return PointCloud.empty(), PointCloud.empty(), stats
     centres, shape, voxel = _grid(*box, settings.grid)
     stats["voxel_size"] = voxel
     # Per camera: pixel index of every voxel (-1 outside), and its depth.
@@ -137,7 +141,7 @@ def carve_points(
     background = _background_voxels(cameras, backgrounds, pixels, depths, (seen >= 2) & ~any_hull, voxel, settings)
     bg_colours = _median_colour(cameras, backgrounds, pixels, background)
     bg_times = rng.choice(np.asarray(times)[carve_index], size=int(background.sum()))
-    foreground = PointCloud.concat(fg_clouds) if fg_clouds else _empty()
+    foreground = PointCloud.concat(fg_clouds) if fg_clouds else PointCloud.empty()
     static = _cloud(centres[background], bg_colours, bg_times)
     stats.update(points=len(foreground) + len(static), foreground_points=len(foreground), background_points=len(static))
     log.debug("carving: %d foreground + %d background points, voxel %.3g, foreground fractions %s",
@@ -241,7 +245,3 @@ def _colour_spread(cameras: list[Camera], backgrounds: dict[str, np.ndarray], pi
 def _cloud(xyz: np.ndarray, rgb: np.ndarray, time: np.ndarray) -> PointCloud:
     n = len(xyz)
     return PointCloud(xyz, rgb, np.zeros(n), np.zeros(n), time)
-
-
-def _empty() -> PointCloud:
-    return PointCloud(np.zeros((0, 3)), np.zeros((0, 3)), [], [], [])

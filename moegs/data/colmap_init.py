@@ -53,6 +53,10 @@ class PointCloud:
         return len(self.xyz)
 
     @classmethod
+    def empty(cls) -> PointCloud:
+        return cls(np.zeros((0, 3)), np.zeros((0, 3)), np.zeros(0), np.zeros(0), np.zeros(0))
+
+    @classmethod
     def concat(cls, clouds: Sequence[PointCloud]) -> PointCloud:
         keys = ("xyz", "rgb", "error", "track_len", "time")
         return cls(*(np.concatenate([getattr(c, k) for c in clouds]) for k in keys))

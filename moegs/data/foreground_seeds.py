@@ -8,8 +8,8 @@ temporal median), and the few points triangulated on that moving patch at that f
 depth. Each frame, one training camera in turn is the reference: every connected moving patch of it
 holding triangulated moving points gets pixels back-projected at the depth of the nearest of those
 points (inverse-distance weighted in the image), a pixel's colour and the frame's time. A seed is
-kept only where the other training cameras that see it see moving content too, so a wrong depth or
-a shadow does not survive.
+kept only where the other training cameras that see it see moving content too, so one placed at a
+wrong depth does not survive (on rigs with a wide baseline; a narrow forward rig tests depth less).
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ import numpy as np
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
-from moegs.cameras import Camera, undistort_normalized
+from moegs.cameras import Camera
+from moegs.data.carving import unproject
 from moegs.data.colmap_init import PointCloud
 from moegs.losses import MOTION_THRESHOLD
 
@@ -57,18 +58,19 @@ def foreground_seeds(cameras: list[Camera], read_frame: FrameReader, frame_index
     for k, i in enumerate(frame_index):
         images = {c.name: read_frame(c.name, i).astype(np.float32) / 255.0 for c in cameras}
         masks = {c.name: moving_mask(images[c.name], backgrounds[c.name]) for c in cameras}
+        grown = {name: ndimage.binary_dilation(mask) for name, mask in masks.items()}  # for calibration error
         at_frame = points.xyz[frame_of == i]
-        moving = at_frame[_agreeing(cameras, masks, at_frame, settings.agree, minimum=2)]
+        moving = at_frame[_agreeing(cameras, grown, at_frame, settings.agree, minimum=2)]
         reference = cameras[k % len(cameras)]
         seeds, used = _patch_seeds(reference, images[reference.name], masks[reference.name], moving, settings, rng)
         others = [c for c in cameras if c.name != reference.name]
-        keep = _agreeing(others, masks, seeds.xyz, settings.agree, minimum=1)
+        keep = _agreeing(others, grown, seeds.xyz, settings.agree, minimum=1)
         kept = PointCloud(seeds.xyz[keep], seeds.rgb[keep], seeds.error[keep], seeds.track_len[keep],
                           np.full(int(keep.sum()), i / n_frames, dtype=np.float32))
         clouds.append(kept)
         per_frame[int(i)] = len(kept)
         patches += used
-    cloud = PointCloud.concat(clouds) if clouds else _empty()
+    cloud = PointCloud.concat(clouds) if clouds else PointCloud.empty()
     return cloud, {"points": len(cloud), "per_frame": per_frame, "patches": patches}
 
 
@@ -80,16 +82,15 @@ def moving_mask(image: np.ndarray, background: np.ndarray, threshold: float = MO
 def _agreeing(cameras: list[Camera], masks: dict[str, np.ndarray], xyz: np.ndarray, agree: float,
               minimum: int) -> np.ndarray:
     """bool [N]: points seen by at least ``minimum`` of ``cameras``, of which a fraction ``agree``
-    see moving content (a one-pixel-grown mask, for calibration error) where the point lands."""
+    see moving content (``masks``) where the point lands."""
     seen = np.zeros(len(xyz), dtype=np.int32)
     votes = np.zeros(len(xyz), dtype=np.int32)
     for cam in cameras:
         uv, depth = cam.project(xyz)
         col, row = np.floor(uv[:, 0]).astype(np.int64), np.floor(uv[:, 1]).astype(np.int64)
         inside = (depth > 0) & (col >= 0) & (col < cam.width) & (row >= 0) & (row < cam.height)
-        grown = ndimage.binary_dilation(masks[cam.name])
         seen += inside
-        votes[inside] += grown[row[inside], col[inside]]
+        votes[inside] += masks[cam.name][row[inside], col[inside]]
     return (seen >= minimum) & (votes >= agree * seen)
 
 
@@ -97,7 +98,7 @@ def _patch_seeds(cam: Camera, image: np.ndarray, mask: np.ndarray, moving: np.nd
                  rng: np.random.Generator) -> tuple[PointCloud, int]:
     """Back-projected pixels of ``cam``'s moving patches that hold triangulated ``moving`` points."""
     if len(moving) == 0:
-        return _empty(), 0
+        return PointCloud.empty(), 0
     labels, n_labels = ndimage.label(mask)
     uv, depth = cam.project(moving)
     col, row = np.floor(uv[:, 0]).astype(np.int64), np.floor(uv[:, 1]).astype(np.int64)
@@ -119,24 +120,11 @@ def _patch_seeds(cam: Camera, image: np.ndarray, mask: np.ndarray, moving: np.nd
         distance, nearest = distance.reshape(len(pixels), k), nearest.reshape(len(pixels), k)
         weight = 1.0 / np.maximum(distance, 0.5)
         pixel_depth = (weight * known_depth[nearest]).sum(axis=1) / weight.sum(axis=1)
-        xyz.append(_unproject(cam, pixels, pixel_depth))
+        xyz.append(unproject(cam, pixels, pixel_depth))
         rgb.append(np.round(image[rows[pick], cols[pick]] * 255.0))
         used += 1
     if not xyz:
-        return _empty(), 0
+        return PointCloud.empty(), 0
     xyz_all = np.concatenate(xyz)
     return PointCloud(xyz_all, np.concatenate(rgb), np.zeros(len(xyz_all)), np.ones(len(xyz_all)),
                       np.zeros(len(xyz_all))), used
-
-
-def _unproject(cam: Camera, uv: np.ndarray, depth: np.ndarray) -> np.ndarray:
-    """World points [N, 3] at camera depth ``depth`` behind pixels ``uv`` [N, 2] (undistorted first)."""
-    xy = (uv - cam.K[:2, 2]) @ np.linalg.inv(cam.K[:2, :2]).T
-    if cam.has_distortion:
-        xy = undistort_normalized(xy, cam.dist)
-    x_cam = np.concatenate([xy, np.ones((len(xy), 1))], axis=1) * depth[:, None]
-    return (x_cam - cam.t) @ cam.R
-
-
-def _empty() -> PointCloud:
-    return PointCloud(np.zeros((0, 3)), np.zeros((0, 3)), np.zeros(0), np.zeros(0), np.zeros(0))
