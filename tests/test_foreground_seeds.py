@@ -121,3 +121,20 @@ def test_preprocess_adds_the_seeds_and_records_them(tmp_path, tiny_raw) -> None:
     directory = next((workspace / "seeded" / "dataset").glob("*/manifest.json")).parent
     colmap = manifests["seeded"]["init"]["tried"]["colmap"]["points"]
     assert len(Dataset.load(directory).points) == colmap + stats["points"]
+
+
+def test_preprocess_caps_the_seeds_at_init_points(tmp_path, tiny_raw) -> None:
+    """The seeds never outnumber ``init_points`` (a noisy capture has many moving patches)."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from moegs_cli.app import app
+
+    workspace = tmp_path / "ws"
+    result = CliRunner().invoke(app, ["-w", str(workspace), "preprocess", str(tiny_raw), "--format", "n3v",
+                                      "--colmap-frames", "8", "--foreground-seeds", "40", "--init-points", "150"])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads(next((workspace / "synth_tiny" / "dataset").glob("*/manifest.json")).read_text())
+    stats = manifest["init"]["tried"]["colmap"]["foreground_seeds"]
+    assert stats["points"] > 150 and stats["kept"] == 150

@@ -127,7 +127,7 @@ def _run(method: str, config: PreprocessConfig, cameras: list[Camera], n_frames:
                                                  SeedSettings(per_patch=config.foreground_seeds))
             record.tried["colmap"]["foreground_seeds"] = seed_stats
             log.debug("foreground seeds per frame: %s", seed_stats["per_frame"])
-            kept = PointCloud.concat([kept, seeds])
+            kept = PointCloud.concat([kept, _capped(seeds, config.init_points, seed_stats)])
         return kept
     if method == "carve":
         foreground, background, stats = _carve(config, cameras, n_frames, read_frame)
