@@ -23,6 +23,7 @@ import json
 import logging
 import os
 import secrets
+import signal
 import socket
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
@@ -30,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Literal
 
+from moegs import interrupts
 from moegs.build_lock import LockOwner, boot_id, is_held, process_start_time
 from moegs.config import bounded, check_config
 
@@ -232,8 +234,9 @@ class CommandJob(Checkpointable):
         self.groups, self.resume = groups, resume
 
     def __call__(self) -> list[str]:
-        return execute_step(self.runner, JobStore(Path(self.workspace)), self.run, self.step, self.groups,
-                            resume=self.resume)
+        with interrupts.relaying(_preemption_signal()):
+            return execute_step(self.runner, JobStore(Path(self.workspace)), self.run, self.step, self.groups,
+                                resume=self.resume)
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
         """On preemption or timeout: requeue the same command, with ``--resume`` if the step takes it."""
@@ -264,7 +267,8 @@ def execute_step(runner: Runner, store: JobStore, run: str, step: Step, groups: 
     """Run one step's command line, recording its state; raise :class:`JobFailed` naming the step if it fails.
 
     A crash (any exception) is recorded as failed too; ``SystemExit`` from submitit's requeue passes
-    through with the state its checkpoint wrote ("requeued").
+    through with the state its checkpoint wrote ("requeued"), also when the signal landed in code that
+    turned it into another error or an exit code (see :mod:`moegs.interrupts`).
     """
     attempts = store.read_state(run, step.name).get("attempts", 0) + 1
     store.write_state(run, step.name, state="running", attempts=attempts, host=socket.gethostname(), pid=os.getpid(),
@@ -276,9 +280,11 @@ def execute_step(runner: Runner, store: JobStore, run: str, step: Step, groups: 
         store.write_state(run, step.name, argv=argv)
         outcome = runner(argv)
     except Exception as exc:
+        interrupts.raise_signal_exit(exc)
         store.write_state(run, step.name, state="failed", exit_code=None, error=f"{type(exc).__name__}: {exc}")
         raise
     if outcome.exit_code != 0:
+        interrupts.raise_signal_exit()
         store.write_state(run, step.name, state="failed", exit_code=outcome.exit_code, error=outcome.error)
         raise JobFailed(f"{step.name} failed {failure(outcome.exit_code, outcome.error)}")
     store.write_state(run, step.name, state="done", exit_code=0, artifacts=outcome.artifacts)
@@ -288,6 +294,11 @@ def execute_step(runner: Runner, store: JobStore, run: str, step: Step, groups: 
 def failure(exit_code: int | None, error: str | None) -> str:
     """How a failed step is described everywhere: ``(exit 4) error: backend 'gsplat' needs ...``."""
     return f"(exit {exit_code}) {error or 'no error message; see the job log'}"
+
+
+def _preemption_signal() -> int:
+    """The signal submitit treats as preemption or timeout (``SUBMITIT_PREEMPT_SIGNAL``, USR2 by default)."""
+    return signal.Signals["SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2")]
 
 
 def _submitit() -> Any:

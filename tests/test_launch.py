@@ -315,6 +315,41 @@ def test_preempted_local_job_is_requeued_and_resumes_from_its_checkpoint(tmp_pat
     assert weights and all(files[0][w]["sha256"] == files[1][w]["sha256"] for w in weights)
 
 
+@pytest.mark.parametrize("swallowed_as", ["wrapped error", "exit code"])
+def test_preemption_that_lands_inside_an_extension_still_requeues(tmp_path, swallowed_as):
+    """submitit's handler requeues and raises SystemExit where the signal lands; inside a numba
+    dispatcher that surfaces as SystemError (a library may also turn it into an exit code). The step
+    must still end with the handler's SystemExit and keep its "requeued" state, not read as failed."""
+    from moegs.launch import CommandJob, CommandOutcome
+
+    store = JobStore(tmp_path)
+    step = Step("expert:static", ("train-experts",), resumable=True)
+    job = CommandJob(lambda argv: None, str(tmp_path), "r1", step, {})
+
+    def submitit_like_handler(signum, frame):
+        job.checkpoint()
+        raise SystemExit(-1)
+
+    def runner(argv):
+        try:
+            signal.raise_signal(signal.SIGUSR2)
+        except SystemExit as exc:
+            if swallowed_as == "exit code":
+                return CommandOutcome(1, [], "error: interrupted stream")
+            raise SystemError("CPUDispatcher(<function _bin>) returned a result with an exception set") from exc
+        return CommandOutcome(0, [], None)
+
+    job.runner = runner
+    previous = signal.signal(signal.SIGUSR2, submitit_like_handler)
+    try:
+        with pytest.raises(SystemExit):
+            job()
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
+    assert store.read_state("r1", "expert:static")["state"] == "requeued"
+    assert signal.getsignal(signal.SIGUSR2) is previous
+
+
 def test_jobs_index_is_rewritten_whole(tmp_path):
     """Each submission adds complete lines; a job's state file overrides its pending state."""
     store = JobStore(tmp_path)
