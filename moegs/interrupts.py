@@ -84,6 +84,7 @@ def relaying(signum: int) -> Iterator[None]:
 
 
 def raise_signal_exit(cause: BaseException | None = None) -> None:
-    """Re-raise what a :func:`relaying` handler raised, if it did (whatever became of it on the way)."""
-    if _signal_exit is not None and _signal_exit is not cause:
+    """Re-raise the ``SystemExit`` a :func:`relaying` handler raised, if it did (whatever became of it
+    on the way); any other error it raised (submitit's "not requeued") is a failure like the rest."""
+    if isinstance(_signal_exit, SystemExit) and _signal_exit is not cause:
         raise _signal_exit from cause
