@@ -9,8 +9,8 @@ refuses to finish an artifact built after Ctrl-C.
 A scheduler's preemption signal has the same problem the other way round: submitit's handler
 requeues the job and raises ``SystemExit`` wherever the signal lands, and inside a compiled
 extension (a numba kernel's dispatcher) Python wraps that in ``SystemError``, or a library turns it
-into its own error. :func:`relaying` records what the handler raised, so the job can end the way
-the handler meant (:func:`raise_signal_exit`) instead of as a failure.
+into its own error. :func:`relaying` records the handler's ``SystemExit``, so the job can end the
+way the handler meant (:func:`raise_signal_exit`) instead of as a failure.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from types import FrameType
 
 _received = False
-_signal_exit: BaseException | None = None
+_signal_exit: SystemExit | None = None
 
 
 @contextlib.contextmanager
@@ -59,7 +59,7 @@ def _on_sigint(signum: int, frame: FrameType | None) -> None:
 
 @contextlib.contextmanager
 def relaying(signum: int) -> Iterator[None]:
-    """Wrap the Python handler installed for ``signum`` so that the exception it raises is recorded."""
+    """Wrap the Python handler installed for ``signum`` so that a ``SystemExit`` it raises is recorded."""
     global _signal_exit
     _signal_exit = None
     original = signal.getsignal(signum)
@@ -71,7 +71,7 @@ def relaying(signum: int) -> Iterator[None]:
         global _signal_exit
         try:
             original(number, frame)
-        except BaseException as exc:
+        except SystemExit as exc:
             _signal_exit = exc
             raise
 
@@ -86,5 +86,5 @@ def relaying(signum: int) -> Iterator[None]:
 def raise_signal_exit(cause: BaseException | None = None) -> None:
     """Re-raise the ``SystemExit`` a :func:`relaying` handler raised, if it did (whatever became of it
     on the way); any other error it raised (submitit's "not requeued") is a failure like the rest."""
-    if isinstance(_signal_exit, SystemExit) and _signal_exit is not cause:
+    if _signal_exit is not None:
         raise _signal_exit from cause

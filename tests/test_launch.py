@@ -323,12 +323,6 @@ def test_preemption_that_lands_inside_an_extension_still_requeues(tmp_path, swal
     from moegs.launch import CommandJob, CommandOutcome
 
     store = JobStore(tmp_path)
-    step = Step("expert:static", ("train-experts",), resumable=True)
-    job = CommandJob(lambda argv: None, str(tmp_path), "r1", step, {})
-
-    def submitit_like_handler(signum, frame):
-        job.checkpoint()
-        raise SystemExit(-1)
 
     def runner(argv):
         try:
@@ -339,7 +333,12 @@ def test_preemption_that_lands_inside_an_extension_still_requeues(tmp_path, swal
             raise SystemError("CPUDispatcher(<function _bin>) returned a result with an exception set") from exc
         return CommandOutcome(0, [], None)
 
-    job.runner = runner
+    job = CommandJob(runner, str(tmp_path), "r1", Step("expert:static", ("train-experts",), resumable=True), {})
+
+    def submitit_like_handler(signum, frame):
+        job.checkpoint()
+        raise SystemExit(-1)
+
     previous = signal.signal(signal.SIGUSR2, submitit_like_handler)
     try:
         with pytest.raises(SystemExit):
