@@ -31,3 +31,16 @@ def test_cpu_binning_empty():
     means2d = torch.zeros((4, 2))
     got = bin_tiles_cpu(means2d, torch.zeros(4, dtype=torch.int32), torch.ones(4), 40, 20)
     assert got.gids.shape == (0,) and torch.equal(got.offsets, torch.zeros(3 * 2 + 1, dtype=torch.long))
+
+
+@pytest.mark.parametrize("levels", [3, 50, 100_000])  # a few long runs of equal depth, many short ones, almost none
+def test_front_to_back_is_a_stable_sort_by_depth(levels):
+    import numpy as np
+
+    from moegs.raster.cpu_binning import _front_to_back
+
+    rng = np.random.default_rng(levels)
+    depths = rng.integers(0, levels, 20_000).astype(np.float32) * 0.37
+    visible = np.sort(rng.choice(20_000, 15_000, replace=False))
+    expected = visible[np.argsort(depths[visible], kind="stable")]
+    assert np.array_equal(_front_to_back(depths, visible), expected)

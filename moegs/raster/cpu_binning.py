@@ -22,21 +22,17 @@ from moegs.raster.projection import TILE, TileBins
 
 def _front_to_back(depths: np.ndarray, visible: np.ndarray) -> np.ndarray:
     """The visible Gaussians sorted by depth, ties by index (what a stable sort gives), from
-    numpy's unstable argsort (~7x faster than its stable one) plus sorting the runs of equal depth."""
-    return _sort_ties(depths, visible[np.argsort(depths[visible])])
-
-
-@njit(cache=True)
-def _sort_ties(depths, order):
-    """Sorts every run of equal depth in `order` by index, in place; returns order."""
-    i = 0
-    while i < order.shape[0]:
-        j = i + 1
-        while j < order.shape[0] and depths[order[j]] == depths[order[i]]:
-            j += 1
-        if j - i > 1:
-            order[i:j] = np.sort(order[i:j])
-        i = j
+    numpy's unstable argsort (~7x faster than its stable one) plus re-sorting only the entries in
+    runs of equal depth, by (depth, index): they keep their slots, and each run comes out by index.
+    In numpy, not numba: numba's sort took 4.5 s to compile in every fresh process."""
+    order = visible[np.argsort(depths[visible])]
+    sorted_depths = depths[order]
+    tied = np.flatnonzero(sorted_depths[1:] == sorted_depths[:-1])
+    if tied.size:
+        in_run = np.zeros(order.shape[0], dtype=bool)
+        in_run[tied] = in_run[tied + 1] = True
+        slots = np.flatnonzero(in_run)
+        order[slots] = order[slots[np.lexsort((order[slots], sorted_depths[slots]))]]
     return order
 
 
