@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
 from moegs.raster.bench import make_scene
-from moegs.raster.cpu_binning import bin_tiles_cpu
+from moegs.raster.cpu_binning import _front_to_back, bin_tiles_cpu
 from moegs.raster.projection import bin_tiles, project_gaussians
 
 
@@ -35,10 +36,6 @@ def test_cpu_binning_empty():
 
 @pytest.mark.parametrize("levels", [3, 50, 100_000])  # a few long runs of equal depth, many short ones, almost none
 def test_front_to_back_is_a_stable_sort_by_depth(levels):
-    import numpy as np
-
-    from moegs.raster.cpu_binning import _front_to_back
-
     rng = np.random.default_rng(levels)
     depths = rng.integers(0, levels, 20_000).astype(np.float32) * 0.37
     visible = np.sort(rng.choice(20_000, 15_000, replace=False))
