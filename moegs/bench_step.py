@@ -1,12 +1,13 @@
 """Training-step benchmark: where one step of each expert family goes at the demo preset.
 
-    python -m moegs.bench_step [--json] [--families hexplane,...] [--steps 12] [--gaussians 8000] [--cpu-time]
+    python -m moegs.bench_step [--json] [--families hexplane,...] [--steps 12] [--gaussians N] [--cpu-time]
                                [--malloc retain|default]
 
 Each family is built at the demo preset's settings (`stages/presets/demo.yaml`) on the demo rig
-(10 cameras, 256x192, 24 frames) from `--gaussians` points on the demo scene's surfaces, each at the
-frame it was seen at (`synthetic.surface_samples`: what COLMAP over every frame gives; the demo caps
-experts at 8000-12000). That load matches trained demo experts (~58 tile-pixel visits per pixel,
+(10 cameras, 256x192, 24 frames) from points on the demo scene's surfaces, each at the frame it was
+seen at (`synthetic.surface_samples`: what COLMAP over every frame gives), as many as the preset's
+`densify.max_gaussians` for the family (what a demo expert trains at once densified; static, which
+the demo does not train, gets the largest of them; `--gaussians` sets one count for all). That load matches trained demo experts (~58 tile-pixel visits per pixel,
 against 55-70 for the four trained families; points spread through the frustums made 6x as many
 and timed steps twice as long as training runs them). Each family is trained for a few steps past
 its warm-ups and inside the densification window. A step is split as the training loop runs it: deform (`gaussians_at`),
@@ -186,9 +187,20 @@ def bench_family(
     return result
 
 
-def run(families: list[str], n_points: int, steps: int, cpu_time: bool = False, malloc: str = "retain") -> dict:
-    """All families' step splits; `cpu_time` runs on one thread and measures its CPU time; `malloc`
-    "retain" applies the stages' allocator settings first (see the module docstring)."""
+def preset_gaussians(family: str, settings: dict) -> int:
+    """The family's Gaussian cap in the demo preset; a family the demo does not train (static) gets
+    the largest cap of those it does, the load a demo expert reaches."""
+    def cap(name: str) -> int:
+        return config_from_dict(get_family(name), dict(settings[name])).densify.max_gaussians
+
+    trained = [name for name in family_names() if name in settings]
+    return cap(family) if family in settings else max(cap(name) for name in trained)
+
+
+def run(families: list[str], n_points: int | None, steps: int, cpu_time: bool = False, malloc: str = "retain") -> dict:
+    """All families' step splits, each at `n_points` Gaussians or, for None, at its demo preset cap;
+    `cpu_time` runs on one thread and measures its CPU time; `malloc` "retain" applies the stages'
+    allocator settings first (see the module docstring)."""
     import numba
 
     if malloc not in ("retain", "default"):
@@ -201,7 +213,8 @@ def run(families: list[str], n_points: int, steps: int, cpu_time: bool = False, 
         torch.set_num_threads(1)
         numba.set_num_threads(1)
     try:
-        rows = [bench_family(f, settings, n_points, steps, cpu_time) for f in families]
+        rows = [bench_family(f, settings, n_points or preset_gaussians(f, settings), steps, cpu_time)
+                for f in families]
     finally:  # a caller's later work (a test in the same process) keeps its thread counts
         torch.set_num_threads(threads[0])
         numba.set_num_threads(threads[1])
@@ -238,7 +251,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--json", action="store_true", help="print the result as JSON only")
     parser.add_argument("--families", default=",".join(family_names()), help="comma-separated families")
     parser.add_argument("--steps", type=int, default=12, help="timed steps per family (after 3 warm-up steps)")
-    parser.add_argument("--gaussians", type=int, default=8000, help="Gaussians per expert (the demo caps experts at 8000-12000)")
+    parser.add_argument("--gaussians", type=int, default=None,
+                        help="Gaussians per expert (default: each family's cap in the demo preset)")
     parser.add_argument("--cpu-time", action="store_true", help="one thread, timed by its CPU time (for a loaded machine)")
     parser.add_argument("--malloc", choices=("retain", "default"), default="retain",
                         help="retain: the stages' allocator settings (moegs.allocator); default: the C library's")
@@ -247,7 +261,7 @@ def main(argv: list[str] | None = None) -> None:
     unknown = [f for f in families if f not in family_names()]
     if unknown or not families:
         raise SystemExit(f"--families: unknown {', '.join(unknown) or '(none given)'}; known: {', '.join(family_names())}")
-    if args.steps < 1 or args.gaussians < 1:
+    if args.steps < 1 or (args.gaussians is not None and args.gaussians < 1):
         raise SystemExit("--steps and --gaussians must be at least 1")
     result = run(families, args.gaussians, args.steps, args.cpu_time, args.malloc)
     if args.json:

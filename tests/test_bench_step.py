@@ -31,3 +31,14 @@ def test_bench_step_reports_the_split(capsys):
 def test_bench_step_refuses_an_unknown_family():
     with pytest.raises(SystemExit, match="unknown gaussian_splat"):
         bench_step.main(["--families", "gaussian_splat"])
+
+
+def test_bench_step_defaults_to_the_demo_caps():
+    """Without --gaussians each family is timed at the Gaussian count its demo expert densifies to."""
+    settings = bench_step.demo_settings()
+    caps = {f: bench_step.preset_gaussians(f, settings) for f in ("hexplane", "keyframe", "static")}
+    assert caps["hexplane"] == settings["hexplane"]["densify"]["max_gaussians"]
+    assert caps["keyframe"] == settings["keyframe"]["densify"]["max_gaussians"]
+    assert "static" not in settings
+    assert caps["static"] == max(v["densify"]["max_gaussians"] for v in settings.values()
+                                 if isinstance(v, dict) and "densify" in v)
