@@ -157,14 +157,16 @@ class Camera:
     def K_tensor(self, device: torch.device | str = "cpu") -> torch.Tensor:
         return torch.as_tensor(self.K, dtype=torch.float32, device=device)
 
+    def normalized(self, uv: np.ndarray) -> np.ndarray:
+        """Undistorted normalised image coordinates [N, 2] (camera x/z, y/z) of pixel positions ``uv`` [N, 2]."""
+        Kinv = np.linalg.inv(self.K)
+        xy = np.asarray(uv, dtype=np.float64) @ Kinv[:2, :2].T + Kinv[:2, 2]
+        return undistort_normalized(xy, self.dist) if self.has_distortion else xy
+
     def rays(self, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
         """World-frame ray origins [H, W, 3] and unit directions [H, W, 3] through the pixel centres."""
         j, i = np.meshgrid(np.arange(self.width) + 0.5, np.arange(self.height) + 0.5)
-        uv = np.stack([j.ravel(), i.ravel()], axis=1)
-        Kinv = np.linalg.inv(self.K)
-        xy = uv @ Kinv[:2, :2].T + Kinv[:2, 2]
-        if self.has_distortion:
-            xy = undistort_normalized(xy, self.dist)
+        xy = self.normalized(np.stack([j.ravel(), i.ravel()], axis=1))
         d_cam = np.concatenate([xy, np.ones((xy.shape[0], 1))], axis=1)
         d_world = d_cam @ self.R  # R^T d for each row
         d_world /= np.linalg.norm(d_world, axis=1, keepdims=True)
@@ -401,3 +403,11 @@ def cameras_to_json(cameras: list[Camera], test_cameras: list[str] = (), fps: fl
     if path is not None:
         Path(path).write_text(json.dumps(data, indent=1))
     return data
+
+
+def unproject(cam: Camera, uv: np.ndarray, depth: np.ndarray) -> np.ndarray:
+    """World points [N, 3] at camera depth ``depth`` [N] behind pixels ``uv`` [N, 2]: the inverse of
+    :meth:`Camera.project`, lens distortion included."""
+    xy = cam.normalized(uv)
+    x_cam = np.concatenate([xy, np.ones((len(uv), 1))], axis=1) * depth[:, None]
+    return (x_cam - cam.t) @ cam.R  # R^T (x_cam - t)

@@ -165,7 +165,7 @@ def test_distortion_inverse() -> None:
 @pytest.mark.parametrize("dist", [None, np.array([-0.1, 0.01, 0.001, -0.002, 0.0])])
 def test_unproject_inverts_project(dist) -> None:
     """Seeds and carving samples back-project pixels: the inverse of ``project``, distortion included."""
-    from moegs.data.carving import unproject
+    from moegs.cameras import unproject
 
     cam = look_at_camera("c", np.array([0.5, -0.3, -4.0]), [0.0, 0.0, 0.0])
     cam.dist = dist

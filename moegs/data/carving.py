@@ -7,9 +7,12 @@ triangulate, but static calibrated cameras still say a lot about the scene:
 - the moving **foreground** of a frame is where it differs from that background; a voxel whose
   projection is foreground in every camera that sees it belongs to the visual hull at that frame,
   and its surface voxels become points stamped with the frame's normalised time;
-- the static **background** surfaces are voxels outside every hull whose (blurred) background
-  colours agree across at least two textured views and that lie in front in those views (a
-  z-buffer over the consistent voxels), i.e. one pass of photo-consistent space carving.
+- the static **background** surfaces come from plane-sweep stereo over the cameras' backgrounds
+  (:mod:`moegs.data.plane_sweep`: dense, a few centimetres from the surface where a voxel is ten);
+  where it confirms too few points (textureless or unmatched views), from voxels outside every
+  hull whose (blurred) background colours agree across at least two textured views and that lie
+  in front in those views (a z-buffer over the consistent voxels), i.e. one pass of
+  photo-consistent space carving.
 
 The voxel grid spans the intersection of the training frusta between each camera's near and far.
 """
@@ -22,10 +25,14 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from moegs.cameras import Camera, undistort_normalized
+from moegs.cameras import Camera, unproject
 from moegs.data.colmap_init import PointCloud
+from moegs.data.plane_sweep import SweepSettings, stereo_points, sweep_range
 
 log = logging.getLogger("moegs")
+
+MIN_STEREO_POINTS = 300
+"""Fewer confirmed stereo points than this and the background comes from the carved voxels instead."""
 
 
 @dataclass(frozen=True)
@@ -56,15 +63,6 @@ def frustum_samples(cameras: list[Camera], n_per_camera: int, rng: np.random.Gen
     return np.concatenate(out)
 
 
-def unproject(cam: Camera, uv: np.ndarray, depth: np.ndarray) -> np.ndarray:
-    """World points [N, 3] at camera depth ``depth`` [N] behind pixels ``uv`` [N, 2]: the inverse of
-    :meth:`Camera.project`, lens distortion included."""
-    Kinv = np.linalg.inv(cam.K)
-    xy = uv @ Kinv[:2, :2].T + Kinv[:2, 2]
-    if cam.has_distortion:
-        xy = undistort_normalized(xy, cam.dist)
-    x_cam = np.concatenate([xy, np.ones((len(uv), 1))], axis=1) * depth[:, None]
-    return (x_cam - cam.t) @ cam.R  # R^T (x_cam - t)
 
 
 def views_seeing(cameras: list[Camera], xyz: np.ndarray) -> np.ndarray:
@@ -92,12 +90,14 @@ def carve_points(
     carve_index: list[int],
     settings: CarveSettings = CarveSettings(),
     seed: int = 0,
+    sweep: SweepSettings | None = SweepSettings(),
 ) -> tuple[PointCloud, PointCloud, dict]:
     """Foreground points at the frames ``carve_index``, and static background points.
 
     ``frames[name]`` is uint8 [S, h, w, 3]: S frames spread over the clip at the size of camera
     ``name`` in ``cameras`` (a small size is enough; the grid is coarser than the pixels).
-    ``times[s]`` is frame s's normalised time. Returns (foreground, background, stats for the manifest).
+    ``times[s]`` is frame s's normalised time. ``sweep`` None: the background from voxels only.
+    Returns (foreground, background, stats for the manifest).
     """
     rng = np.random.default_rng(seed)
     stats: dict = {"method": "carve", "grid": settings.grid}
@@ -138,14 +138,21 @@ def carve_points(
             fg_clouds.append(_cloud(centres[surface], colours, np.full(int(surface.sum()), times[s])))
     stats["foreground_fraction"] = {name: float(np.mean(v)) for name, v in fg_fraction.items()}
 
-    background = _background_voxels(cameras, backgrounds, pixels, depths, (seen >= 2) & ~any_hull, voxel, settings)
-    bg_colours = _median_colour(cameras, backgrounds, pixels, background)
-    bg_times = rng.choice(np.asarray(times)[carve_index], size=int(background.sum()))
+    bg_xyz, bg_colours = np.zeros((0, 3)), np.zeros((0, 3), np.uint8)
+    if sweep is not None:
+        bg_xyz, bg_colours, sweep_stats = stereo_points(cameras, backgrounds, {c.name: sweep_range(c, *box) for c in cameras},
+                                                        sweep)
+        stats.update(sweep_stats)
+    stats["background_method"] = "stereo" if len(bg_xyz) >= MIN_STEREO_POINTS else "voxels"
+    if stats["background_method"] == "voxels":
+        background = _background_voxels(cameras, backgrounds, pixels, depths, (seen >= 2) & ~any_hull, voxel, settings)
+        bg_xyz, bg_colours = centres[background], _median_colour(cameras, backgrounds, pixels, background)
+    bg_times = rng.choice(np.asarray(times)[carve_index], size=len(bg_xyz))
     foreground = PointCloud.concat(fg_clouds) if fg_clouds else PointCloud.empty()
-    static = _cloud(centres[background], bg_colours, bg_times)
+    static = _cloud(bg_xyz, bg_colours, bg_times)
     stats.update(points=len(foreground) + len(static), foreground_points=len(foreground), background_points=len(static))
-    log.debug("carving: %d foreground + %d background points, voxel %.3g, foreground fractions %s",
-              len(foreground), len(static), voxel, stats["foreground_fraction"])
+    log.debug("carving: %d foreground + %d background points (%s), voxel %.3g, foreground fractions %s",
+              len(foreground), len(static), stats["background_method"], voxel, stats["foreground_fraction"])
     return foreground, static, stats
 
 

@@ -21,8 +21,7 @@ import numpy as np
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
-from moegs.cameras import Camera
-from moegs.data.carving import unproject
+from moegs.cameras import Camera, unproject
 from moegs.data.colmap_init import PointCloud
 from moegs.losses import MOTION_THRESHOLD
 
