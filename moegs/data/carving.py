@@ -143,6 +143,7 @@ def carve_points(
         bg_xyz, bg_colours, sweep_stats = stereo_points(cameras, backgrounds, {c.name: sweep_range(c, *box) for c in cameras},
                                                         sweep)
         stats.update(sweep_stats)
+        bg_xyz, bg_colours = _one_per_cell(bg_xyz, bg_colours, voxel / 2)
     stats["background_method"] = "stereo" if len(bg_xyz) >= MIN_STEREO_POINTS else "voxels"
     if stats["background_method"] == "voxels":
         background = _background_voxels(cameras, backgrounds, pixels, depths, (seen >= 2) & ~any_hull, voxel, settings)
@@ -247,6 +248,19 @@ def _colour_spread(cameras: list[Camera], backgrounds: dict[str, np.ndarray], pi
     count = np.maximum(views, 1)[:, None]
     mean = total / count
     return np.sqrt(np.maximum(total_sq / count - mean**2, 0)).max(axis=1), views, textured
+
+
+def _one_per_cell(xyz: np.ndarray, rgb: np.ndarray, cell: float) -> tuple[np.ndarray, np.ndarray]:
+    """The first point of every ``cell``-sized cube that holds any. Each view finds the surfaces it
+    shares with its neighbours, so stereo lays several slightly different copies of one surface; a
+    copy per cell starts the experts from one layer (tiny surround preset, expert seeds 0-5, cell
+    half a voxel: the mixture 0.02-0.36 dB below its best expert -> -0.02 to +0.51 above; a
+    quarter voxel, or the cells' mean point, did no better)."""
+    if len(xyz) == 0:
+        return xyz, rgb
+    _, first = np.unique(np.floor(xyz / cell).astype(np.int64), axis=0, return_index=True)
+    first = np.sort(first)
+    return xyz[first], rgb[first]
 
 
 def _cloud(xyz: np.ndarray, rgb: np.ndarray, time: np.ndarray) -> PointCloud:
