@@ -98,3 +98,27 @@ def test_sweep_range_bounds_the_box_in_front_of_the_camera() -> None:
     assert near == pytest.approx(3.0 * 0.8) and far == pytest.approx(5.0 * 1.2)
     near, far = sweep_range(cam, np.array([-1.0, -1.0, -2.0]), np.array([1.0, 1.0, 5.0]))  # box around the camera
     assert near == cam.near and far == pytest.approx(6.0)
+
+
+def test_foreground_stereo_brings_moving_points_closer_to_the_truth(surround) -> None:
+    """Each carved instant's moving content by stereo on its foreground pixels, the hull filling in
+    the rest. Measured (tiny surround preset, 8 instants): 609 stereo points, foreground median
+    0.045 m from the true surfaces at their time (2,120 points), against 0.055 m for the hull's
+    surface voxels alone (2,467 points)."""
+    raw, cameras, frames = surround
+    info, scene = load_scene_info(raw)
+    n = info["n_frames"]
+    index = list(range(n))
+    times = np.asarray(index) / n
+
+    def median_distance(points) -> float:
+        return float(np.median(np.concatenate([scene.distance(points.xyz[points.time == t].astype(float), float(t))
+                                               for t in np.unique(points.time)])))
+
+    with_stereo, _, stats = carve_points(cameras, frames, times, index)
+    hull_only, _, _ = carve_points(cameras, frames, times, index, sweep=None)
+    print(f"foreground: {stats['foreground_stereo_points']} stereo points, {len(with_stereo)} in all, median "
+          f"{median_distance(with_stereo):.3f} m; hull only {len(hull_only)}, {median_distance(hull_only):.3f} m")
+    assert stats["foreground_stereo_points"] >= 300
+    assert set(np.unique(with_stereo.time).tolist()) == set(times.tolist())  # every instant keeps its points
+    assert median_distance(with_stereo) < median_distance(hull_only) - 0.005

