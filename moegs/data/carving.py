@@ -67,8 +67,6 @@ def frustum_samples(cameras: list[Camera], n_per_camera: int, rng: np.random.Gen
     return np.concatenate(out)
 
 
-
-
 def views_seeing(cameras: list[Camera], xyz: np.ndarray) -> np.ndarray:
     """How many cameras see each point [N, 3] inside their image and between their near and far."""
     count = np.zeros(len(xyz), dtype=np.int32)
@@ -100,7 +98,8 @@ def carve_points(
 
     ``frames[name]`` is uint8 [S, h, w, 3]: S frames spread over the clip at the size of camera
     ``name`` in ``cameras`` (a small size is enough; the grid is coarser than the pixels).
-    ``times[s]`` is frame s's normalised time. ``sweep`` None: the background from voxels only.
+    ``times[s]`` is frame s's normalised time. ``sweep`` None: no stereo (the foreground from the
+    hull's surface voxels only, the background from the photo-consistent voxels).
     Returns (foreground, background, stats for the manifest).
     """
     rng = np.random.default_rng(seed)
@@ -139,7 +138,8 @@ def carve_points(
         any_hull |= hull
         surface = hull & ~_interior(hull.reshape(shape)).reshape(-1)
         if sweep is not None and surface.any():
-            xyz, rgb = _foreground_stereo(cameras, {n: images[n][s] for n in images}, masks, depths, hull, voxel, sweep)
+            xyz, rgb = _foreground_stereo(cameras, {n: images[n][s] for n in images}, masks, pixels, depths, hull,
+                                          voxel, sweep)
             fg_clouds.append(_cloud(xyz, rgb, np.full(len(xyz), times[s])))
             stereo_count += len(xyz)
             surface &= _away_from(centres, surface, xyz, 1.5 * voxel)
@@ -266,15 +266,24 @@ def _colour_spread(cameras: list[Camera], backgrounds: dict[str, np.ndarray], pi
 
 
 def _foreground_stereo(cameras: list[Camera], images: dict[str, np.ndarray], masks: dict[str, np.ndarray],
-                       depths: dict[str, np.ndarray], hull: np.ndarray, voxel: float,
+                       pixels: dict[str, np.ndarray], depths: dict[str, np.ndarray], hull: np.ndarray, voxel: float,
                        sweep: SweepSettings) -> tuple[np.ndarray, np.ndarray]:
     """One instant's moving content by plane-sweep stereo between its frames, limited to each view's
-    foreground pixels and to the depths of the visual hull (plus two voxels): points on the
+    foreground pixels and to the depths of the hull voxels it sees (plus two voxels): points on the
     textured moving surfaces, a median 1.7 cm from the truth on the tiny surround preset where the
-    hull's surface voxels are 5.5 cm off (the hull is an outer shell)."""
-    ranges = {c.name: (max(c.near, float(depths[c.name][hull].min()) - 2 * voxel),
-                       float(depths[c.name][hull].max()) + 2 * voxel) for c in cameras}
-    xyz, rgb, _ = stereo_points(cameras, images, ranges, sweep, masks)
+    hull's surface voxels are 5.5 cm off (the hull is an outer shell). A view that sees none of the
+    hull matches nothing."""
+    ranges, view_masks = {}, {}
+    for cam in cameras:
+        visible = hull & (pixels[cam.name] >= 0)
+        if not visible.any():
+            ranges[cam.name], view_masks[cam.name] = (cam.near, 2.0 * cam.near), np.zeros_like(masks[cam.name])
+            continue
+        depth = depths[cam.name][visible]
+        near = max(cam.near, float(depth.min()) - 2 * voxel)
+        ranges[cam.name] = (near, max(float(depth.max()) + 2 * voxel, 2.0 * near))
+        view_masks[cam.name] = masks[cam.name]
+    xyz, rgb, _ = stereo_points(cameras, images, ranges, sweep, view_masks)
     return _one_per_cell(xyz, rgb, voxel / 2)
 
 
@@ -293,7 +302,7 @@ def _one_per_cell(xyz: np.ndarray, rgb: np.ndarray, cell: float) -> tuple[np.nda
     """The first point of every ``cell``-sized cube that holds any. Each view finds the surfaces it
     shares with its neighbours, so stereo lays several slightly different copies of one surface; a
     copy per cell starts the experts from one layer (tiny surround preset, expert seeds 0-5, cell
-    half a voxel: the mixture 0.02-0.36 dB below its best expert -> -0.02 to +0.51 above; a
+    half a voxel: the mixture 0.02-0.33 dB below its best expert -> -0.02 to +0.51 above; a
     quarter voxel, or the cells' mean point, did no better)."""
     if len(xyz) == 0:
         return xyz, rgb

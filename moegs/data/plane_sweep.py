@@ -1,12 +1,13 @@
-"""Dense background points by plane-sweep stereo with the known cameras (sparse and surround rigs).
+"""Dense points by plane-sweep stereo with the known cameras (sparse and surround rigs).
 
-Space carving (:mod:`moegs.data.carving`) places the static background on a voxel grid: its points
-are a voxel (about 1% of the room) off the surface, and a held-out view between cameras 50-140
-degrees apart shows every such error as a shifted texture. Static cameras give each view's
-background image (the temporal median), and the known poses turn matching into a 1-D search: for
-every pixel of a reference view, depths are swept in inverse depth and the neighbours' backgrounds
-are compared with the reference by zero-mean normalised cross-correlation (ZNCC, robust to the
-exposure differences of real rigs) over a small window. A pixel keeps its best depth when
+Space carving (:mod:`moegs.data.carving`) places points on a voxel grid: they are a voxel (about
+1% of the room) off the surface, and a held-out view between cameras 50-140 degrees apart shows
+every such error as a shifted texture. Static cameras give each view's background image (the
+temporal median), and the known poses turn matching into a 1-D search: for every pixel of a
+reference view, depths are swept in inverse depth and the neighbours' images (the backgrounds, or
+the frames of one instant for its moving content) are compared with the reference by zero-mean
+normalised cross-correlation (ZNCC, robust to the exposure differences of real rigs) over a small
+window. A pixel keeps its best depth when
 
 - the window is textured (flat colour matches at every depth);
 - its best neighbours agree (the mean cost of the ``best_views`` best-matching neighbours, so a
@@ -14,7 +15,7 @@ exposure differences of real rigs) over a small window. A pixel keeps its best d
 - another view's depth map puts the same surface there (geometric consistency, as in COLMAP's
   fusion): its point reprojects into a second view within ``consistency`` of that view's depth.
 
-Points carry the reference background's colour.
+Points carry the reference image's colour.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ class SweepSettings:
     """Plane-sweep parameters (colours in [0, 1])."""
 
     depths: int = 192
-    """Depth hypotheses per pixel, uniform in inverse depth over the volume the cameras share."""
+    """Depth hypotheses per pixel, uniform in inverse depth over the range swept."""
     window: int = 5
     """Side of the ZNCC window, in pixels."""
     min_zncc: float = 0.8
