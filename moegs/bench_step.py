@@ -7,8 +7,9 @@ Each family is built at the demo preset's settings (`stages/presets/demo.yaml`) 
 (10 cameras, 256x192, 24 frames) from points on the demo scene's surfaces, each at the frame it was
 seen at (`synthetic.surface_samples`: what COLMAP over every frame gives), as many as the preset's
 `densify.max_gaussians` for the family (what a demo expert trains at once densified; static, which
-the demo does not train, gets the largest of them; `--gaussians` sets one count for all). That load matches trained demo experts (~58 tile-pixel visits per pixel,
-against 55-70 for the four trained families; points spread through the frustums made 6x as many
+the demo does not train, gets the largest of them; `--gaussians` sets one count for all). That load
+matches trained demo experts (~58 tile-pixel visits per pixel, against 55-70 for the four trained
+families at the older 8000-Gaussian load; points spread through the frustums made 6x as many
 and timed steps twice as long as training runs them). Each family is trained for a few steps past
 its warm-ups and inside the densification window. A step is split as the training loop runs it: deform (`gaussians_at`),
 rasterise forward, loss (L1 + SSIM), backward, optimiser (the fused Adams per tensor and the

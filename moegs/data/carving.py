@@ -153,8 +153,8 @@ def carve_points(
     bg_xyz, bg_colours = np.zeros((0, 3)), np.zeros((0, 3), np.uint8)
     if sweep is not None:
         started = time.perf_counter()
-        bg_xyz, bg_colours, sweep_stats = stereo_points(cameras, backgrounds, {c.name: sweep_range(c, *box) for c in cameras},
-                                                        sweep)
+        ranges = {c.name: sweep_range(c, *box) for c in cameras}
+        bg_xyz, bg_colours, sweep_stats = stereo_points(cameras, backgrounds, ranges, sweep)
         stats.update(sweep_stats)
         bg_xyz, bg_colours = _one_per_cell(bg_xyz, bg_colours, voxel / 2)
         log.info("carving: stereo background %d points from %d views in %.1f s", len(bg_xyz), len(cameras),
