@@ -129,22 +129,22 @@ def carve_points(
     fg_fraction, stereo_count = {}, 0
     for s in carve_index:
         votes = np.zeros(len(centres), dtype=np.int32)
+        instant = {name: stack[s] for name, stack in images.items()}
         masks = {}
         for cam in cameras:
-            masks[cam.name] = _foreground_mask(images[cam.name][s], backgrounds[cam.name], settings.foreground_threshold)
+            masks[cam.name] = _foreground_mask(instant[cam.name], backgrounds[cam.name], settings.foreground_threshold)
             fg_fraction.setdefault(cam.name, []).append(float(masks[cam.name].mean()))
             votes += _gather(masks[cam.name].reshape(-1), pixels[cam.name], False)
         hull = covered & (votes == seen)
         any_hull |= hull
         surface = hull & ~_interior(hull.reshape(shape)).reshape(-1)
         if sweep is not None and surface.any():
-            xyz, rgb = _foreground_stereo(cameras, {n: images[n][s] for n in images}, masks, pixels, depths, hull,
-                                          voxel, sweep)
+            xyz, rgb = _foreground_stereo(cameras, instant, masks, pixels, depths, hull, voxel, sweep)
             fg_clouds.append(_cloud(xyz, rgb, np.full(len(xyz), times[s])))
             stereo_count += len(xyz)
             surface &= _away_from(centres, surface, xyz, 1.5 * voxel)
         if surface.any():
-            colours = _median_colour(cameras, {n: images[n][s] for n in images}, pixels, surface)
+            colours = _median_colour(cameras, instant, pixels, surface)
             fg_clouds.append(_cloud(centres[surface], colours, np.full(int(surface.sum()), times[s])))
     stats["foreground_fraction"] = {name: float(np.mean(v)) for name, v in fg_fraction.items()}
     if sweep is not None:
